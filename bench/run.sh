@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# One benchmark run on this machine, every number from the same run:
+#   (a) the raw Kafka limit: consume → produce passthrough of same-size messages
+#   (b) Redis running the coupon Lua script (redis-benchmark)
+#   (c) the classic design: a PostgreSQL row-lock issue (SELECT … FOR UPDATE + insert, pgbench)
+#   (d) stampede: a coupon drop (200,000 requests, 10,000 stock) and orders, with worker peak memory
+#   (e) scale-out: the same drop with 1, 2 and 4 worker processes in one group
+# Results: bench/results/<time>/ (JSON + SVG per run, summary.md); ratios printed at the end.
+#
+# Environment: BENCH_REQUESTS (200000), BENCH_STOCK (10000), BENCH_ORDERS (50000),
+# BENCH_SCALE ("1 2 4"), BENCH_BATCH (2000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+requests=${BENCH_REQUESTS:-200000}
+stock=${BENCH_STOCK:-10000}
+orders=${BENCH_ORDERS:-50000}
+scale=${BENCH_SCALE:-1 2 4}
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+out=bench/results/$stamp
+mkdir -p "$out"
+
+bash scripts/services.sh up
+command -v pgbench >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql-contrib >/dev/null; }
+command -v redis-benchmark >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-tools >/dev/null; }
+cargo build --release --locked
+bin=target/release/stampede
+tag=bench$(date +%s)
+export STAMPEDE_DATABASE__URL=postgres://postgres@127.0.0.1:5432/$tag
+export STAMPEDE_KAFKA__TOPIC_PREFIX=$tag.
+export STAMPEDE_KAFKA__GROUP_ID=$tag
+export STAMPEDE_REDIS__KEY_PREFIX=$tag
+export STAMPEDE_WORKER__BATCH_SIZE=${BENCH_BATCH:-2000}
+export STAMPEDE_LOG__FILTER=warn
+"$bin" migrate >/dev/null
+"$bin" topics create >/dev/null
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"$tag\" WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+port=9300
+start_workers() { # count, only
+  local n=$1 only=$2
+  workers=()
+  for i in $(seq 1 "$n"); do
+    port=$((port + 1))
+    "$bin" worker --only "$only" --metrics-addr "127.0.0.1:$port" >"$out/worker-$only-$n-$i.log" 2>&1 &
+    pids+=($!)
+    workers+=("$!:$port")
+  done
+  for w in "${workers[@]}"; do
+    local deadline=$((SECONDS + 60))
+    until curl -sf "http://127.0.0.1:${w#*:}/metrics" | grep -q '^stampede_consumer_assigned_partitions{.*} [1-9]'; do
+      (( SECONDS < deadline )) || { echo "worker ${w%%:*} never got partitions" >&2; exit 1; }
+      sleep 0.2
+    done
+  done
+}
+stop_workers() {
+  for w in "${workers[@]}"; do kill -TERM "${w%%:*}" 2>/dev/null || true; done
+  for w in "${workers[@]}"; do wait "${w%%:*}" 2>/dev/null || true; done
+}
+peak_rss_mib() { local m=0; for w in "${workers[@]}"; do local v; v=$(awk '/VmHWM/{print $2}' "/proc/${w%%:*}/status" 2>/dev/null || echo 0); (( v > m )) && m=$v; done; echo $((m / 1024)); }
+
+echo "== (a) Kafka passthrough, $requests messages"
+"$bin" loadgen --scenario passthrough --requests "$requests" --quiet --no-verify --json "$out/passthrough.json" | sed -n 2,3p
+
+echo "== (b) redis-benchmark: issue_coupons.lua, one request per call"
+lua_key="$tag:{coupon:bench}"
+redis-cli SET "$lua_key:stock" "$stock" >/dev/null
+redis-benchmark -q -n "$requests" -c 50 -r 1000000000 EVAL "$(cat src/counters/lua/issue_coupons.lua)" 3 "$lua_key:stock" "$lua_key:holders" "$lua_key:grants" "req:__rand_int__" "__rand_int__" | tr '\r' '\n' | grep -E "requests per second" | tail -1 | tee "$out/redis.txt"
+redis-cli DEL "$lua_key:stock" "$lua_key:holders" "$lua_key:grants" >/dev/null
+
+echo "== (c) PostgreSQL row-lock issue (pgbench, 16 clients), $requests requests against $stock stock"
+db=$tag
+psql -h 127.0.0.1 -U postgres -d "$db" -q <<SQL
+CREATE TABLE bench_coupon (id int PRIMARY KEY, total_quantity bigint NOT NULL, issued bigint NOT NULL DEFAULT 0 CHECK (issued <= total_quantity));
+CREATE TABLE bench_issue (user_id bigint NOT NULL, coupon_id int NOT NULL, PRIMARY KEY (user_id, coupon_id));
+INSERT INTO bench_coupon VALUES (1, $stock, 0);
+SQL
+cat >"$out/rowlock.sql" <<'SQL'
+\set uid random(1, 1000000000)
+BEGIN;
+SELECT issued < total_quantity AS open FROM bench_coupon WHERE id = 1 FOR UPDATE \gset
+\if :open
+INSERT INTO bench_issue (user_id, coupon_id) VALUES (:uid, 1) ON CONFLICT DO NOTHING;
+UPDATE bench_coupon SET issued = issued + 1 WHERE id = 1;
+\endif
+COMMIT;
+SQL
+pgbench -h 127.0.0.1 -U postgres -n -c 16 -j 2 -t $((requests / 16)) -f "$out/rowlock.sql" "$db" 2>/dev/null | grep -E "^tps" | head -1 | tee "$out/rowlock.txt"
+
+echo "== (d) stampede coupon drop: $requests requests, $stock stock, 1 worker process"
+start_workers 1 coupon
+"$bin" loadgen --scenario coupon-drop --requests "$requests" --stock "$stock" --quiet --json "$out/drop-1.json" | sed -n 2,3p
+echo "worker peak RSS: $(peak_rss_mib) MiB" | tee "$out/drop-1-memory.txt"
+stop_workers
+
+echo "== (d) stampede orders: $orders orders of 1-3 products, 1 worker process"
+start_workers 1 order
+"$bin" loadgen --scenario orders --requests "$orders" --users 20000 --stock 1000000 --quiet --json "$out/orders.json" | sed -n 2,3p
+echo "worker peak RSS: $(peak_rss_mib) MiB" | tee "$out/orders-memory.txt"
+stop_workers
+
+echo "== (d) stampede coupon drop at an offered 20,000 requests/s"
+start_workers 1 coupon
+"$bin" loadgen --scenario coupon-drop --requests "$requests" --stock "$stock" --rate 20000 --quiet --json "$out/drop-rate20k.json" | sed -n 2,3p
+stop_workers
+
+for n in $scale; do
+  echo "== (e) coupon drop with $n worker process(es)"
+  start_workers "$n" coupon
+  "$bin" loadgen --scenario coupon-drop --requests "$requests" --stock "$stock" --quiet --json "$out/scale-$n.json" | sed -n 2,3p
+  stop_workers
+done
+
+python3 bench/summary.py "$out"

@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""Summarises one bench/run.sh results folder: python3 bench/summary.py bench/results/<time>"""
+import json, pathlib, re, sys
+out = pathlib.Path(sys.argv[1])
+load = lambda n: json.loads((out / n).read_text())
+tp = lambda n: load(n)["throughput_per_sec"]
+ok = lambda n: all(c["passed"] for c in load(n)["checks"]) and load(n)["answered"] == load(n)["requests"]
+num = lambda f, pattern: float(re.search(pattern, (out / f).read_text()).group(1))
+passthrough, drop, orders = tp("passthrough.json"), tp("drop-1.json"), tp("orders.json")
+redis = num("redis.txt", r"([\d.]+) requests per second")
+rowlock = num("rowlock.txt", r"tps = ([\d.]+)")
+rate = load("drop-rate20k.json")
+lines = [
+    f"# Benchmark {out.name}", "",
+    "| what | per second | note |", "|---|---|---|",
+    f"| Kafka passthrough (consume → produce) | {passthrough:,.0f} | the transport's limit on this machine |",
+    f"| Redis, issue_coupons.lua per request | {redis:,.0f} | redis-benchmark, 50 clients |",
+    f"| PostgreSQL row-lock issue | {rowlock:,.0f} | pgbench, 16 clients, SELECT … FOR UPDATE + insert |",
+    f"| stampede coupon drop, end to end | {drop:,.0f} | verdict: {'pass' if ok('drop-1.json') else 'FAIL'}; p99 {load('drop-1.json')['latency']['p99_ms']:.0f} ms |",
+    f"| stampede orders, end to end | {orders:,.0f} | verdict: {'pass' if ok('orders.json') else 'FAIL'} |",
+    f"| stampede drop offered at 20,000/s | {tp('drop-rate20k.json'):,.0f} | p50 {rate['latency']['p50_ms']:.0f} ms, p99 {rate['latency']['p99_ms']:.0f} ms |",
+    "",
+    f"- stampede / passthrough: **{drop / passthrough:.2f}**",
+    f"- stampede / row-lock: **{drop / rowlock:.1f}×**",
+    f"- worker peak memory: drop {(out / 'drop-1-memory.txt').read_text().split(':')[1].strip()}, orders {(out / 'orders-memory.txt').read_text().split(':')[1].strip()}",
+    "", "| workers | drop per second | verdict |", "|---|---|---|",
+]
+for f in sorted(out.glob("scale-*.json"), key=lambda p: int(p.stem.split("-")[1])):
+    lines.append(f"| {f.stem.split('-')[1]} | {tp(f.name):,.0f} | {'pass' if ok(f.name) else 'FAIL'} |")
+(out / "summary.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))

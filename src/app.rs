@@ -1,0 +1,249 @@
+//! Starts the parts of stampede a process runs — the gateway, workers, or
+//! both — on shared connections, and stops them together.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::Settings;
+use crate::counters::{CounterError, Counters};
+use crate::gateway::{self, AppState, Waiters};
+use crate::kafka::consumer::{run_batches, ConsumerOptions};
+use crate::kafka::{Flow, Producer, Topics};
+use crate::store::{self, StoreError};
+use crate::telemetry::metrics;
+use crate::workers::charge::ChargeLogic;
+use crate::workers::coupon::CouponLogic;
+use crate::workers::order::OrderLogic;
+use crate::workers::pipeline::RequestPipeline;
+use crate::workers::stats::StatsConsumer;
+use crate::workers::{outbox, reconcile, WorkerKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot reach PostgreSQL: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot reach Redis: {0}")]
+    Redis(#[from] CounterError),
+    #[error("cannot create a Kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Task(String),
+}
+
+/// What one process runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles {
+    pub gateway: bool,
+    pub workers: Vec<WorkerKind>,
+}
+
+impl Roles {
+    pub fn everything() -> Self {
+        Self {
+            gateway: true,
+            workers: WorkerKind::ALL.to_vec(),
+        }
+    }
+
+    pub fn gateway_only() -> Self {
+        Self {
+            gateway: true,
+            workers: Vec::new(),
+        }
+    }
+
+    pub fn workers(workers: Vec<WorkerKind>) -> Self {
+        Self {
+            gateway: false,
+            workers,
+        }
+    }
+}
+
+/// A started process: its addresses, and its tasks to wait for.
+pub struct Running {
+    /// The gateway's address, when it runs.
+    pub http_addr: Option<SocketAddr>,
+    /// The worker's `/metrics` address, when it runs without the gateway.
+    pub metrics_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<Result<(), String>>,
+}
+
+impl Running {
+    /// Asks every part to stop (the same as cancelling the token given to [`run`]).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until every part has stopped. If one fails, the others are stopped too.
+    pub async fn wait(mut self) -> Result<(), AppError> {
+        let mut failure = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let outcome = joined.map_err(|e| e.to_string()).and_then(|r| r);
+            if let Err(e) = outcome {
+                error!(error = %e, "a part of stampede failed; stopping the rest");
+                self.shutdown.cancel();
+                failure.get_or_insert(e);
+            }
+        }
+        failure.map_or(Ok(()), |e| Err(AppError::Task(e)))
+    }
+}
+
+/// Starts what `roles` asks for and returns once it is serving.
+pub async fn run(
+    settings: Settings,
+    roles: Roles,
+    shutdown: CancellationToken,
+) -> Result<Running, AppError> {
+    metrics::install();
+    let settings = Arc::new(settings);
+    let db = store::connect(&settings.database).await?;
+    let counters = Counters::connect(&settings.redis).await?;
+    let producer = Producer::new(&settings.kafka)?;
+    let topics = Topics::new(settings.kafka.topic_prefix.clone());
+    let consumers: Vec<(String, Arc<AtomicBool>)> = roles
+        .workers
+        .iter()
+        .map(|k| (k.name().to_owned(), Arc::new(AtomicBool::new(false))))
+        .collect();
+    let state = AppState {
+        settings: settings.clone(),
+        db: db.clone(),
+        counters: counters.clone(),
+        producer: producer.clone(),
+        topics: topics.clone(),
+        waiters: Waiters::default(),
+        consumers: consumers.clone(),
+    };
+    let mut tasks = JoinSet::new();
+
+    if roles
+        .workers
+        .iter()
+        .any(|k| matches!(k, WorkerKind::Coupon | WorkerKind::Order))
+    {
+        let report = reconcile::reconcile_all(&db, &counters, false)
+            .await
+            .map_err(|e| AppError::Task(format!("loading counters from PostgreSQL failed: {e}")))?;
+        info!(
+            coupons = report.coupons.iter().filter(|c| c.loaded).count(),
+            products = report.products_written,
+            "counters missing from Redis loaded from PostgreSQL"
+        );
+    }
+
+    let mut http_addr = None;
+    let mut metrics_addr = None;
+    if roles.gateway {
+        let (addr, handle) = gateway::serve(state.clone(), shutdown.clone()).await?;
+        http_addr = Some(addr);
+        tasks.spawn(async move {
+            handle
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("gateway: {e}"))
+        });
+    } else if let Some(addr) = settings.worker.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        metrics_addr = Some(listener.local_addr()?);
+        let app = gateway::ops_router(state.clone());
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+                .map_err(|e| format!("metrics server: {e}"))
+        });
+    }
+
+    let group = &settings.kafka.group_id;
+    let max_bytes = settings.kafka.max_message_bytes;
+    for (kind, (_, joined)) in roles.workers.iter().zip(&consumers) {
+        let options = ConsumerOptions {
+            joined: joined.clone(),
+            worker: kind.name().to_owned(),
+            group_id: format!("{group}.{}", kind.name()),
+            topics: vec![match kind {
+                WorkerKind::Charge => topics.requests(Flow::Charge),
+                WorkerKind::Coupon => topics.requests(Flow::Coupon),
+                WorkerKind::Order => topics.requests(Flow::Order),
+                WorkerKind::Stats => topics.stats(),
+            }],
+        };
+        let handler: Box<dyn crate::kafka::BatchHandler> = match kind {
+            WorkerKind::Charge => Box::new(RequestPipeline::new(
+                ChargeLogic {
+                    db: db.clone(),
+                    limits: settings.charge_limits(),
+                },
+                db.clone(),
+                topics.clone(),
+                max_bytes,
+            )),
+            WorkerKind::Coupon => Box::new(RequestPipeline::new(
+                CouponLogic {
+                    db: db.clone(),
+                    counters: counters.clone(),
+                },
+                db.clone(),
+                topics.clone(),
+                max_bytes,
+            )),
+            WorkerKind::Order => Box::new(RequestPipeline::new(
+                OrderLogic {
+                    db: db.clone(),
+                    counters: counters.clone(),
+                },
+                db.clone(),
+                topics.clone(),
+                max_bytes,
+            )),
+            WorkerKind::Stats => Box::new(StatsConsumer { db: db.clone() }),
+        };
+        if *kind == WorkerKind::Order {
+            let relay = outbox::run_relay(
+                (*settings).clone(),
+                db.clone(),
+                producer.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                relay.await;
+                Ok(())
+            });
+        }
+        let settings = settings.clone();
+        let producer = producer.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            run_batches(&settings, options, handler.as_ref(), &producer, token)
+                .await
+                .map_err(|e| e.to_string())
+        });
+    }
+
+    let token = shutdown.clone();
+    let flusher = producer.clone();
+    tasks.spawn(async move {
+        token.cancelled().await;
+        let _ =
+            tokio::task::spawn_blocking(move || flusher.flush(std::time::Duration::from_secs(10)))
+                .await;
+        Ok(())
+    });
+    Ok(Running {
+        http_addr,
+        metrics_addr,
+        shutdown,
+        tasks,
+    })
+}

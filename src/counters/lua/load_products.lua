@@ -1,0 +1,36 @@
+-- Loads product stock from PostgreSQL, the source of truth.
+-- KEYS[1]: {inventory}:stock  hash product_id -> units available
+-- KEYS[2]: {inventory}:holds  hash request_id -> "product_id:quantity,..."
+-- ARGV[1]: 'if_missing' (only products Redis does not hold) or 'force'
+-- ARGV[2..]: product_id, stock per PostgreSQL, product_id, stock, ...
+-- Holds still in KEYS[2] belong to orders not yet committed (workers delete a
+-- hold once its order is durable), so they stay reserved: the stock written is
+-- PostgreSQL's minus what pending holds take of that product.
+-- Returns: {written, drift} where drift sums |previous - new| over forced products.
+local held = {}
+for _, items in ipairs(redis.call('HVALS', KEYS[2])) do
+  for pid, qty in string.gmatch(items, '(%d+):(%d+)') do
+    held[pid] = (held[pid] or 0) + tonumber(qty)
+  end
+end
+local written, drift = 0, 0
+for i = 2, #ARGV, 2 do
+  local pid = ARGV[i]
+  local stock = tonumber(ARGV[i + 1]) - (held[pid] or 0)
+  if stock < 0 then
+    stock = 0
+  end
+  if ARGV[1] == 'force' then
+    local previous = redis.call('HGET', KEYS[1], pid)
+    if previous then
+      drift = drift + math.abs(tonumber(previous) - stock)
+    else
+      drift = drift + stock
+    end
+    redis.call('HSET', KEYS[1], pid, stock)
+    written = written + 1
+  else
+    written = written + redis.call('HSETNX', KEYS[1], pid, stock)
+  end
+end
+return {written, drift}

@@ -1,0 +1,297 @@
+//! Redis atomic counters: coupon stock and product inventory, decided by the
+//! Lua scripts in `lua/` (each call is atomic inside Redis).
+//!
+//! Redis is the fast gate, never the truth: PostgreSQL is. Everything here can
+//! be rebuilt from PostgreSQL ([`Counters::load_coupon`],
+//! [`Counters::load_products`]). Every key one script touches shares a hash
+//! tag (`{coupon:<id>}` or `{inventory}`), so with `redis.cluster = true`
+//! coupons spread over the shards of a Redis Cluster by configuration alone.
+
+mod connection;
+
+use std::sync::LazyLock;
+
+use redis::{AsyncCommands, Script};
+
+pub use connection::RedisConn;
+
+use crate::config::RedisSettings;
+use crate::domain::coupon::IssueDecision;
+
+static ISSUE_COUPONS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/issue_coupons.lua")));
+static RELEASE_GRANT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/release_grant.lua")));
+static LOAD_COUPON: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/load_coupon.lua")));
+static RESERVE_STOCK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/reserve_stock.lua")));
+static RELEASE_STOCK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/release_stock.lua")));
+static LOAD_PRODUCTS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/load_products.lua")));
+
+#[derive(Debug, thiserror::Error)]
+pub enum CounterError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected answer from a counter script: {0}")]
+    Protocol(String),
+}
+
+pub type Result<T> = std::result::Result<T, CounterError>;
+
+/// The counter state of one coupon is missing from Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotLoaded;
+
+/// One order of a reservation round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockRequest {
+    pub request_id: String,
+    /// `true`: take the stock; `false`: only check it (and release any old hold).
+    pub reserve: bool,
+    pub items: Vec<(i64, i64)>,
+}
+
+/// What the inventory said about one order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockAnswer {
+    Reserved,
+    ReservedEarlier,
+    CheckPassed,
+    OutOfStock { product_id: i64 },
+    NotLoaded { product_id: i64 },
+}
+
+#[derive(Clone)]
+pub struct Counters {
+    conn: RedisConn,
+    prefix: String,
+}
+
+impl Counters {
+    pub async fn connect(settings: &RedisSettings) -> Result<Self> {
+        Ok(Self {
+            conn: RedisConn::connect(settings).await?,
+            prefix: settings.key_prefix.clone(),
+        })
+    }
+
+    pub fn connection(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+
+    fn coupon_keys(&self, coupon_id: i64) -> [String; 3] {
+        let tag = format!("{}:{{coupon:{coupon_id}}}", self.prefix);
+        [
+            format!("{tag}:stock"),
+            format!("{tag}:holders"),
+            format!("{tag}:grants"),
+        ]
+    }
+
+    fn inventory_keys(&self) -> [String; 2] {
+        let tag = format!("{}:{{inventory}}", self.prefix);
+        [format!("{tag}:stock"), format!("{tag}:holds")]
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Decides issue requests for one coupon in one atomic call.
+    pub async fn issue_coupons(
+        &self,
+        coupon_id: i64,
+        requests: &[(&str, i64)],
+    ) -> Result<std::result::Result<Vec<IssueDecision>, NotLoaded>> {
+        let keys = self.coupon_keys(coupon_id);
+        let mut invocation = ISSUE_COUPONS.key(&keys[0]);
+        invocation.key(&keys[1]).key(&keys[2]);
+        for (request_id, user_id) in requests {
+            invocation.arg(*request_id).arg(*user_id);
+        }
+        let mut conn = self.conn.clone();
+        let codes: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        if codes.first() == Some(&-2) {
+            return Ok(Err(NotLoaded));
+        }
+        if codes.len() != requests.len() {
+            return Err(CounterError::Protocol(format!(
+                "issue_coupons answered {} codes for {} requests",
+                codes.len(),
+                requests.len()
+            )));
+        }
+        codes
+            .into_iter()
+            .map(|code| match code {
+                1 | 2 => Ok(IssueDecision::Reserved),
+                0 => Ok(IssueDecision::AlreadyIssued),
+                -1 => Ok(IssueDecision::SoldOut),
+                other => Err(CounterError::Protocol(format!("issue code {other}"))),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Ok)
+    }
+
+    /// Gives back the grant of a request that will never be issued.
+    pub async fn release_grant_of(&self, coupon_id: i64, request_id: &str) -> Result<bool> {
+        let keys = self.coupon_keys(coupon_id);
+        let mut invocation = RELEASE_GRANT.key(&keys[0]);
+        invocation.key(&keys[1]).key(&keys[2]).arg(request_id);
+        let mut conn = self.conn.clone();
+        let released: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(released == 1)
+    }
+
+    /// Forgets the grants of requests whose issue is durable in PostgreSQL.
+    pub async fn finish_grants(&self, coupon_id: i64, request_ids: &[&str]) -> Result<()> {
+        if request_ids.is_empty() {
+            return Ok(());
+        }
+        let keys = self.coupon_keys(coupon_id);
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.hdel(&keys[2], request_ids).await?;
+        Ok(())
+    }
+
+    /// Loads a coupon from PostgreSQL's figures. With `force == false` a
+    /// coupon Redis already holds is left alone. Returns the stock Redis held
+    /// before (`None` when it held none), or `Some(None)`-like `Ok(None)`.
+    pub async fn load_coupon(
+        &self,
+        coupon_id: i64,
+        left: i64,
+        holders: &[i64],
+        force: bool,
+    ) -> Result<LoadOutcome> {
+        let keys = self.coupon_keys(coupon_id);
+        let mut invocation = LOAD_COUPON.key(&keys[0]);
+        invocation
+            .key(&keys[1])
+            .key(&keys[2])
+            .arg(if force { "force" } else { "if_missing" })
+            .arg(left);
+        for user in holders {
+            invocation.arg(*user);
+        }
+        let mut conn = self.conn.clone();
+        let previous: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(match previous {
+            -2 => LoadOutcome::AlreadyLoaded,
+            -1 => LoadOutcome::Loaded { previous: None },
+            p => LoadOutcome::Loaded { previous: Some(p) },
+        })
+    }
+
+    /// Units of a coupon Redis still hands out, if loaded.
+    pub async fn coupon_stock(&self, coupon_id: i64) -> Result<Option<i64>> {
+        let keys = self.coupon_keys(coupon_id);
+        let mut conn = self.conn.clone();
+        Ok(conn.get(&keys[0]).await?)
+    }
+
+    /// One atomic round of all-or-nothing reservations, in order.
+    pub async fn reserve_stock(&self, orders: &[StockRequest]) -> Result<Vec<StockAnswer>> {
+        if orders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = self.inventory_keys();
+        let mut invocation = RESERVE_STOCK.key(&keys[0]);
+        invocation.key(&keys[1]);
+        for order in orders {
+            invocation
+                .arg(&order.request_id)
+                .arg(if order.reserve { "reserve" } else { "check" })
+                .arg(order.items.len());
+            for (product_id, quantity) in &order.items {
+                invocation.arg(*product_id).arg(*quantity);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let raw: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        if raw.len() != orders.len() * 2 {
+            return Err(CounterError::Protocol(format!(
+                "reserve_stock answered {} numbers for {} orders",
+                raw.len(),
+                orders.len()
+            )));
+        }
+        raw.chunks(2)
+            .map(|pair| match (pair[0], pair[1]) {
+                (1, _) => Ok(StockAnswer::Reserved),
+                (2, _) => Ok(StockAnswer::ReservedEarlier),
+                (0, _) => Ok(StockAnswer::CheckPassed),
+                (-1, product_id) => Ok(StockAnswer::OutOfStock { product_id }),
+                (-2, product_id) => Ok(StockAnswer::NotLoaded { product_id }),
+                (code, _) => Err(CounterError::Protocol(format!("reserve code {code}"))),
+            })
+            .collect()
+    }
+
+    /// Gives back the holds of orders that will not be paid.
+    pub async fn release_stock(&self, request_ids: &[&str]) -> Result<i64> {
+        if request_ids.is_empty() {
+            return Ok(0);
+        }
+        let keys = self.inventory_keys();
+        let mut invocation = RELEASE_STOCK.key(&keys[0]);
+        invocation.key(&keys[1]);
+        for id in request_ids {
+            invocation.arg(*id);
+        }
+        let mut conn = self.conn.clone();
+        Ok(invocation.invoke_async(&mut conn).await?)
+    }
+
+    /// Forgets the holds of orders that are durable in PostgreSQL.
+    pub async fn finish_holds(&self, request_ids: &[&str]) -> Result<()> {
+        if request_ids.is_empty() {
+            return Ok(());
+        }
+        let keys = self.inventory_keys();
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.hdel(&keys[1], request_ids).await?;
+        Ok(())
+    }
+
+    /// Loads product stock from PostgreSQL's figures; returns (written, drift).
+    pub async fn load_products(&self, products: &[(i64, i64)], force: bool) -> Result<(i64, i64)> {
+        if products.is_empty() {
+            return Ok((0, 0));
+        }
+        let keys = self.inventory_keys();
+        let mut invocation = LOAD_PRODUCTS.key(&keys[0]);
+        invocation
+            .key(&keys[1])
+            .arg(if force { "force" } else { "if_missing" });
+        for (id, stock) in products {
+            invocation.arg(*id).arg(*stock);
+        }
+        let mut conn = self.conn.clone();
+        let answer: (i64, i64) = invocation.invoke_async(&mut conn).await?;
+        Ok(answer)
+    }
+
+    /// Units of a product Redis still sells, if loaded.
+    pub async fn product_stock(&self, product_id: i64) -> Result<Option<i64>> {
+        let keys = self.inventory_keys();
+        let mut conn = self.conn.clone();
+        Ok(conn.hget(&keys[0], product_id).await?)
+    }
+}
+
+/// What loading a coupon did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadOutcome {
+    AlreadyLoaded,
+    Loaded { previous: Option<i64> },
+}

@@ -1,0 +1,302 @@
+//! The messages of the contract: requests, results and statistics, as serde
+//! types. `topics/*.schema.json` is generated from these types.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::coupon::Discount;
+use super::error_code::Rejection;
+use super::request_id::RequestId;
+use super::validate::{positive_id, Validate};
+
+/// Most line items one order may hold.
+pub const MAX_ORDER_ITEMS: usize = 50;
+/// Largest quantity of one line item.
+pub const MAX_ITEM_QUANTITY: i64 = 1_000;
+
+/// Charge a user's balance (topic `charge.requests.v1`, key `user_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChargeRequest {
+    pub request_id: RequestId,
+    #[schemars(range(min = 1))]
+    pub user_id: i64,
+    /// KRW to add; at least the configured minimum charge.
+    #[schemars(range(min = 1))]
+    pub amount: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<DateTime<Utc>>,
+}
+
+/// Ask for one first-come coupon (topic `coupon.requests.v1`, key `user_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CouponIssueRequest {
+    pub request_id: RequestId,
+    #[schemars(range(min = 1))]
+    pub user_id: i64,
+    #[schemars(range(min = 1))]
+    pub coupon_id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<DateTime<Utc>>,
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderItem {
+    #[schemars(range(min = 1))]
+    pub product_id: i64,
+    #[schemars(range(min = 1, max = 1000))]
+    pub quantity: i64,
+}
+
+/// Order and pay (topic `order.requests.v1`, key `user_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderRequest {
+    pub request_id: RequestId,
+    #[schemars(range(min = 1))]
+    pub user_id: i64,
+    /// 1–50 lines with distinct `product_id`.
+    #[schemars(length(min = 1, max = 50))]
+    pub items: Vec<OrderItem>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub coupon_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<DateTime<Utc>>,
+}
+
+impl Validate for ChargeRequest {
+    fn validate(&self) -> Result<(), String> {
+        positive_id("user_id", self.user_id)?;
+        if self.amount <= 0 {
+            return Err(format!(
+                "amount must be a positive number of KRW, got {}",
+                self.amount
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for CouponIssueRequest {
+    fn validate(&self) -> Result<(), String> {
+        positive_id("user_id", self.user_id)?;
+        positive_id("coupon_id", self.coupon_id)
+    }
+}
+
+impl Validate for OrderRequest {
+    fn validate(&self) -> Result<(), String> {
+        positive_id("user_id", self.user_id)?;
+        if let Some(coupon_id) = self.coupon_id {
+            positive_id("coupon_id", coupon_id)?;
+        }
+        if self.items.is_empty() || self.items.len() > MAX_ORDER_ITEMS {
+            return Err(format!(
+                "items must hold 1 to {MAX_ORDER_ITEMS} lines, got {}",
+                self.items.len()
+            ));
+        }
+        let mut seen = HashSet::with_capacity(self.items.len());
+        for item in &self.items {
+            positive_id("product_id", item.product_id)?;
+            if !(1..=MAX_ITEM_QUANTITY).contains(&item.quantity) {
+                return Err(format!(
+                    "quantity of product {} must be 1 to {MAX_ITEM_QUANTITY}, got {}",
+                    item.product_id, item.quantity
+                ));
+            }
+            if !seen.insert(item.product_id) {
+                return Err(format!(
+                    "product {} appears more than once in items",
+                    item.product_id
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a request took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Succeeded,
+    Rejected,
+}
+
+/// The answer to a [`ChargeRequest`] (topic `charge.results.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChargeResult {
+    pub request_id: RequestId,
+    /// Absent only when an unreadable request carried no usable user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<i64>,
+    pub status: Status,
+    /// The balance after the charge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Rejection>,
+}
+
+/// The answer to a [`CouponIssueRequest`] (topic `coupon.results.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CouponIssueResult {
+    pub request_id: RequestId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<i64>,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupon_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_coupon_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Rejection>,
+}
+
+/// The answer to an [`OrderRequest`] (topic `order.results.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderResult {
+    pub request_id: RequestId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<i64>,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_amount: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discount_amount: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_amount: Option<i64>,
+    /// The balance after payment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
+    /// False when no coupon was given or the coupon had expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupon_applied: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Rejection>,
+}
+
+/// One line of a paid order as the data platform sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StatsItem {
+    pub product_id: i64,
+    pub quantity: i64,
+    pub unit_price: i64,
+}
+
+/// One event per paid order (topic `order.stats.v1`, key `order_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderStats {
+    pub order_id: i64,
+    pub user_id: i64,
+    pub ordered_at: DateTime<Utc>,
+    pub items: Vec<StatsItem>,
+    pub total_amount: i64,
+    pub discount_amount: i64,
+    pub paid_amount: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupon_id: Option<i64>,
+}
+
+/// A coupon as the admin API and `seed` create it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CouponSpec {
+    pub name: String,
+    pub discount: Discount,
+    pub total_quantity: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Either side of a result: what a worker decided for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome<T> {
+    Succeeded(T),
+    Rejected(Rejection),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::validate::decode;
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let r: ChargeRequest = decode(
+            br#"{"request_id":"c-1","user_id":4,"amount":5000,"channel":"app","requested_at":"2026-11-24T12:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.amount, 5000);
+        assert!(r.requested_at.is_some());
+    }
+
+    #[test]
+    fn invalid_messages_keep_a_readable_request_id() {
+        let e = decode::<ChargeRequest>(br#"{"request_id":"c-2","user_id":4,"amount":"lots"}"#)
+            .unwrap_err();
+        assert_eq!(e.request_id.unwrap().as_str(), "c-2");
+        assert_eq!(e.user_id, Some(4));
+
+        let e = decode::<ChargeRequest>(b"{not json").unwrap_err();
+        assert_eq!(e.request_id, None);
+
+        let e = decode::<ChargeRequest>(br#"{"request_id":"bad id","user_id":4,"amount":1}"#)
+            .unwrap_err();
+        assert_eq!(e.request_id, None);
+    }
+
+    #[test]
+    fn amounts_must_be_positive_and_fit_i64() {
+        for body in [
+            br#"{"request_id":"c","user_id":1,"amount":0}"#.as_slice(),
+            br#"{"request_id":"c","user_id":1,"amount":-5}"#,
+            br#"{"request_id":"c","user_id":1,"amount":99999999999999999999}"#,
+            br#"{"request_id":"c","user_id":1,"amount":1.5}"#,
+            br#"{"request_id":"c","user_id":0,"amount":1000}"#,
+        ] {
+            assert!(
+                decode::<ChargeRequest>(body).is_err(),
+                "{:?}",
+                std::str::from_utf8(body)
+            );
+        }
+    }
+
+    #[test]
+    fn order_items_are_bounded_and_distinct() {
+        let item = |p: i64, q: i64| serde_json::json!({"product_id": p, "quantity": q});
+        let order = |items: Vec<serde_json::Value>| {
+            serde_json::to_vec(&serde_json::json!({"request_id":"o-1","user_id":1,"items":items}))
+                .unwrap()
+        };
+        assert!(decode::<OrderRequest>(&order(vec![item(1, 2)])).is_ok());
+        assert!(decode::<OrderRequest>(&order(vec![])).is_err());
+        assert!(decode::<OrderRequest>(&order((1..=51).map(|p| item(p, 1)).collect())).is_err());
+        assert!(decode::<OrderRequest>(&order((1..=50).map(|p| item(p, 1)).collect())).is_ok());
+        assert!(decode::<OrderRequest>(&order(vec![item(1, 1), item(1, 2)])).is_err());
+        assert!(decode::<OrderRequest>(&order(vec![item(1, 0)])).is_err());
+        assert!(decode::<OrderRequest>(&order(vec![item(1, 1001)])).is_err());
+    }
+
+    #[test]
+    fn results_omit_absent_fields() {
+        let r = ChargeResult {
+            request_id: RequestId::parse("c-000042").unwrap(),
+            user_id: Some(42),
+            status: Status::Succeeded,
+            balance: Some(15000),
+            error: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"request_id":"c-000042","user_id":42,"status":"succeeded","balance":15000}"#
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! The one place errors become HTTP answers: `{"error":{"code","message"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::counters::CounterError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON at all.
+    #[error("{0}")]
+    Malformed(String),
+    /// JSON that breaks the contract's shape.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("request body exceeds the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("Idempotency-Key {0} was already used with a different request")]
+    IdempotencyConflict(String),
+    #[error("missing or unknown credentials: send Authorization: Bearer <key>")]
+    Unauthorized,
+    #[error("this key may not call {0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) | ApiError::IdempotencyConflict(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Malformed(_) | ApiError::Invalid(_) => "invalid_request",
+            ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::IdempotencyConflict(_) => "idempotency_key_reused",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "request failed");
+        }
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(message) => ApiError::Conflict(message),
+            e if e.is_retryable() => ApiError::Unavailable(format!("database unavailable: {e}")),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<CounterError> for ApiError {
+    fn from(e: CounterError) -> Self {
+        ApiError::Unavailable(format!("redis unavailable: {e}"))
+    }
+}
+
+impl From<crate::workers::WorkerError> for ApiError {
+    fn from(e: crate::workers::WorkerError) -> Self {
+        match e {
+            crate::workers::WorkerError::Store(s) => s.into(),
+            crate::workers::WorkerError::Counters(c) => c.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    fn from(e: redis::RedisError) -> Self {
+        CounterError::from(e).into()
+    }
+}

@@ -1,0 +1,102 @@
+//! The HTTP ingest gateway (axum). It checks the *shape* of requests and
+//! publishes them to the request topics (202 once the broker has them durably,
+//! 503 when it cannot take them); the workers check *state*. It also serves
+//! reads from PostgreSQL, admin writes, health and metrics.
+
+pub mod auth;
+pub mod error;
+pub mod idempotency;
+pub mod results;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::counters::Counters;
+use crate::kafka::{Producer, Topics};
+
+pub use results::Waiters;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub db: PgPool,
+    pub counters: Counters,
+    pub producer: Producer,
+    pub topics: Topics,
+    pub waiters: Waiters,
+    /// Each worker of this process and whether its consumer holds an assignment.
+    pub consumers: Vec<(String, Arc<std::sync::atomic::AtomicBool>)>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.gateway.body_limit_bytes;
+    Router::new()
+        .route("/v1/charges", post(routes::post_charge))
+        .route(
+            "/v1/coupons/{coupon_id}/issue",
+            post(routes::post_coupon_issue),
+        )
+        .route("/v1/orders", post(routes::post_order))
+        .route("/v1/requests/{request_id}", get(routes::get_request))
+        .route("/v1/users/{id}/balance", get(routes::get_balance))
+        .route("/v1/users/{id}/coupons", get(routes::get_user_coupons))
+        .route("/v1/products/popular", get(routes::get_popular))
+        .route("/v1/products/{id}", get(routes::get_product))
+        .route("/v1/admin/users", post(routes::admin_create_user))
+        .route("/v1/admin/products", post(routes::admin_create_product))
+        .route("/v1/admin/coupons", post(routes::admin_create_coupon))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Health, readiness and metrics only: what a worker process serves.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .with_state(state)
+}
+
+/// Binds the gateway (port 0 picks a free port) and serves it until shutdown.
+pub async fn serve(
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let gateway = &state.settings.gateway;
+    if gateway.client_keys.is_empty() && gateway.admin_keys.is_empty() {
+        tracing::warn!("NO API KEYS CONFIGURED: the gateway is open to anyone who can reach {}; set gateway.client_keys and gateway.admin_keys", gateway.listen);
+    }
+    let listener = TcpListener::bind(gateway.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "gateway listening");
+    tokio::spawn(results::follow_results(
+        (*state.settings).clone(),
+        state.waiters.clone(),
+        shutdown.clone(),
+    ));
+    let app = router(state);
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    });
+    Ok((addr, handle))
+}

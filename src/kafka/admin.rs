@@ -1,0 +1,56 @@
+//! `topics create`: makes every contract topic; running it again is harmless.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::topics::Topics;
+use crate::config::KafkaSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("kafka admin request failed: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("topic {topic}: {code}")]
+    Topic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+}
+
+/// What happened to each topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicOutcome {
+    Created(String),
+    Existed(String),
+}
+
+pub async fn create_topics(settings: &KafkaSettings) -> Result<Vec<TopicOutcome>, AdminError> {
+    let admin: AdminClient<DefaultClientContext> = super::client_config(settings).create()?;
+    let topics = Topics::new(settings.topic_prefix.clone()).all();
+    let specs: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                settings.partitions,
+                TopicReplication::Fixed(settings.replication_factor),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let answers = admin.create_topics(&specs, &options).await?;
+    let mut outcomes = Vec::with_capacity(answers.len());
+    for answer in answers {
+        match answer {
+            Ok(topic) => outcomes.push(TopicOutcome::Created(topic)),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                outcomes.push(TopicOutcome::Existed(topic))
+            }
+            Err((topic, code)) => return Err(AdminError::Topic { topic, code }),
+        }
+    }
+    Ok(outcomes)
+}

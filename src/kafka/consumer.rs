@@ -1,0 +1,425 @@
+//! The micro-batch consumer loop every worker runs.
+//!
+//! At-least-once, in this order for each batch: the handler makes the effects
+//! durable (Redis, PostgreSQL) and returns the messages to publish (results,
+//! dead letters); they are published with acks=all; only then are the batch's
+//! offsets stored. Stored offsets are committed in the background, on every
+//! partition revoke, and synchronously at shutdown. A crash anywhere before
+//! the store means redelivery, which idempotency by `request_id` makes
+//! harmless. Infrastructure failures are retried with backoff on the same
+//! batch, so a partition never skips a message.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::producer::{OutMessage, Producer};
+use crate::config::Settings;
+use crate::telemetry::metrics;
+
+/// One consumed message, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// When the producer created the message (ms since the epoch), if known.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Incoming {
+    fn from_message(message: &BorrowedMessage<'_>) -> Self {
+        let headers = message
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp_ms: message.timestamp().to_millis(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// A failure while handling a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// A dependency hiccup (database, Redis, broker): the same batch is retried.
+    #[error("{0}")]
+    Retryable(String),
+    /// Nothing can be done by retrying: the worker stops without storing offsets.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// What a worker does with a batch.
+#[async_trait]
+pub trait BatchHandler: Send + Sync {
+    /// Makes the effects of the batch durable and returns what to publish.
+    async fn handle(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, HandlerError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("kafka consumer failed: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("worker {worker} stopped: {reason}")]
+    Fatal { worker: String, reason: String },
+}
+
+/// Commits stored offsets before partitions are taken away, so the next owner
+/// starts exactly after what this worker finished.
+pub struct CommitOnRevoke {
+    worker: String,
+    joined: Arc<AtomicBool>,
+}
+
+impl ClientContext for CommitOnRevoke {
+    /// librdkafka's periodic statistics: consumer lag per partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::consumer_lag(&self.worker, topic, *partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for CommitOnRevoke {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(partitions) => {
+                info!(worker = %self.worker, partitions = partitions.count(), "partitions revoked, committing");
+                commit_stored(consumer, &self.worker);
+                metrics::assigned_partitions(&self.worker, 0);
+                self.joined.store(false, Ordering::Relaxed);
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => warn!(worker = %self.worker, error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            info!(worker = %self.worker, partitions = partitions.count(), "partitions assigned");
+            metrics::assigned_partitions(&self.worker, partitions.count());
+            self.joined.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn commit_stored<C: Consumer<CommitOnRevoke>>(consumer: &C, worker: &str) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => debug!(worker, "offsets committed"),
+        // Nothing stored since the last commit.
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => warn!(worker, error = %e, "offset commit failed; the next owner may redeliver"),
+    }
+}
+
+/// Where and how a worker consumes.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    pub worker: String,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    /// Set while the consumer holds an assignment (for `/readyz`).
+    pub joined: Arc<AtomicBool>,
+}
+
+/// Creates the group consumer a worker uses.
+pub fn group_consumer(
+    settings: &Settings,
+    options: &ConsumerOptions,
+) -> Result<StreamConsumer<CommitOnRevoke>, KafkaError> {
+    let kafka = &settings.kafka;
+    let mut config = super::client_config(kafka);
+    config
+        .set("group.id", &options.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            kafka.heartbeat_interval_ms.to_string(),
+        )
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("statistics.interval.ms", "5000");
+    for (key, value) in &kafka.client {
+        config.set(key, value);
+    }
+    let consumer: StreamConsumer<CommitOnRevoke> = config.create_with_context(CommitOnRevoke {
+        worker: options.worker.clone(),
+        joined: options.joined.clone(),
+    })?;
+    let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// Runs `handler` over micro-batches until `shutdown` is cancelled. The batch
+/// in flight when shutdown comes is finished (or abandoned unstored while its
+/// dependencies are down), then stored offsets are committed.
+pub async fn run_batches(
+    settings: &Settings,
+    options: ConsumerOptions,
+    handler: &dyn BatchHandler,
+    producer: &Producer,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
+    let consumer = group_consumer(settings, &options)?;
+    let worker = options.worker.as_str();
+    info!(worker, group = %options.group_id, topics = ?options.topics, "consuming");
+    let backoff = Backoff::new(settings.retry_initial(), settings.retry_max());
+    let mut chunks = consumer.stream().ready_chunks(settings.worker.batch_size);
+    // The publish of batch N runs while batch N+1 is fetched and decided; it
+    // is awaited (and N's offsets stored) before N+1 is published, so results
+    // stay in order per partition and offsets are only ever stored in order.
+    let mut in_flight: Option<InFlight> = None;
+    let outcome = loop {
+        // Waiting for messages also completes the batch being published, so
+        // its offsets are stored even when no further message comes.
+        let next = match in_flight.as_mut() {
+            Some(flight) => tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Next::Shutdown,
+                published = &mut flight.publish => Next::Published(published.unwrap_or(false)),
+                chunk = chunks.next() => Next::Chunk(chunk),
+            },
+            None => tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Next::Shutdown,
+                chunk = chunks.next() => Next::Chunk(chunk),
+            },
+        };
+        let chunk = match next {
+            Next::Shutdown | Next::Chunk(None) => break Ok(()),
+            Next::Published(published) => {
+                if let Some(flight) = in_flight.take() {
+                    if !flight.record(published, &consumer, worker)? {
+                        break Ok(());
+                    }
+                }
+                continue;
+            }
+            Next::Chunk(Some(chunk)) => chunk,
+        };
+        let mut batch = Vec::with_capacity(chunk.len());
+        for message in chunk {
+            match message {
+                Ok(m) => batch.push(Incoming::from_message(&m)),
+                Err(e) => warn!(worker, error = %e, "consumer error"),
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        metrics::batch_size(worker, batch.len());
+        let started = std::time::Instant::now();
+        let handled = backoff
+            .retry(worker, "handle batch", &shutdown, || handler.handle(&batch))
+            .await;
+        metrics::batch_stage(worker, "decide", started.elapsed());
+        let outgoing = match handled {
+            Some(Ok(out)) => out,
+            Some(Err(HandlerError::Fatal(reason))) => {
+                break Err(ConsumerError::Fatal {
+                    worker: worker.to_owned(),
+                    reason,
+                })
+            }
+            Some(Err(HandlerError::Retryable(_))) | None => break Ok(()),
+        };
+        if let Some(previous) = in_flight.take() {
+            if !previous.finish(&consumer, worker).await? {
+                break Ok(());
+            }
+        }
+        let producer = producer.clone();
+        let token = shutdown.clone();
+        let name = worker.to_owned();
+        let publish = tokio::spawn(async move {
+            let published = backoff
+                .retry(&name, "publish results", &token, || async {
+                    producer
+                        .send_all(&outgoing)
+                        .await
+                        .map_err(|e| HandlerError::Retryable(format!("publish failed: {e}")))
+                })
+                .await;
+            matches!(published, Some(Ok(())))
+        });
+        in_flight = Some(InFlight {
+            batch,
+            started,
+            publish,
+        });
+    };
+    let outcome = match in_flight.take() {
+        Some(last) => last
+            .finish(&consumer, worker)
+            .await
+            .map(|_| ())
+            .map_err(ConsumerError::from)
+            .and(outcome),
+        None => outcome,
+    };
+    drop(chunks);
+    commit_stored(&consumer, worker);
+    info!(worker, "consumer stopped");
+    outcome
+}
+
+/// A decided batch whose results are being published.
+struct InFlight {
+    batch: Vec<Incoming>,
+    started: std::time::Instant,
+    publish: tokio::task::JoinHandle<bool>,
+}
+
+/// What the consumer loop woke up for.
+enum Next<T> {
+    Shutdown,
+    Published(bool),
+    Chunk(Option<T>),
+}
+
+impl InFlight {
+    /// Waits for the publish; stores the batch's offsets once it succeeded.
+    /// `Ok(false)`: shutdown came before the results were out (nothing stored).
+    async fn finish(
+        mut self,
+        consumer: &StreamConsumer<CommitOnRevoke>,
+        worker: &str,
+    ) -> Result<bool, KafkaError> {
+        let published = (&mut self.publish).await.unwrap_or(false);
+        self.record(published, consumer, worker)
+    }
+
+    /// Stores the batch's offsets and records its metrics, if it was published.
+    fn record(
+        self,
+        published: bool,
+        consumer: &StreamConsumer<CommitOnRevoke>,
+        worker: &str,
+    ) -> Result<bool, KafkaError> {
+        if !published {
+            return Ok(false);
+        }
+        store_offsets(consumer, &self.batch)?;
+        metrics::batch_stage(worker, "decide+publish", self.started.elapsed());
+        metrics::batch_done(worker, &self.batch, self.started.elapsed());
+        metrics::request_latency(worker, &self.batch);
+        Ok(true)
+    }
+}
+
+fn store_offsets(
+    consumer: &StreamConsumer<CommitOnRevoke>,
+    batch: &[Incoming],
+) -> Result<(), KafkaError> {
+    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    for m in batch {
+        let entry = next.entry((m.topic.as_str(), m.partition)).or_insert(0);
+        *entry = (*entry).max(m.offset + 1);
+    }
+    let mut tpl = TopicPartitionList::with_capacity(next.len());
+    for ((topic, partition), offset) in next {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    match consumer.store_offsets(&tpl) {
+        Ok(()) => Ok(()),
+        // The partition was revoked meanwhile: its new owner redelivers.
+        Err(KafkaError::StoreOffset(
+            RDKafkaErrorCode::State | RDKafkaErrorCode::UnknownPartition,
+        )) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Exponential backoff with jitter for retryable failures.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self { initial, max }
+    }
+
+    /// Runs `attempt` until it succeeds or fails fatally. Returns `None` when
+    /// shutdown came while waiting to retry.
+    pub async fn retry<T, F, Fut>(
+        &self,
+        worker: &str,
+        what: &str,
+        shutdown: &CancellationToken,
+        mut attempt: F,
+    ) -> Option<Result<T, HandlerError>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, HandlerError>>,
+    {
+        let mut delay = self.initial;
+        loop {
+            match attempt().await {
+                Err(HandlerError::Retryable(reason)) => {
+                    metrics::retry(worker, what);
+                    warn!(worker, what, %reason, retry_in_ms = delay.as_millis() as u64, "retrying");
+                    let jitter =
+                        Duration::from_millis(rand::random_range(0..=delay.as_millis() as u64 / 4));
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(delay + jitter) => {}
+                    }
+                    delay = (delay * 2).min(self.max);
+                }
+                done => return Some(done),
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The idempotent producer (acks=all): a message counts as sent only when the
+//! broker has it durably.
+
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+
+use crate::config::KafkaSettings;
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutMessage {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Set when the sender chooses the partition itself.
+    pub partition: Option<i32>,
+}
+
+impl OutMessage {
+    pub fn new(
+        topic: impl Into<String>,
+        key: impl Into<Vec<u8>>,
+        payload: impl Into<Vec<u8>>,
+    ) -> Self {
+        Self {
+            topic: topic.into(),
+            key: key.into(),
+            payload: payload.into(),
+            headers: Vec::new(),
+            partition: None,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+}
+
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+    queue_timeout: Duration,
+}
+
+impl Producer {
+    pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
+        let mut config = super::client_config(settings);
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "200000")
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout_ms.to_string(),
+            );
+        for (key, value) in &settings.client {
+            config.set(key, value);
+        }
+        Ok(Self {
+            inner: config.create()?,
+            queue_timeout: Duration::from_millis(u64::from(settings.delivery_timeout_ms)),
+        })
+    }
+
+    /// Publishes one message and waits until the broker has it.
+    pub async fn send(&self, message: &OutMessage) -> Result<(i32, i64), KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (name, value) in &message.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut record = FutureRecord::to(&message.topic)
+            .key(&message.key)
+            .payload(&message.payload)
+            .headers(headers);
+        if let Some(partition) = message.partition {
+            record = record.partition(partition);
+        }
+        let delivery = self
+            .inner
+            .send(record, Timeout::After(self.queue_timeout))
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok((delivery.partition, delivery.offset))
+    }
+
+    /// Publishes all messages concurrently and waits until the broker has
+    /// every one. Per-partition order is kept by the idempotent producer.
+    pub async fn send_all(&self, messages: &[OutMessage]) -> Result<(), KafkaError> {
+        try_join_all(messages.iter().map(|m| self.send(m))).await?;
+        Ok(())
+    }
+
+    /// Waits for everything queued to be delivered.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.flush(Timeout::After(timeout))
+    }
+}
+
+impl Producer {
+    /// Whether the broker answers a metadata request within `timeout`.
+    pub async fn check(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            inner.client().fetch_metadata(None, timeout).map(|_| ())
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+    }
+}

@@ -1,0 +1,348 @@
+//! `stampede loadgen`: generates a drop, an order rush, charges, or a mix
+//! against a running stampede, and measures it end to end.
+//!
+//! It sets up its own data (fresh users, products, a coupon), publishes
+//! requests straight to Kafka (default) or through the gateway (`--via
+//! http`), either at full speed or at a fixed offered rate (open loop: each
+//! request has a scheduled send time and latency is measured from it, so a
+//! slow system cannot hide its queueing), and follows the result topics.
+//! Every run ends with a correctness verdict checked against PostgreSQL,
+//! Redis and the topics; a run that breaks an invariant fails.
+
+mod report;
+mod scenario;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+pub use report::Report;
+pub use scenario::Scenario;
+
+use crate::config::Settings;
+use crate::counters::Counters;
+use crate::kafka::{Flow, OutMessage, Producer, Topics};
+use crate::store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadgenError {
+    #[error("setup failed: {0}")]
+    Setup(String),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("http: {0}")]
+    Http(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How requests reach stampede.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    Kafka,
+    Http,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadgenOptions {
+    pub scenario: Scenario,
+    pub requests: usize,
+    /// Distinct users; fewer than requests means repeats.
+    pub users: usize,
+    pub stock: i64,
+    pub products: usize,
+    pub rate: Option<u64>,
+    pub via: Via,
+    pub http_url: String,
+    pub timeout: Duration,
+    pub verify: bool,
+    pub progress: bool,
+}
+
+/// One planned request.
+pub struct Planned {
+    pub flow: Flow,
+    pub user_id: i64,
+    pub request_id: String,
+    pub body: serde_json::Value,
+}
+
+/// What the follower saw of one result.
+struct Seen {
+    request_id: String,
+    at: Instant,
+    outcome: String,
+    payload: Vec<u8>,
+}
+
+/// Runs a load test and returns its report (verdict included).
+pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report, LoadgenError> {
+    let db = store::connect(&settings.database)
+        .await
+        .map_err(|e| LoadgenError::Setup(e.to_string()))?;
+    let counters = Counters::connect(&settings.redis)
+        .await
+        .map_err(|e| LoadgenError::Setup(e.to_string()))?;
+    let producer = Producer::new(&settings.kafka)?;
+    let topics = Topics::new(settings.kafka.topic_prefix.clone());
+    let run_id = format!("lg{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+
+    let setup = scenario::setup(&db, &counters, settings, options, &run_id)
+        .await
+        .map_err(|e| LoadgenError::Setup(e.to_string()))?;
+    let plan = scenario::plan(options, &setup, &run_id);
+    let flows: Vec<Flow> = {
+        let mut f: Vec<Flow> = plan.iter().map(|p| p.flow).collect();
+        f.sort_by_key(|f| f.kind());
+        f.dedup();
+        f
+    };
+    let follow_topics: Vec<String> = if options.scenario == Scenario::Passthrough {
+        vec![setup.passthrough_out.clone().unwrap_or_default()]
+    } else {
+        flows.iter().map(|f| topics.results(*f)).collect()
+    };
+
+    let (tx, mut rx) = mpsc::channel::<Seen>(65_536);
+    let follower = start_follower(settings, &follow_topics, &run_id, tx).await?;
+    let passthrough = match &setup.passthrough_in {
+        Some(input) => Some(scenario::start_passthrough(
+            settings,
+            input,
+            setup.passthrough_out.as_deref().unwrap_or_default(),
+            producer.clone(),
+        )),
+        None => None,
+    };
+
+    let bar = if options.progress {
+        indicatif::ProgressBar::new(plan.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} results ({per_sec}) {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{} via {:?}", options.scenario.name(), options.via));
+
+    let started = Instant::now();
+    let sent_at: Arc<std::sync::Mutex<HashMap<String, Instant>>> =
+        Arc::new(std::sync::Mutex::new(HashMap::with_capacity(plan.len())));
+    let expected = plan.len();
+    let publish = {
+        let sent_at = sent_at.clone();
+        let producer = producer.clone();
+        let topics = topics.clone();
+        let options = options.clone();
+        let passthrough_in = setup.passthrough_in.clone();
+        tokio::spawn(async move {
+            publish_all(
+                plan,
+                &producer,
+                &topics,
+                passthrough_in.as_deref(),
+                &options,
+                started,
+                sent_at,
+            )
+            .await
+        })
+    };
+
+    let mut results: HashMap<String, Vec<Seen>> = HashMap::with_capacity(expected);
+    let deadline = started + options.timeout;
+    while results.len() < expected {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, rx.recv()).await {
+            Ok(Some(seen)) => {
+                let entry = results.entry(seen.request_id.clone()).or_default();
+                if entry.is_empty() {
+                    bar.inc(1);
+                }
+                entry.push(seen);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    bar.finish_and_clear();
+    let publish_outcome = publish
+        .await
+        .map_err(|e| LoadgenError::Http(e.to_string()))?;
+    follower.abort();
+    if let Some(p) = passthrough {
+        p.stop().await;
+    }
+    publish_outcome?;
+    let sent_at = std::mem::take(&mut *sent_at.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut report = report::build(options, &setup, started, &sent_at, &results);
+    if options.verify && options.scenario != Scenario::Passthrough {
+        scenario::verify(
+            &db,
+            &counters,
+            settings,
+            options,
+            &setup,
+            &results_outcomes(&results),
+            &mut report,
+        )
+        .await;
+    }
+    Ok(report)
+}
+
+fn results_outcomes(
+    results: &HashMap<String, Vec<Seen>>,
+) -> HashMap<String, (String, usize, bool)> {
+    results
+        .iter()
+        .map(|(id, seen)| {
+            let identical = seen.iter().all(|s| s.payload == seen[0].payload);
+            (id.clone(), (seen[0].outcome.clone(), seen.len(), identical))
+        })
+        .collect()
+}
+
+async fn publish_all(
+    plan: Vec<Planned>,
+    producer: &Producer,
+    topics: &Topics,
+    passthrough_in: Option<&str>,
+    options: &LoadgenOptions,
+    started: Instant,
+    sent_at: Arc<std::sync::Mutex<HashMap<String, Instant>>>,
+) -> Result<(), LoadgenError> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .map_err(|e| LoadgenError::Http(e.to_string()))?;
+    let max_in_flight = match options.via {
+        Via::Kafka => 20_000,
+        Via::Http => 256,
+    };
+    let mut in_flight = FuturesUnordered::new();
+    for (i, request) in plan.into_iter().enumerate() {
+        // Open loop: the i-th request is due at i / rate, whatever happened before.
+        let due = options
+            .rate
+            .map(|rate| started + Duration::from_secs_f64(i as f64 / rate as f64));
+        if let Some(due) = due {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        while in_flight.len() >= max_in_flight {
+            if let Some(r) = in_flight.next().await {
+                r?;
+            }
+        }
+        let stamp = due.unwrap_or_else(Instant::now);
+        sent_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(request.request_id.clone(), stamp);
+        let producer = producer.clone();
+        let client = client.clone();
+        let topic = passthrough_in
+            .map(str::to_owned)
+            .unwrap_or_else(|| topics.requests(request.flow));
+        let via = options.via;
+        let url = options.http_url.clone();
+        in_flight.push(async move {
+            match via {
+                Via::Kafka => {
+                    let message = OutMessage::new(
+                        topic,
+                        request.user_id.to_string(),
+                        serde_json::to_vec(&request.body).unwrap_or_default(),
+                    );
+                    producer
+                        .send(&message)
+                        .await
+                        .map(|_| ())
+                        .map_err(LoadgenError::Kafka)
+                }
+                Via::Http => scenario::post(&client, &url, &request).await,
+            }
+        });
+    }
+    while let Some(r) = in_flight.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Follows `topics` from their current end, sending results of this run.
+async fn start_follower(
+    settings: &Settings,
+    topics: &[String],
+    run_id: &str,
+    tx: mpsc::Sender<Seen>,
+) -> Result<tokio::task::JoinHandle<()>, LoadgenError> {
+    let mut config = crate::kafka::client_config(&settings.kafka);
+    config
+        .set("group.id", format!("{}.loadgen", settings.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10");
+    let consumer: StreamConsumer = config.create()?;
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            // Explicit offsets, so nothing produced after this point is missed.
+            let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            assignment.add_partition_offset(topic, p.id(), Offset::Offset((high - 1).max(0)))?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let prefix = format!("{run_id}-");
+    Ok(tokio::spawn(async move {
+        let mut stream = consumer.stream();
+        while let Some(Ok(message)) = stream.next().await {
+            let Some(payload) = message.payload() else {
+                continue;
+            };
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else {
+                continue;
+            };
+            let Some(id) = value.get("request_id").and_then(|v| v.as_str()) else {
+                continue;
+            };
+            if !id.starts_with(&prefix) {
+                continue;
+            }
+            let outcome = value
+                .pointer("/error/code")
+                .and_then(|c| c.as_str())
+                .unwrap_or(match value.get("status").and_then(|s| s.as_str()) {
+                    Some("rejected") => "rejected",
+                    _ => "succeeded",
+                });
+            let seen = Seen {
+                request_id: id.to_owned(),
+                at: Instant::now(),
+                outcome: outcome.to_owned(),
+                payload: payload.to_vec(),
+            };
+            if tx.send(seen).await.is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+/// The default folder for reports.
+pub fn default_output(scenario: Scenario) -> PathBuf {
+    PathBuf::from("bench/results").join(format!(
+        "loadgen-{}-{}",
+        scenario.name(),
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ))
+}

@@ -1,0 +1,325 @@
+//! Scenarios: their data, their requests, and what must hold afterwards.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::report::Report;
+use super::{LoadgenError, LoadgenOptions, Planned};
+use crate::config::Settings;
+use crate::counters::Counters;
+use crate::domain::coupon::Discount;
+use crate::domain::messages::CouponSpec;
+use crate::kafka::consumer::{run_batches, BatchHandler, ConsumerOptions, HandlerError, Incoming};
+use crate::kafka::{Flow, OutMessage, Producer, Topics};
+use crate::store::{coupons, products, users};
+use crate::workers::reconcile;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// One coupon, everybody at once.
+    CouponDrop,
+    /// Orders of 1–3 products.
+    Orders,
+    /// Balance charges.
+    Charges,
+    /// A third each of charges, coupon requests and orders.
+    Mixed,
+    /// No stampede at all: the same bytes consumed and produced straight
+    /// back through the broker — the transport's own limit.
+    Passthrough,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::CouponDrop => "coupon-drop",
+            Scenario::Orders => "orders",
+            Scenario::Charges => "charges",
+            Scenario::Mixed => "mixed",
+            Scenario::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// The data a run created.
+pub struct Setup {
+    pub first_user: i64,
+    pub users: i64,
+    pub coupon_id: Option<i64>,
+    pub first_product: i64,
+    pub products: i64,
+    pub passthrough_in: Option<String>,
+    pub passthrough_out: Option<String>,
+}
+
+pub async fn setup(
+    db: &PgPool,
+    counters: &Counters,
+    settings: &Settings,
+    o: &LoadgenOptions,
+    run_id: &str,
+) -> Result<Setup, Box<dyn std::error::Error + Send + Sync>> {
+    let first_user: i64 = sqlx::query_scalar("SELECT COALESCE(max(id), 0) + 1 FROM users")
+        .fetch_one(db)
+        .await?;
+    let balance = settings.rules.max_balance.min(10_000_000);
+    users::seed(db, first_user, o.users as i64, balance).await?;
+    let mut coupon_id = None;
+    if matches!(
+        o.scenario,
+        Scenario::CouponDrop | Scenario::Mixed | Scenario::Passthrough
+    ) {
+        let id: i64 = sqlx::query_scalar("SELECT COALESCE(max(id), 0) + 1 FROM coupons")
+            .fetch_one(db)
+            .await?;
+        let spec = CouponSpec {
+            name: format!("{run_id} drop"),
+            discount: Discount::Fixed { amount: 1_000 },
+            total_quantity: o.stock,
+            expires_at: chrono::Utc::now() + chrono::Duration::days(7),
+        };
+        coupons::create(db, Some(id), &spec).await?;
+        reconcile::load_coupon(db, counters, id, true).await?;
+        coupon_id = Some(id);
+    }
+    let first_product: i64 = sqlx::query_scalar("SELECT COALESCE(max(id), 0) + 1 FROM products")
+        .fetch_one(db)
+        .await?;
+    if matches!(o.scenario, Scenario::Orders | Scenario::Mixed) {
+        products::seed(db, first_product, o.products as i64, 1_000, o.stock).await?;
+        let ids: Vec<i64> = (first_product..first_product + o.products as i64).collect();
+        reconcile::load_missing_products(db, counters, &ids).await?;
+    }
+    let (mut passthrough_in, mut passthrough_out) = (None, None);
+    if o.scenario == Scenario::Passthrough {
+        let topics = Topics::new(settings.kafka.topic_prefix.clone());
+        let (input, output) = (
+            topics.name(&format!("bench.{run_id}.in")),
+            topics.name(&format!("bench.{run_id}.out")),
+        );
+        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+            crate::kafka::client_config(&settings.kafka).create()?;
+        let specs = [input.as_str(), output.as_str()].map(|t| {
+            rdkafka::admin::NewTopic::new(
+                t,
+                settings.kafka.partitions,
+                rdkafka::admin::TopicReplication::Fixed(settings.kafka.replication_factor),
+            )
+        });
+        admin
+            .create_topics(&specs, &rdkafka::admin::AdminOptions::new())
+            .await?;
+        passthrough_in = Some(input);
+        passthrough_out = Some(output);
+    }
+    Ok(Setup {
+        first_user,
+        users: o.users as i64,
+        coupon_id,
+        first_product,
+        products: o.products as i64,
+        passthrough_in,
+        passthrough_out,
+    })
+}
+
+pub fn plan(o: &LoadgenOptions, s: &Setup, run_id: &str) -> Vec<Planned> {
+    (0..o.requests)
+        .map(|i| {
+            // Spread repeats: request i belongs to user i mod users (scrambled).
+            let user = s.first_user + ((i as i64).wrapping_mul(7_919) % s.users).abs();
+            let request_id = format!("{run_id}-{i}");
+            let kind = match o.scenario {
+                Scenario::Mixed => [Flow::Charge, Flow::Coupon, Flow::Order][i % 3],
+                Scenario::Charges => Flow::Charge,
+                Scenario::Orders => Flow::Order,
+                Scenario::CouponDrop | Scenario::Passthrough => Flow::Coupon,
+            };
+            let body = match kind {
+                Flow::Charge => json!({"request_id": request_id, "user_id": user, "amount": 1_000 + (i as i64 % 5) * 1_000}),
+                Flow::Coupon => json!({"request_id": request_id, "user_id": user, "coupon_id": s.coupon_id.unwrap_or(1)}),
+                Flow::Order => {
+                    let n = 1 + i % 3;
+                    let items: Vec<_> = (0..n).map(|k| json!({"product_id": s.first_product + ((i * 31 + k * 17) as i64 % s.products.max(1)), "quantity": 1 + (i + k) as i64 % 2})).collect();
+                    let mut seen = HashSet::new();
+                    let items: Vec<_> = items.into_iter().filter(|it| seen.insert(it["product_id"].as_i64())).collect();
+                    json!({"request_id": request_id, "user_id": user, "items": items})
+                }
+            };
+            Planned { flow: kind, user_id: user, request_id, body }
+        })
+        .collect()
+}
+
+pub async fn post(client: &reqwest::Client, base: &str, p: &Planned) -> Result<(), LoadgenError> {
+    let (path, body) = match p.flow {
+        Flow::Charge => (
+            "/v1/charges".to_owned(),
+            json!({"user_id": p.user_id, "amount": p.body["amount"]}),
+        ),
+        Flow::Coupon => (
+            format!("/v1/coupons/{}/issue", p.body["coupon_id"]),
+            json!({"user_id": p.user_id}),
+        ),
+        Flow::Order => (
+            "/v1/orders".to_owned(),
+            json!({"user_id": p.user_id, "items": p.body["items"]}),
+        ),
+    };
+    let response = client
+        .post(format!("{base}{path}"))
+        .header("Idempotency-Key", &p.request_id)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| LoadgenError::Http(e.to_string()))?;
+    if response.status() != reqwest::StatusCode::ACCEPTED {
+        return Err(LoadgenError::Http(format!(
+            "{path} answered {}",
+            response.status()
+        )));
+    }
+    Ok(())
+}
+
+/// Copies every message of `input` to `output`: the broker's round trip.
+struct Passthrough {
+    output: String,
+}
+
+#[async_trait::async_trait]
+impl BatchHandler for Passthrough {
+    async fn handle(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, HandlerError> {
+        Ok(batch
+            .iter()
+            .map(|m| {
+                OutMessage::new(
+                    self.output.clone(),
+                    m.key.clone().unwrap_or_default(),
+                    m.payload.clone().unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+}
+
+pub struct PassthroughRunner {
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PassthroughRunner {
+    pub async fn stop(self) {
+        self.token.cancel();
+        let _ = self.task.await;
+    }
+}
+
+pub fn start_passthrough(
+    settings: &Settings,
+    input: &str,
+    output: &str,
+    producer: Producer,
+) -> PassthroughRunner {
+    let token = CancellationToken::new();
+    let settings = settings.clone();
+    let options = ConsumerOptions {
+        worker: "passthrough".into(),
+        group_id: format!("{}.passthrough", settings.kafka.group_id),
+        topics: vec![input.to_owned()],
+        joined: Default::default(),
+    };
+    let handler = Passthrough {
+        output: output.to_owned(),
+    };
+    let cancel = token.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = run_batches(&settings, options, &handler, &producer, cancel).await {
+            tracing::error!(error = %e, "passthrough stopped");
+        }
+    });
+    PassthroughRunner { token, task }
+}
+
+/// The correctness verdict: scenario rules, then the full audit.
+pub async fn verify(
+    db: &PgPool,
+    counters: &Counters,
+    settings: &Settings,
+    o: &LoadgenOptions,
+    s: &Setup,
+    results: &HashMap<String, (String, usize, bool)>,
+    report: &mut Report,
+) {
+    let missing = o.requests.saturating_sub(results.len());
+    report.check(
+        "every request answered",
+        missing == 0,
+        format!("{missing} of {} requests without a result", o.requests),
+    );
+    let differing = results
+        .values()
+        .filter(|(_, _, identical)| !identical)
+        .count();
+    report.check(
+        "one result per request",
+        differing == 0,
+        format!("{differing} requests with differing result contents"),
+    );
+    if let (Some(coupon), Scenario::CouponDrop) = (s.coupon_id, o.scenario) {
+        let won = results
+            .values()
+            .filter(|(outcome, _, _)| outcome == "succeeded")
+            .count() as i64;
+        let expected = o.stock.min(s.users.min(o.requests as i64));
+        report.check(
+            "issued = min(stock, users)",
+            won == expected,
+            format!("{won} issued, expected {expected}"),
+        );
+        let in_db: Result<i64, _> = sqlx::query_scalar("SELECT issued FROM coupons WHERE id = $1")
+            .bind(coupon)
+            .fetch_one(db)
+            .await;
+        let in_db = in_db.unwrap_or(-1);
+        report.check(
+            "database agrees",
+            in_db == won,
+            format!("PostgreSQL says {in_db} issued, results say {won}"),
+        );
+    }
+    // The audit reads the stats topic; wait briefly for the relay to drain first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(db)
+                .await
+                .unwrap_or(0);
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // A connection broken by a fault during the run (e.g. Redis restarted)
+    // reconnects on the next call: retry the audit before calling it failed.
+    let mut audit = crate::audit::audit(db, counters, Some(settings)).await;
+    for _ in 0..3 {
+        if audit.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        audit = crate::audit::audit(db, counters, Some(settings)).await;
+    }
+    match audit {
+        Ok(audit) => {
+            for c in audit.checks {
+                report.check(c.name, c.passed, c.detail);
+            }
+        }
+        Err(e) => report.check("audit", false, format!("audit could not run: {e}")),
+    }
+}

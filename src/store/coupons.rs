@@ -1,0 +1,220 @@
+//! Coupons and the coupons issued to users. `coupons.issued ≤ total_quantity`
+//! and unique (user, coupon) are enforced by the database itself.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::{users::bump_id_sequence, Result, StoreError};
+use crate::domain::coupon::Discount;
+use crate::domain::messages::CouponSpec;
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CouponRow {
+    pub id: i64,
+    pub name: String,
+    pub discount_kind: String,
+    pub discount_value: i64,
+    pub total_quantity: i64,
+    pub issued: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl CouponRow {
+    pub fn discount(&self) -> Discount {
+        Discount::from_columns(&self.discount_kind, self.discount_value)
+            .unwrap_or(Discount::Fixed { amount: 0 })
+    }
+
+    pub fn left(&self) -> i64 {
+        self.total_quantity - self.issued
+    }
+}
+
+const COLUMNS: &str = "id, name, discount_kind, discount_value, total_quantity, issued, expires_at";
+
+pub async fn create(db: &PgPool, id: Option<i64>, spec: &CouponSpec) -> Result<CouponRow> {
+    let (kind, value) = spec.discount.to_columns();
+    let mut tx = db.begin().await?;
+    let row: Option<CouponRow> = sqlx::query_as(&format!(
+        "INSERT INTO coupons (id, name, discount_kind, discount_value, total_quantity, expires_at)
+         VALUES (COALESCE($1, nextval(pg_get_serial_sequence('coupons', 'id'))), $2, $3, $4, $5, $6)
+         ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&spec.name)
+    .bind(kind)
+    .bind(value)
+    .bind(spec.total_quantity)
+    .bind(spec.expires_at)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let row = row.ok_or_else(|| {
+        StoreError::Conflict(format!("coupon {} already exists", id.unwrap_or_default()))
+    })?;
+    bump_id_sequence(&mut tx, "coupons").await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+pub async fn get(db: &PgPool, id: i64) -> Result<Option<CouponRow>> {
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM coupons WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+pub async fn find_many(db: &PgPool, ids: &[i64]) -> Result<HashMap<i64, CouponRow>> {
+    let rows: Vec<CouponRow> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM coupons WHERE id = ANY($1)"))
+            .bind(ids)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r)).collect())
+}
+
+pub async fn all(db: &PgPool) -> Result<Vec<CouponRow>> {
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM coupons ORDER BY id"))
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// Users holding a coupon.
+pub async fn holders(db: &PgPool, coupon_id: i64) -> Result<Vec<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT user_id FROM user_coupons WHERE coupon_id = $1")
+            .bind(coupon_id)
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// One request that Redis granted a unit of a coupon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub request_id: String,
+    pub user_id: i64,
+    pub coupon_id: i64,
+}
+
+/// What PostgreSQL made of a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantOutcome {
+    Issued {
+        user_coupon_id: i64,
+    },
+    /// The user already held the coupon (Redis had lost that).
+    AlreadyHeld,
+    /// No unit was left (Redis had counted too many).
+    SoldOut,
+}
+
+/// Makes grants durable inside `tx`. Coupon rows are locked first, so the
+/// `issued ≤ total_quantity` check is exact even if Redis drifted: grants
+/// beyond the stock become `SoldOut`, in arrival order.
+pub async fn issue(
+    tx: &mut Transaction<'_, Postgres>,
+    grants: &[Grant],
+) -> Result<Vec<GrantOutcome>> {
+    if grants.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut coupon_ids: Vec<i64> = grants.iter().map(|g| g.coupon_id).collect();
+    coupon_ids.sort_unstable();
+    coupon_ids.dedup();
+    let available: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT id, total_quantity - issued FROM coupons WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&coupon_ids)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+
+    let users: Vec<i64> = grants.iter().map(|g| g.user_id).collect();
+    let coupons: Vec<i64> = grants.iter().map(|g| g.coupon_id).collect();
+    let requests: Vec<&str> = grants.iter().map(|g| g.request_id.as_str()).collect();
+    let inserted: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "INSERT INTO user_coupons (user_id, coupon_id, request_id)
+         SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[])
+         ON CONFLICT DO NOTHING RETURNING request_id, id",
+    )
+    .bind(&users)
+    .bind(&coupons)
+    .bind(&requests)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+
+    let mut taken: HashMap<i64, i64> = HashMap::new();
+    let mut excess = Vec::new();
+    let outcomes: Vec<GrantOutcome> = grants
+        .iter()
+        .map(|g| match inserted.get(&g.request_id) {
+            None => GrantOutcome::AlreadyHeld,
+            Some(&id) => {
+                let n = taken.entry(g.coupon_id).or_default();
+                if *n < available.get(&g.coupon_id).copied().unwrap_or(0) {
+                    *n += 1;
+                    GrantOutcome::Issued { user_coupon_id: id }
+                } else {
+                    excess.push(id);
+                    GrantOutcome::SoldOut
+                }
+            }
+        })
+        .collect();
+    if !excess.is_empty() {
+        sqlx::query("DELETE FROM user_coupons WHERE id = ANY($1)")
+            .bind(&excess)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let (ids, counts): (Vec<i64>, Vec<i64>) = taken.into_iter().filter(|(_, n)| *n > 0).unzip();
+    if !ids.is_empty() {
+        sqlx::query(
+            "UPDATE coupons c SET issued = c.issued + v.n
+             FROM UNNEST($1::int8[], $2::int8[]) AS v(id, n) WHERE c.id = v.id",
+        )
+        .bind(&ids)
+        .bind(&counts)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(outcomes)
+}
+
+/// A coupon as its holder sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct UserCoupon {
+    pub user_coupon_id: i64,
+    pub coupon_id: i64,
+    pub name: String,
+    #[serde(skip)]
+    pub discount_kind: String,
+    #[serde(skip)]
+    pub discount_value: i64,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub used: bool,
+    pub used_order_id: Option<i64>,
+}
+
+pub async fn of_user(db: &PgPool, user_id: i64) -> Result<Vec<UserCoupon>> {
+    Ok(sqlx::query_as(
+        "SELECT uc.id AS user_coupon_id, uc.coupon_id, c.name, c.discount_kind, c.discount_value,
+                uc.issued_at, c.expires_at, uc.used_at IS NOT NULL AS used, uc.used_order_id
+         FROM user_coupons uc JOIN coupons c ON c.id = uc.coupon_id
+         WHERE uc.user_id = $1 ORDER BY uc.id",
+    )
+    .bind(user_id)
+    .fetch_all(db)
+    .await?)
+}

@@ -1,0 +1,138 @@
+//! PostgreSQL, the ledger and source of truth (sqlx). Statements here are
+//! multi-row (`UNNEST`) so a micro-batch costs a fixed number of round trips.
+//! Lock order is always users → products → coupons, each by ascending id, so
+//! concurrent batches never deadlock.
+
+pub mod coupons;
+pub mod orders;
+pub mod processed;
+pub mod products;
+pub mod stats;
+pub mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+use crate::config::DatabaseSettings;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl StoreError {
+    /// A hiccup worth retrying (connection lost, deadlock, serialization
+    /// failure, a concurrent duplicate that a retry answers as a replay).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Sqlx(e) => is_retryable_sqlx(e),
+            StoreError::Migrate(_) | StoreError::Conflict(_) => false,
+        }
+    }
+
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Sqlx(sqlx::Error::Database(d)) if d.code().as_deref() == Some("23505"))
+    }
+}
+
+fn is_retryable_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => {
+            let code = d.code().unwrap_or_default();
+            // 08: connection, 40: rollback (serialization, deadlock), 53: resources,
+            // 57: operator intervention (shutdown), 23505: concurrent duplicate.
+            code.starts_with("08")
+                || code.starts_with("40")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || code == "23505"
+        }
+        _ => false,
+    }
+}
+
+fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(settings.url.as_str())?
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .application_name("stampede"))
+}
+
+/// A pool for the configured database.
+pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(connect_options(settings)?)
+        .await?)
+}
+
+/// Creates the database if asked to and missing, then applies every migration.
+pub async fn migrate(settings: &DatabaseSettings) -> Result<Vec<i64>> {
+    let options = connect_options(settings)?;
+    if settings.create_if_missing {
+        create_database_if_missing(&options).await?;
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let before: std::collections::HashSet<i64> = applied(&pool).await.unwrap_or_default();
+    MIGRATOR.run(&pool).await?;
+    let after = applied(&pool).await?;
+    pool.close().await;
+    let mut new: Vec<i64> = after.difference(&before).copied().collect();
+    new.sort_unstable();
+    Ok(new)
+}
+
+async fn applied(pool: &PgPool) -> Result<std::collections::HashSet<i64>> {
+    Ok(
+        sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect(),
+    )
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = options.clone().database("postgres").connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(&format!("CREATE DATABASE {quoted}"))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "database created"),
+            // Created concurrently by another process.
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    admin.close().await?;
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Orders, their items, coupon use, and the transactional outbox of stats events.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, Postgres, Transaction};
+
+use super::Result;
+use crate::domain::coupon::Discount;
+use crate::domain::order::PricedItem;
+
+/// A coupon a user holds, as an order sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holding {
+    pub user_coupon_id: i64,
+    pub used: bool,
+    pub expires_at: DateTime<Utc>,
+    pub discount: Discount,
+}
+
+/// (user_coupon id, user, coupon, used, expires_at, discount kind, discount value)
+type HoldingRow = (i64, i64, i64, bool, DateTime<Utc>, String, i64);
+
+/// Locks and returns the holdings of (user, coupon) pairs.
+pub async fn holdings(
+    tx: &mut Transaction<'_, Postgres>,
+    pairs: &[(i64, i64)],
+) -> Result<HashMap<(i64, i64), Holding>> {
+    if pairs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (users, coupons): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
+    let rows: Vec<HoldingRow> = sqlx::query_as(
+        "SELECT uc.id, uc.user_id, uc.coupon_id, uc.used_at IS NOT NULL, c.expires_at, c.discount_kind, c.discount_value
+         FROM user_coupons uc
+         JOIN coupons c ON c.id = uc.coupon_id
+         JOIN UNNEST($1::int8[], $2::int8[]) AS p(user_id, coupon_id)
+           ON uc.user_id = p.user_id AND uc.coupon_id = p.coupon_id
+         ORDER BY uc.id FOR UPDATE OF uc",
+    )
+    .bind(&users)
+    .bind(&coupons)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, user, coupon, used, expires_at, kind, value)| {
+            Some((
+                (user, coupon),
+                Holding {
+                    user_coupon_id: id,
+                    used,
+                    expires_at,
+                    discount: Discount::from_columns(&kind, value)?,
+                },
+            ))
+        })
+        .collect())
+}
+
+/// A paid order to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    pub id: i64,
+    pub request_id: String,
+    pub user_id: i64,
+    pub total_amount: i64,
+    pub discount_amount: i64,
+    pub paid_amount: i64,
+    pub coupon_id: Option<i64>,
+    /// The holding marked used, when a valid coupon was applied.
+    pub used_coupon: Option<i64>,
+    pub coupon_applied: bool,
+    pub ordered_at: DateTime<Utc>,
+    pub items: Vec<PricedItem>,
+}
+
+/// `n` fresh order ids.
+pub async fn next_ids(tx: &mut Transaction<'_, Postgres>, n: usize) -> Result<Vec<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT nextval('orders_id_seq') FROM generate_series(1, $1::int8)")
+            .bind(n as i64)
+            .fetch_all(&mut **tx)
+            .await?,
+    )
+}
+
+/// Stores paid orders, their items, and marks applied coupons used.
+pub async fn insert(tx: &mut Transaction<'_, Postgres>, orders: &[NewOrder]) -> Result<()> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = orders.iter().map(|o| o.id).collect();
+    let requests: Vec<&str> = orders.iter().map(|o| o.request_id.as_str()).collect();
+    let users: Vec<i64> = orders.iter().map(|o| o.user_id).collect();
+    let totals: Vec<i64> = orders.iter().map(|o| o.total_amount).collect();
+    let discounts: Vec<i64> = orders.iter().map(|o| o.discount_amount).collect();
+    let paid: Vec<i64> = orders.iter().map(|o| o.paid_amount).collect();
+    let coupons: Vec<Option<i64>> = orders.iter().map(|o| o.coupon_id).collect();
+    let applied: Vec<bool> = orders.iter().map(|o| o.coupon_applied).collect();
+    let at: Vec<DateTime<Utc>> = orders.iter().map(|o| o.ordered_at).collect();
+    sqlx::query(
+        "INSERT INTO orders (id, request_id, user_id, status, total_amount, discount_amount, paid_amount, coupon_id, coupon_applied, ordered_at)
+         SELECT id, r, u, 'paid', t, d, p, c, a, at
+         FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::bool[], $9::timestamptz[])
+           AS v(id, r, u, t, d, p, c, a, at)",
+    )
+    .bind(&ids)
+    .bind(&requests)
+    .bind(&users)
+    .bind(&totals)
+    .bind(&discounts)
+    .bind(&paid)
+    .bind(&coupons)
+    .bind(&applied)
+    .bind(&at)
+    .execute(&mut **tx)
+    .await?;
+
+    let mut item_orders = Vec::new();
+    let mut item_products = Vec::new();
+    let mut item_quantities = Vec::new();
+    let mut item_prices = Vec::new();
+    for order in orders {
+        for item in &order.items {
+            item_orders.push(order.id);
+            item_products.push(item.product_id);
+            item_quantities.push(item.quantity);
+            item_prices.push(item.unit_price);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO order_items (order_id, product_id, quantity, unit_price)
+         SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[])",
+    )
+    .bind(&item_orders)
+    .bind(&item_products)
+    .bind(&item_quantities)
+    .bind(&item_prices)
+    .execute(&mut **tx)
+    .await?;
+
+    let (holdings, by_order): (Vec<i64>, Vec<i64>) = orders
+        .iter()
+        .filter_map(|o| o.used_coupon.map(|h| (h, o.id)))
+        .unzip();
+    if !holdings.is_empty() {
+        sqlx::query(
+            "UPDATE user_coupons uc SET used_at = now(), used_order_id = v.order_id
+             FROM UNNEST($1::int8[], $2::int8[]) AS v(id, order_id)
+             WHERE uc.id = v.id AND uc.used_at IS NULL",
+        )
+        .bind(&holdings)
+        .bind(&by_order)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// An event waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub topic: String,
+    pub key: String,
+    pub payload: String,
+    pub order_id: Option<i64>,
+}
+
+/// Queues events in the transaction of the orders they describe.
+pub async fn enqueue(
+    tx: &mut Transaction<'_, Postgres>,
+    topic: &str,
+    events: &[(i64, String)],
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let (orders, payloads): (Vec<i64>, Vec<&str>) =
+        events.iter().map(|(id, p)| (*id, p.as_str())).unzip();
+    sqlx::query(
+        "INSERT INTO outbox (topic, key, payload, order_id)
+         SELECT $1, o::text, p, o FROM UNNEST($2::int8[], $3::text[]) AS v(o, p)",
+    )
+    .bind(topic)
+    .bind(&orders)
+    .bind(&payloads)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The oldest unpublished events, in id order.
+pub async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, topic, key, payload, order_id FROM outbox
+         WHERE published_at IS NULL ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

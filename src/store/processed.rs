@@ -1,0 +1,94 @@
+//! Idempotency: the stored result of every processed request, by `request_id`.
+
+use std::collections::HashMap;
+
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::Result;
+
+/// A result as it was first published.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StoredResult {
+    pub request_id: String,
+    pub kind: String,
+    pub user_id: Option<i64>,
+    pub result: String,
+}
+
+/// A result to store with the effects of its request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewResult {
+    pub request_id: String,
+    pub user_id: Option<i64>,
+    pub error_code: Option<&'static str>,
+    pub result: String,
+}
+
+/// The stored results among `request_ids`.
+pub async fn lookup(db: &PgPool, request_ids: &[String]) -> Result<HashMap<String, StoredResult>> {
+    if request_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<StoredResult> = sqlx::query_as(
+        "SELECT request_id, kind, user_id, result FROM processed_requests WHERE request_id = ANY($1)",
+    )
+    .bind(request_ids)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.request_id.clone(), r))
+        .collect())
+}
+
+/// One stored result.
+pub async fn get(db: &PgPool, request_id: &str) -> Result<Option<StoredResult>> {
+    Ok(sqlx::query_as(
+        "SELECT request_id, kind, user_id, result FROM processed_requests WHERE request_id = $1",
+    )
+    .bind(request_id)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Stores results in the transaction that carries their effects. A request
+/// stored concurrently by another worker fails the transaction (unique
+/// violation), which the caller retries and then answers as a replay.
+pub async fn insert_all(
+    tx: &mut Transaction<'_, Postgres>,
+    kind: &str,
+    rows: &[NewResult],
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut users = Vec::with_capacity(rows.len());
+    let mut statuses = Vec::with_capacity(rows.len());
+    let mut codes = Vec::with_capacity(rows.len());
+    let mut results = Vec::with_capacity(rows.len());
+    for r in rows {
+        ids.push(r.request_id.as_str());
+        users.push(r.user_id);
+        statuses.push(if r.error_code.is_some() {
+            "rejected"
+        } else {
+            "succeeded"
+        });
+        codes.push(r.error_code);
+        results.push(r.result.as_str());
+    }
+    sqlx::query(
+        "INSERT INTO processed_requests (request_id, kind, user_id, status, error_code, result)
+         SELECT id, $1, u, s, c, r FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::text[], $6::text[]) AS t(id, u, s, c, r)",
+    )
+    .bind(kind)
+    .bind(&ids)
+    .bind(&users)
+    .bind(&statuses)
+    .bind(&codes)
+    .bind(&results)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! One worker per flow, each wiring the pure rules of [`crate::domain`] to the
+//! adapters ([`crate::counters`], [`crate::store`], [`crate::kafka`]). The
+//! shared request pipeline lives in [`pipeline`].
+
+pub mod charge;
+pub mod coupon;
+pub mod order;
+pub mod outbox;
+pub mod pipeline;
+pub mod reconcile;
+pub mod stats;
+
+use std::str::FromStr;
+
+use crate::counters::CounterError;
+use crate::kafka::consumer::HandlerError;
+use crate::store::StoreError;
+
+/// Which workers a process runs (`worker --only charge,coupon,order,stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkerKind {
+    Charge,
+    Coupon,
+    Order,
+    Stats,
+}
+
+impl WorkerKind {
+    pub const ALL: [WorkerKind; 4] = [
+        WorkerKind::Charge,
+        WorkerKind::Coupon,
+        WorkerKind::Order,
+        WorkerKind::Stats,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerKind::Charge => "charge",
+            WorkerKind::Coupon => "coupon",
+            WorkerKind::Order => "order",
+            WorkerKind::Stats => "stats",
+        }
+    }
+}
+
+impl FromStr for WorkerKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WorkerKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s.trim())
+            .ok_or_else(|| {
+                format!("unknown worker {s:?}; choose from charge, coupon, order, stats")
+            })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Counters(#[from] CounterError),
+    #[error("could not encode a message: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+impl WorkerError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            WorkerError::Store(e) => e.is_retryable(),
+            WorkerError::Counters(CounterError::Redis(_)) => true,
+            // Redis state that should have been loaded was not: reloading on retry fixes it.
+            WorkerError::Inconsistent(_) => true,
+            WorkerError::Counters(CounterError::Protocol(_)) | WorkerError::Encode(_) => false,
+        }
+    }
+}
+
+impl From<WorkerError> for HandlerError {
+    fn from(e: WorkerError) -> Self {
+        if e.is_retryable() {
+            HandlerError::Retryable(e.to_string())
+        } else {
+            HandlerError::Fatal(e.to_string())
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The request pipeline all three request flows share.
+//!
+//! For each micro-batch: decode every message (unreadable or oversized ones go
+//! to the DLQ, and get an `invalid_request` result when their `request_id` can
+//! be read); answer requests already processed with their stored result, byte
+//! for byte; hand the fresh ones, in arrival order, to the flow's `decide`,
+//! which makes the effects and the results durable in one transaction; return
+//! everything to publish. A request that makes `decide` fail for good is
+//! isolated by deciding the batch one request at a time, and only that one
+//! goes to the DLQ: the partition keeps flowing.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::PgPool;
+use tracing::{debug, info_span, warn};
+
+use super::WorkerError;
+use crate::domain::messages::{
+    ChargeRequest, ChargeResult, CouponIssueRequest, CouponIssueResult, OrderRequest, OrderResult,
+    Status,
+};
+use crate::domain::validate::{decode, Validate};
+use crate::domain::{ErrorCode, Rejection, RequestId};
+use crate::kafka::consumer::{BatchHandler, HandlerError, Incoming};
+use crate::kafka::dlq::dead_letter;
+use crate::kafka::{Flow, OutMessage, Topics};
+use crate::store::processed::{self, NewResult};
+use crate::telemetry::{metrics, trace_context};
+
+/// A request message of one flow.
+pub trait RequestMessage: DeserializeOwned + Validate + Send + Sync {
+    fn request_id(&self) -> &RequestId;
+    fn user_id(&self) -> i64;
+}
+
+/// A result message of one flow.
+pub trait ResultMessage: Serialize {
+    fn rejected(request_id: RequestId, user_id: Option<i64>, rejection: Rejection) -> Self;
+}
+
+macro_rules! request_message {
+    ($t:ty) => {
+        impl RequestMessage for $t {
+            fn request_id(&self) -> &RequestId {
+                &self.request_id
+            }
+            fn user_id(&self) -> i64 {
+                self.user_id
+            }
+        }
+    };
+}
+request_message!(ChargeRequest);
+request_message!(CouponIssueRequest);
+request_message!(OrderRequest);
+
+impl ResultMessage for ChargeResult {
+    fn rejected(request_id: RequestId, user_id: Option<i64>, rejection: Rejection) -> Self {
+        ChargeResult {
+            request_id,
+            user_id,
+            status: Status::Rejected,
+            balance: None,
+            error: Some(rejection),
+        }
+    }
+}
+
+impl ResultMessage for CouponIssueResult {
+    fn rejected(request_id: RequestId, user_id: Option<i64>, rejection: Rejection) -> Self {
+        CouponIssueResult {
+            request_id,
+            user_id,
+            status: Status::Rejected,
+            coupon_id: None,
+            user_coupon_id: None,
+            expires_at: None,
+            error: Some(rejection),
+        }
+    }
+}
+
+impl ResultMessage for OrderResult {
+    fn rejected(request_id: RequestId, user_id: Option<i64>, rejection: Rejection) -> Self {
+        OrderResult {
+            request_id,
+            user_id,
+            status: Status::Rejected,
+            order_id: None,
+            total_amount: None,
+            discount_amount: None,
+            paid_amount: None,
+            balance: None,
+            coupon_applied: None,
+            error: Some(rejection),
+        }
+    }
+}
+
+/// Builds the stored form of a result.
+pub fn stored<R: Serialize>(
+    request_id: &RequestId,
+    user_id: i64,
+    error: Option<ErrorCode>,
+    result: &R,
+) -> Result<NewResult, WorkerError> {
+    Ok(NewResult {
+        request_id: request_id.as_str().to_owned(),
+        user_id: Some(user_id),
+        error_code: error.map(ErrorCode::as_str),
+        result: serde_json::to_string(result)?,
+    })
+}
+
+/// The business logic of one flow.
+#[async_trait]
+pub trait Decide: Send + Sync {
+    type Request: RequestMessage;
+    type Result: ResultMessage;
+
+    fn flow(&self) -> Flow;
+
+    /// Decides requests never processed before, in arrival order, and stores
+    /// their effects and results durably. Returns one result per request.
+    async fn decide(&self, requests: &[&Self::Request]) -> Result<Vec<NewResult>, WorkerError>;
+
+    /// Called with a request that failed for good and went to the DLQ, to
+    /// give back whatever counter state it had taken.
+    async fn abandon(&self, _request: &Self::Request) -> Result<(), WorkerError> {
+        Ok(())
+    }
+
+    /// Called with requests answered from their stored result (a redelivery),
+    /// to finish any counter state a crash left behind.
+    async fn replayed(&self, _request_ids: &[&str]) -> Result<(), WorkerError> {
+        Ok(())
+    }
+}
+
+/// Runs a flow's [`Decide`] over consumed batches.
+pub struct RequestPipeline<D: Decide> {
+    logic: D,
+    db: PgPool,
+    topics: Topics,
+    max_message_bytes: usize,
+}
+
+impl<D: Decide> RequestPipeline<D> {
+    pub fn new(logic: D, db: PgPool, topics: Topics, max_message_bytes: usize) -> Self {
+        Self {
+            logic,
+            db,
+            topics,
+            max_message_bytes,
+        }
+    }
+
+    /// The result of `message`, keyed by user, carrying the request's trace context.
+    fn result_message(&self, user_id: Option<i64>, message: &Incoming, json: String) -> OutMessage {
+        let key = match user_id {
+            Some(id) => id.to_string().into_bytes(),
+            None => message.key.clone().unwrap_or_default(),
+        };
+        let mut out = OutMessage::new(self.topics.results(self.logic.flow()), key, json);
+        if let Some(traceparent) = message.header(trace_context::HEADER) {
+            out = out.header(trace_context::HEADER, traceparent);
+        }
+        out
+    }
+
+    fn invalid(
+        &self,
+        message: &Incoming,
+        request_id: Option<RequestId>,
+        user_id: Option<i64>,
+        reason: &str,
+        out: &mut Vec<OutMessage>,
+    ) -> Result<(), WorkerError> {
+        let kind = self.logic.flow().kind();
+        metrics::processed(kind, Some(ErrorCode::InvalidRequest));
+        metrics::dead_lettered(kind);
+        warn!(topic = %message.topic, partition = message.partition, offset = message.offset, request_id = request_id.as_ref().map(RequestId::as_str), %reason, "invalid request sent to the DLQ");
+        out.push(dead_letter(message, reason));
+        if let Some(request_id) = request_id {
+            let result = D::Result::rejected(
+                request_id,
+                user_id,
+                Rejection::new(ErrorCode::InvalidRequest, reason),
+            );
+            out.push(self.result_message(user_id, message, serde_json::to_string(&result)?));
+        }
+        Ok(())
+    }
+
+    async fn decide_isolating(
+        &self,
+        batch: &[Incoming],
+        fresh: &[(usize, D::Request)],
+        out: &mut Vec<OutMessage>,
+    ) -> Result<Vec<Option<NewResult>>, WorkerError> {
+        let requests: Vec<&D::Request> = fresh.iter().map(|(_, r)| r).collect();
+        match self.logic.decide(&requests).await {
+            Ok(results) => return Ok(results.into_iter().map(Some).collect()),
+            Err(e) if e.is_retryable() => return Err(e),
+            Err(e) => {
+                warn!(error = %e, size = fresh.len(), "batch failed for good; deciding its requests one by one")
+            }
+        }
+        let mut results = Vec::with_capacity(fresh.len());
+        for (index, request) in fresh {
+            match self.logic.decide(&[request]).await {
+                Ok(mut one) => results.push(one.pop()),
+                Err(e) if e.is_retryable() => return Err(e),
+                Err(e) => {
+                    let reason = format!("cannot be processed: {e}");
+                    warn!(request_id = %request.request_id(), %reason, "poison request sent to the DLQ");
+                    metrics::dead_lettered(self.logic.flow().kind());
+                    out.push(dead_letter(&batch[*index], &reason));
+                    self.logic.abandon(request).await?;
+                    results.push(None);
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+#[async_trait]
+impl<D: Decide> BatchHandler for RequestPipeline<D> {
+    async fn handle(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, HandlerError> {
+        Ok(self.handle_batch(batch).await?)
+    }
+}
+
+impl<D: Decide> RequestPipeline<D> {
+    async fn handle_batch(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, WorkerError> {
+        let kind = self.logic.flow().kind();
+        let mut out = Vec::with_capacity(batch.len());
+        let mut decoded: Vec<(usize, D::Request)> = Vec::with_capacity(batch.len());
+        for (index, message) in batch.iter().enumerate() {
+            let Some(payload) = message.payload.as_deref() else {
+                self.invalid(message, None, None, "message has no payload", &mut out)?;
+                continue;
+            };
+            if payload.len() > self.max_message_bytes {
+                let reason = format!(
+                    "message of {} bytes exceeds the limit of {} bytes",
+                    payload.len(),
+                    self.max_message_bytes
+                );
+                self.invalid(message, None, None, &reason, &mut out)?;
+                continue;
+            }
+            match decode::<D::Request>(payload) {
+                Ok(request) => decoded.push((index, request)),
+                Err(invalid) => self.invalid(
+                    message,
+                    invalid.request_id,
+                    invalid.user_id,
+                    &invalid.reason,
+                    &mut out,
+                )?,
+            }
+        }
+
+        let ids: Vec<String> = decoded
+            .iter()
+            .map(|(_, r)| r.request_id().as_str().to_owned())
+            .collect();
+        let stored = processed::lookup(&self.db, &ids).await?;
+        let mut replayed = Vec::new();
+        let mut first_seen: HashMap<String, usize> = HashMap::new();
+        let mut fresh: Vec<(usize, D::Request)> = Vec::new();
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        for (index, request) in decoded {
+            let message = &batch[index];
+            let _span = info_span!("request", request_id = %request.request_id(), topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = trace_of(message)).entered();
+            if let Some(previous) = stored.get(request.request_id().as_str()) {
+                if previous.kind == kind {
+                    debug!("redelivered request answered with its stored result");
+                    metrics::replayed(kind);
+                    replayed.push(previous.request_id.as_str());
+                    out.push(self.result_message(
+                        previous.user_id,
+                        message,
+                        previous.result.clone(),
+                    ));
+                } else {
+                    let reason = format!(
+                        "request_id {} was already used by a {} request",
+                        request.request_id(),
+                        previous.kind
+                    );
+                    self.invalid(
+                        message,
+                        Some(request.request_id().clone()),
+                        Some(request.user_id()),
+                        &reason,
+                        &mut out,
+                    )?;
+                }
+                continue;
+            }
+            // A request published twice into the same batch: decided once.
+            if let Some(&first) = first_seen.get(request.request_id().as_str()) {
+                repeats.push((index, first));
+                continue;
+            }
+            first_seen.insert(request.request_id().as_str().to_owned(), fresh.len());
+            fresh.push((index, request));
+        }
+        if !replayed.is_empty() {
+            self.logic.replayed(&replayed).await?;
+        }
+        let results = self.decide_isolating(batch, &fresh, &mut out).await?;
+        for ((index, request), result) in fresh.iter().zip(&results) {
+            let Some(result) = result else { continue };
+            let message = &batch[*index];
+            let code = result.error_code;
+            let _span = info_span!("request", request_id = %request.request_id(), topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = trace_of(message)).entered();
+            debug!(outcome = code.unwrap_or("succeeded"), "request decided");
+            metrics::processed_code(kind, code);
+            out.push(self.result_message(result.user_id, message, result.result.clone()));
+        }
+        for (index, first) in repeats {
+            if let Some(Some(result)) = results.get(first) {
+                metrics::replayed(kind);
+                out.push(self.result_message(result.user_id, &batch[index], result.result.clone()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The trace id a request carried in its `traceparent` header, if any.
+fn trace_of(message: &Incoming) -> Option<&str> {
+    message
+        .header(trace_context::HEADER)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(trace_context::trace_id)
+}

@@ -1,0 +1,429 @@
+//! Shared helpers for the integration tests. Every test gets its own
+//! database, topic prefix, consumer groups and Redis key prefix, so tests run
+//! in parallel against the same real services without seeing each other.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+use sqlx::PgPool;
+use stampede::app::{Roles, Running};
+use stampede::config::{Settings, Url};
+use stampede::counters::Counters;
+use stampede::kafka::admin::create_topics;
+use stampede::kafka::{Flow, OutMessage, Producer, Topics};
+use stampede::store;
+use tokio_util::sync::CancellationToken;
+
+/// How long any single wait may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Settings isolated under `tag`.
+pub fn isolated_settings(tag: &str) -> Settings {
+    let mut s = Settings::default();
+    s.kafka.brokers = env_or("STAMPEDE_TEST_BROKERS", "127.0.0.1:9092");
+    s.kafka.topic_prefix = format!("{tag}.");
+    s.kafka.partitions = 4;
+    s.kafka.group_id = tag.to_owned();
+    s.kafka.session_timeout_ms = 6_000;
+    s.kafka.heartbeat_interval_ms = 500;
+    let base = env_or(
+        "STAMPEDE_TEST_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432",
+    );
+    s.database.url = Url(format!("{base}/{tag}"));
+    s.database.max_connections = 8;
+    s.redis.url = Url(env_or("STAMPEDE_TEST_REDIS_URL", "redis://127.0.0.1:6379"));
+    s.redis.key_prefix = tag.to_owned();
+    s.gateway.listen = "127.0.0.1:0".parse().unwrap();
+    s.worker.retry_initial_ms = 50;
+    s.worker.retry_max_ms = 1_000;
+    s.log.filter = "warn".into();
+    s
+}
+
+pub struct TestEnv {
+    pub tag: String,
+    pub settings: Settings,
+    pub db: PgPool,
+    pub counters: Counters,
+    pub producer: Producer,
+    pub topics: Topics,
+    config_dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A fresh environment whose settings `adjust` may change first.
+    pub async fn with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let tag = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        let mut settings = isolated_settings(&tag);
+        adjust(&mut settings);
+        stampede::telemetry::init_logging(&settings.log);
+        store::migrate(&settings.database)
+            .await
+            .expect("migrate the test database");
+        create_topics(&settings.kafka)
+            .await
+            .expect("create the test topics");
+        let db = store::connect(&settings.database)
+            .await
+            .expect("connect to PostgreSQL");
+        let counters = Counters::connect(&settings.redis)
+            .await
+            .expect("connect to Redis");
+        let producer = Producer::new(&settings.kafka).expect("create a producer");
+        let topics = Topics::new(settings.kafka.topic_prefix.clone());
+        let config_dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            config_dir.path().join("stampede.toml"),
+            toml::to_string(&settings).expect("settings as TOML"),
+        )
+        .expect("write settings");
+        Self {
+            tag,
+            settings,
+            db,
+            counters,
+            producer,
+            topics,
+            config_dir,
+        }
+    }
+
+    /// Starts gateway and/or workers in this process.
+    pub async fn start(&self, roles: Roles) -> App {
+        let shutdown = CancellationToken::new();
+        let running = stampede::run(self.settings.clone(), roles, shutdown.clone())
+            .await
+            .expect("start stampede");
+        App {
+            running: Some(running),
+            shutdown,
+        }
+    }
+
+    /// Starts `stampede worker --only <only>` as a separate process.
+    pub fn worker_process(&self, only: &str) -> WorkerProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_stampede"))
+            .args([
+                "--config",
+                self.config_path().as_str(),
+                "worker",
+                "--only",
+                only,
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("STAMPEDE_TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn stampede worker");
+        WorkerProcess { child }
+    }
+
+    pub fn config_path(&self) -> String {
+        self.config_dir
+            .path()
+            .join("stampede.toml")
+            .display()
+            .to_string()
+    }
+
+    /// Publishes raw bytes to a flow's request topic, as any producer could.
+    pub async fn publish_raw(&self, flow: Flow, key: &str, payload: impl Into<Vec<u8>>) {
+        let message = OutMessage::new(self.topics.requests(flow), key, payload);
+        self.producer.send(&message).await.expect("publish");
+    }
+
+    pub async fn publish(&self, flow: Flow, key: i64, value: &Value) {
+        self.publish_raw(flow, &key.to_string(), serde_json::to_vec(value).unwrap())
+            .await;
+    }
+
+    /// Publishes many requests concurrently.
+    pub async fn publish_all(&self, flow: Flow, requests: &[(i64, Value)]) {
+        let messages = self.request_messages(flow, requests);
+        for chunk in messages.chunks(5_000) {
+            self.producer.send_all(chunk).await.expect("publish batch");
+        }
+    }
+
+    /// Publishes one message per record batch, so a consumer may resume at
+    /// any committed offset even on a broker that cannot serve a fetch
+    /// starting inside a batch (tansu 0.6). Slow: for modest volumes.
+    pub async fn publish_all_unbatched(&self, flow: Flow, requests: &[(i64, Value)]) {
+        let mut kafka = self.settings.kafka.clone();
+        kafka.client.insert("batch.num.messages".into(), "1".into());
+        let producer = Producer::new(&kafka).expect("create a producer");
+        producer
+            .send_all(&self.request_messages(flow, requests))
+            .await
+            .expect("publish");
+    }
+
+    fn request_messages(&self, flow: Flow, requests: &[(i64, Value)]) -> Vec<OutMessage> {
+        requests
+            .iter()
+            .map(|(key, v)| {
+                OutMessage::new(
+                    self.topics.requests(flow),
+                    key.to_string(),
+                    serde_json::to_vec(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// A reader of a topic from its beginning.
+    pub fn reader(&self, topic: &str) -> TopicReader {
+        let mut config = stampede::kafka::client_config(&self.settings.kafka);
+        config
+            .set("group.id", format!("{}.test-reader", self.tag))
+            .set("enable.auto.commit", "false");
+        let consumer: StreamConsumer = config.create().expect("reader");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.settings.kafka.partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        TopicReader { consumer }
+    }
+
+    pub fn results(&self, flow: Flow) -> TopicReader {
+        self.reader(&self.topics.results(flow))
+    }
+
+    pub fn dlq(&self, flow: Flow) -> TopicReader {
+        self.reader(&Topics::dlq_of(&self.topics.requests(flow)))
+    }
+
+    /// Reads results until every id in `ids` has at least one; returns every
+    /// result seen per request id.
+    pub async fn wait_results(
+        &self,
+        flow: Flow,
+        ids: &HashSet<String>,
+    ) -> HashMap<String, Vec<Value>> {
+        let mut reader = self.results(flow);
+        let mut seen: HashMap<String, Vec<Value>> = HashMap::new();
+        let deadline = Instant::now() + PATIENCE;
+        while !ids.iter().all(|id| seen.contains_key(id)) {
+            let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
+            let m = reader.next_before(deadline).await.unwrap_or_else(|| {
+                panic!(
+                    "{missing} of {} results missing after {PATIENCE:?}",
+                    ids.len()
+                )
+            });
+            let v: Value = serde_json::from_slice(&m.payload).expect("results are JSON");
+            seen.entry(v["request_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(v);
+        }
+        seen
+    }
+
+    /// One result, by request id.
+    pub async fn result_of(&self, flow: Flow, request_id: &str) -> Value {
+        let ids = HashSet::from([request_id.to_owned()]);
+        self.wait_results(flow, &ids)
+            .await
+            .remove(request_id)
+            .unwrap()
+            .remove(0)
+    }
+
+    pub async fn balance(&self, user_id: i64) -> Option<i64> {
+        store::users::balance(&self.db, user_id).await.unwrap()
+    }
+
+    /// Deletes every Redis key of this test, as if Redis had restarted empty.
+    pub async fn wipe_redis(&self) {
+        let mut conn = self.counters.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.tag))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    pub async fn audit(&self) -> stampede::audit::AuditReport {
+        stampede::audit::audit(&self.db, &self.counters, Some(&self.settings))
+            .await
+            .expect("audit runs")
+    }
+
+    /// Drops the test database.
+    pub async fn cleanup(self) {
+        self.db.close().await;
+        if let Ok(admin) = PgPool::connect(&format!(
+            "{}/postgres",
+            env_or(
+                "STAMPEDE_TEST_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432"
+            )
+        ))
+        .await
+        {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.tag
+            ))
+            .execute(&admin)
+            .await;
+        }
+        self.wipe_redis().await;
+    }
+}
+
+/// A running in-process stampede; stopped (and waited for) on `stop`.
+pub struct App {
+    pub running: Option<Running>,
+    pub shutdown: CancellationToken,
+}
+
+impl App {
+    pub fn http(&self) -> String {
+        format!(
+            "http://{}",
+            self.running
+                .as_ref()
+                .unwrap()
+                .http_addr
+                .expect("gateway runs")
+        )
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            tokio::time::timeout(PATIENCE, running.wait())
+                .await
+                .expect("stops in time")
+                .expect("stops cleanly");
+        }
+    }
+}
+
+pub struct WorkerProcess {
+    pub child: Child,
+}
+
+impl WorkerProcess {
+    /// SIGKILL: no chance to commit or clean up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait for worker")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+    pub partition: i32,
+}
+
+pub struct TopicReader {
+    consumer: StreamConsumer,
+}
+
+impl TopicReader {
+    /// The next record, or `None` once `deadline` passes.
+    pub async fn next_before(&mut self, deadline: Instant) -> Option<Record> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let m = tokio::time::timeout(remaining, self.consumer.stream().next())
+            .await
+            .ok()??
+            .expect("consume");
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Record {
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers,
+            partition: m.partition(),
+        })
+    }
+
+    /// Waits until `n` records have come (fails the test, saying `what`, if they do not).
+    pub async fn wait_for(&mut self, n: usize, what: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        for seen in 0..n {
+            assert!(
+                self.next_before(deadline).await.is_some(),
+                "{what}: only {seen} of {n} records came"
+            );
+        }
+    }
+
+    /// Exactly `n` records (fails the test if they do not come).
+    pub async fn take(&mut self, n: usize) -> Vec<Record> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            out.push(
+                self.next_before(deadline)
+                    .await
+                    .unwrap_or_else(|| panic!("only {} of {n} records arrived", out.len())),
+            );
+        }
+        out
+    }
+}
+
+pub fn ids(values: impl IntoIterator<Item = String>) -> HashSet<String> {
+    values.into_iter().collect()
+}

@@ -1,0 +1,421 @@
+//! The HTTP gateway: shape checks, idempotency keys, credentials, results.
+
+mod common;
+
+use common::TestEnv;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use stampede::app::Roles;
+use stampede::config::Secret;
+use stampede::workers::WorkerKind;
+
+async fn post(
+    client: &reqwest::Client,
+    url: String,
+    body: Value,
+    key: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut request = client.post(url).json(&body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(client: &reqwest::Client, url: String) -> (StatusCode, Value) {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_over_http_follow_every_rule() {
+    let env = TestEnv::new().await;
+    let app = env
+        .start(Roles {
+            gateway: true,
+            workers: vec![WorkerKind::Charge],
+        })
+        .await;
+    let http = app.http();
+    let c = reqwest::Client::new();
+
+    let (status, created) = post(
+        &c,
+        format!("{http}/v1/admin/users"),
+        json!({"user_id": 10, "balance": 9_000_000}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(created, json!({"user_id": 10, "balance": 9_000_000}));
+    let (status, _) = post(
+        &c,
+        format!("{http}/v1/admin/users"),
+        json!({"user_id": 10}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, generated) = post(&c, format!("{http}/v1/admin/users"), json!({}), None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(
+        generated["user_id"].as_i64().unwrap() > 10,
+        "generated ids skip explicit ones"
+    );
+
+    let mut outcomes = Vec::new();
+    for (user, amount) in [(10, 5_000), (10, 500), (10, 2_000_000), (404, 5_000)] {
+        let (status, accepted) = post(
+            &c,
+            format!("{http}/v1/charges"),
+            json!({"user_id": user, "amount": amount}),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let id = accepted["request_id"].as_str().unwrap().to_owned();
+        let (status, result) = get(&c, format!("{http}/v1/requests/{id}?wait_ms=20000")).await;
+        assert_eq!(status, StatusCode::OK, "{result}");
+        assert_eq!(result["request_id"], id);
+        outcomes.push(
+            result["error"]["code"]
+                .as_str()
+                .unwrap_or("succeeded")
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        outcomes,
+        [
+            "succeeded",
+            "charge_below_minimum",
+            "balance_limit_exceeded",
+            "user_not_found"
+        ]
+    );
+    let (status, balance) = get(&c, format!("{http}/v1/users/10/balance")).await;
+    assert_eq!(
+        (status, balance),
+        (StatusCode::OK, json!({"user_id": 10, "balance": 9_005_000}))
+    );
+    let (status, missing) = get(&c, format!("{http}/v1/users/404/balance")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(missing["error"]["code"], "not_found");
+
+    let (status, pending) = get(&c, format!("{http}/v1/requests/never-sent?wait_ms=50")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(pending["status"], "pending");
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_nothing_is_published() {
+    let env = TestEnv::with(|s| s.gateway.body_limit_bytes = 4096).await;
+    let app = env.start(Roles::gateway_only()).await;
+    let http = app.http();
+    let c = reqwest::Client::new();
+
+    let raw = c
+        .post(format!("{http}/v1/charges"))
+        .body("{nope")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
+    let body: Value = raw.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request");
+    for body in [
+        json!({"user_id": 1, "amount": "5000"}),
+        json!({"user_id": 1, "amount": 0}),
+        json!({"user_id": -1, "amount": 5000}),
+        json!({"user_id": 1}),
+    ] {
+        let (status, answer) = post(&c, format!("{http}/v1/charges"), body.clone(), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(answer["error"]["code"], "invalid_request");
+    }
+    let items: Vec<Value> = (1..=51)
+        .map(|p| json!({"product_id": p, "quantity": 1}))
+        .collect();
+    let (status, _) = post(
+        &c,
+        format!("{http}/v1/orders"),
+        json!({"user_id": 1, "items": items}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = post(&c, format!("{http}/v1/orders"), json!({"user_id": 1, "items": [{"product_id": 1, "quantity": 1}, {"product_id": 1, "quantity": 2}]}), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = post(
+        &c,
+        format!("{http}/v1/charges"),
+        json!({"user_id": 1, "amount": 5000}),
+        Some(&"x".repeat(65)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = post(
+        &c,
+        format!("{http}/v1/charges"),
+        json!({"user_id": 1, "amount": 5000}),
+        Some("bad key!"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, big) = post(
+        &c,
+        format!("{http}/v1/charges"),
+        json!({"user_id": 1, "amount": 5000, "pad": "x".repeat(5000)}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(big["error"]["code"], "payload_too_large");
+
+    // Nothing reached the request topic: a marker sent afterwards is the first message.
+    let (status, marker) = post(
+        &c,
+        format!("{http}/v1/charges"),
+        json!({"user_id": 1, "amount": 5000}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let first = env
+        .reader(&env.topics.requests(stampede::kafka::Flow::Charge))
+        .take(1)
+        .await;
+    let first: Value = serde_json::from_slice(&first[0].payload).unwrap();
+    assert_eq!(first["request_id"], marker["request_id"]);
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_becomes_the_request_id_and_guards_its_body() {
+    let env = TestEnv::new().await;
+    stampede::store::users::create(&env.db, Some(1), 0)
+        .await
+        .unwrap();
+    let app = env
+        .start(Roles {
+            gateway: true,
+            workers: vec![WorkerKind::Charge],
+        })
+        .await;
+    let http = app.http();
+    let c = reqwest::Client::new();
+
+    let (status, first) = post(
+        &c,
+        format!("{http}/v1/charges"),
+        json!({"user_id": 1, "amount": 5000}),
+        Some("order-77:pay"),
+    )
+    .await;
+    assert_eq!(
+        (status, first["request_id"].clone()),
+        (StatusCode::ACCEPTED, json!("order-77:pay"))
+    );
+    let (status, again) = post(
+        &c,
+        format!("{http}/v1/charges"),
+        json!({"user_id": 1, "amount": 5000}),
+        Some("order-77:pay"),
+    )
+    .await;
+    assert_eq!(
+        (status, again["request_id"].clone()),
+        (StatusCode::ACCEPTED, json!("order-77:pay"))
+    );
+    let (status, conflict) = post(
+        &c,
+        format!("{http}/v1/charges"),
+        json!({"user_id": 1, "amount": 6000}),
+        Some("order-77:pay"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(conflict["error"]["code"], "idempotency_key_reused");
+
+    let (status, result) = get(&c, format!("{http}/v1/requests/order-77:pay?wait_ms=20000")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(result["balance"], 5000);
+    // Both accepted posts were published; the charge happened once.
+    let results = env.results(stampede::kafka::Flow::Charge).take(2).await;
+    assert_eq!(results[0].payload, results[1].payload);
+    assert_eq!(env.balance(1).await, Some(5000));
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_separate_clients_from_admins() {
+    let env = TestEnv::with(|s| {
+        s.gateway.client_keys = vec![Secret("client-key-aaaaaaaaaaaa".into())];
+        s.gateway.admin_keys = vec![Secret("admin-key-bbbbbbbbbbbbbb".into())];
+    })
+    .await;
+    let app = env.start(Roles::gateway_only()).await;
+    let http = app.http();
+    let c = reqwest::Client::new();
+    let call = |path: &str, key: Option<&str>, body: Value| {
+        let mut r = c.post(format!("{http}{path}")).json(&body);
+        if let Some(key) = key {
+            r = r.bearer_auth(key);
+        }
+        r.send()
+    };
+    let charge = json!({"user_id": 1, "amount": 5000});
+    assert_eq!(
+        call("/v1/charges", None, charge.clone())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(
+            "/v1/charges",
+            Some("client-key-aaaaaaaaaaaX"),
+            charge.clone()
+        )
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(
+            "/v1/admin/users",
+            Some("client-key-aaaaaaaaaaaa"),
+            json!({"user_id": 1})
+        )
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            "/v1/admin/users",
+            Some("admin-key-bbbbbbbbbbbbbb"),
+            json!({"user_id": 1})
+        )
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::CREATED
+    );
+    let accepted = call(
+        "/v1/charges",
+        Some("client-key-aaaaaaaaaaaa"),
+        charge.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let accepted: Value = accepted.json().await.unwrap();
+    assert_eq!(
+        c.get(format!("{http}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    // The refused calls published nothing: the accepted one is the first message.
+    let first = env
+        .reader(&env.topics.requests(stampede::kafka::Flow::Charge))
+        .take(1)
+        .await;
+    let first: Value = serde_json::from_slice(&first[0].payload).unwrap();
+    assert_eq!(first["request_id"], accepted["request_id"]);
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_means_503_never_202() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings.clone();
+    // Nothing listens there.
+    settings.kafka.brokers = "127.0.0.1:9".into();
+    settings.kafka.delivery_timeout_ms = 1_500;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = stampede::run(settings, Roles::gateway_only(), shutdown.clone())
+        .await
+        .unwrap();
+    let http = format!("http://{}", running.http_addr.unwrap());
+    let c = reqwest::Client::new();
+    let (status, body) = post(
+        &c,
+        format!("{http}/v1/charges"),
+        json!({"user_id": 1, "amount": 5000}),
+        Some("will-fail-1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "unavailable");
+    let ready = c.get(format!("{http}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    shutdown.cancel();
+    running.wait().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_flows_from_http_through_kafka_to_the_result() {
+    let env = TestEnv::new().await;
+    stampede::store::users::create(&env.db, Some(1), 0)
+        .await
+        .unwrap();
+    let app = env
+        .start(Roles {
+            gateway: true,
+            workers: vec![WorkerKind::Charge],
+        })
+        .await;
+    let c = reqwest::Client::new();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let accepted: Value = c
+        .post(format!("{}/v1/charges", app.http()))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"user_id": 1, "amount": 5000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let request = env
+        .reader(&env.topics.requests(stampede::kafka::Flow::Charge))
+        .take(1)
+        .await
+        .remove(0);
+    assert!(
+        request.headers["traceparent"].contains(trace),
+        "{:?}",
+        request.headers
+    );
+    let result = env
+        .results(stampede::kafka::Flow::Charge)
+        .take(1)
+        .await
+        .remove(0);
+    assert!(
+        result.headers["traceparent"].contains(trace),
+        "{:?}",
+        result.headers
+    );
+    let body: Value = serde_json::from_slice(&result.payload).unwrap();
+    assert_eq!(body["request_id"], accepted["request_id"]);
+    app.stop().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,64 @@
+//! `stampede loadgen` against a running stampede: it measures, and its
+//! verdict checks the invariants.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestEnv;
+use stampede::app::Roles;
+use stampede::loadgen::{self, LoadgenOptions, Scenario, Via};
+
+fn options(scenario: Scenario, requests: usize, via: Via, http: String) -> LoadgenOptions {
+    LoadgenOptions {
+        scenario,
+        requests,
+        users: requests / 2,
+        stock: 100,
+        products: 5,
+        rate: None,
+        via,
+        http_url: http,
+        timeout: Duration::from_secs(120),
+        verify: true,
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_run_over_kafka_and_a_drop_over_http_pass_their_verdicts() {
+    let env = TestEnv::new().await;
+    let app = env.start(Roles::everything()).await;
+    let report = loadgen::run(
+        &env.settings,
+        &options(Scenario::Mixed, 900, Via::Kafka, app.http()),
+    )
+    .await
+    .unwrap();
+    assert!(report.passed(), "{}", report.summary());
+    assert_eq!(report.answered, 900);
+    assert_eq!(report.outcomes.values().sum::<usize>(), 900);
+    assert!(report.throughput_per_sec > 0.0 && report.latency.p99_ms >= report.latency.p50_ms);
+    assert!(report.svg().starts_with("<svg"));
+
+    let mut drop = options(Scenario::CouponDrop, 400, Via::Http, app.http());
+    drop.rate = Some(2_000);
+    let report = loadgen::run(&env.settings, &drop).await.unwrap();
+    assert!(report.passed(), "{}", report.summary());
+    assert_eq!(
+        report.outcomes.get("succeeded"),
+        Some(&100),
+        "stock 100 of 200 distinct users"
+    );
+    assert_eq!(
+        report
+            .outcomes
+            .get("coupon_already_issued")
+            .copied()
+            .unwrap_or(0)
+            + report.outcomes.get("coupon_sold_out").copied().unwrap_or(0),
+        300
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
