@@ -123,6 +123,7 @@ pub async fn run(
         topics: topics.clone(),
         waiters: Waiters::default(),
         consumers: consumers.clone(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(settings.gateway.max_in_flight)),
     };
     let mut tasks = JoinSet::new();
 

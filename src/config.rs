@@ -123,6 +123,9 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// Talk to a Redis Cluster; `url` may then list several nodes, comma-separated.
     pub cluster: bool,
+    /// How long a command may wait for its answer before it fails (and the
+    /// work is retried, or the gateway answers 503).
+    pub response_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +142,10 @@ pub struct GatewaySettings {
     pub max_wait_ms: u64,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl_secs: u64,
+    /// Write requests (POSTs to publish) handled at once; beyond it the
+    /// gateway answers 503 `overloaded` at once instead of queueing, so its
+    /// memory stays flat however hard it is pushed.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +177,14 @@ pub struct LogSettings {
     pub format: String,
     /// A tracing filter, e.g. `info,stampede=debug`. `RUST_LOG` wins when set.
     pub filter: String,
+    /// OpenTelemetry collector (OTLP over HTTP, protobuf), e.g.
+    /// `http://127.0.0.1:4318`; spans go to `<endpoint>/v1/traces`. Unset:
+    /// no spans are exported (trace context is still carried in headers).
+    pub otlp_endpoint: Option<Url>,
+    /// Share of new traces exported (0.0–1.0); a caller's sampled flag wins.
+    pub otlp_sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
 }
 
 impl Default for KafkaSettings {
@@ -205,6 +220,7 @@ impl Default for RedisSettings {
             url: Url("redis://127.0.0.1:6379".into()),
             key_prefix: "stampede".into(),
             cluster: false,
+            response_timeout_ms: 500,
         }
     }
 }
@@ -218,6 +234,7 @@ impl Default for GatewaySettings {
             admin_keys: Vec::new(),
             max_wait_ms: 30_000,
             idempotency_ttl_secs: 24 * 3600,
+            max_in_flight: 4_096,
         }
     }
 }
@@ -249,6 +266,9 @@ impl Default for LogSettings {
         Self {
             format: "text".into(),
             filter: "info".into(),
+            otlp_endpoint: None,
+            otlp_sample_ratio: 1.0,
+            service_name: "stampede".into(),
         }
     }
 }
@@ -388,11 +408,35 @@ impl Settings {
         {
             problems.push("gateway keys must be at least 16 characters long".into());
         }
+        if self.redis.response_timeout_ms == 0 {
+            problems.push("redis.response_timeout_ms must be at least 1".into());
+        }
+        if self.gateway.max_in_flight == 0 {
+            problems.push("gateway.max_in_flight must be at least 1".into());
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             problems.push(format!(
                 "log.format must be text or json, got {:?}",
                 self.log.format
             ));
+        }
+        if let Some(endpoint) = &self.log.otlp_endpoint {
+            let rest = endpoint.as_str().strip_prefix("http://");
+            if rest.is_none_or(|host| host.trim_end_matches('/').is_empty()) {
+                problems.push(format!(
+                    "log.otlp_endpoint must be an http:// collector address (e.g. http://127.0.0.1:4318), got {:?}",
+                    redact_url(endpoint.as_str())
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.log.otlp_sample_ratio) {
+            problems.push(format!(
+                "log.otlp_sample_ratio must be between 0.0 and 1.0, got {}",
+                self.log.otlp_sample_ratio
+            ));
+        }
+        if self.log.service_name.trim().is_empty() {
+            problems.push("log.service_name must not be empty".into());
         }
         if problems.is_empty() {
             Ok(())
@@ -436,8 +480,12 @@ mod tests {
         let mut s = Settings::default();
         s.kafka.brokers = "localhost".into();
         s.rules.min_charge = 20_000_000;
+        s.log.otlp_endpoint = Some(Url("grpc://collector:4317".into()));
+        s.log.otlp_sample_ratio = 1.5;
         let msg = s.validate().unwrap_err().to_string();
         assert!(msg.contains("kafka.brokers"), "{msg}");
+        assert!(msg.contains("log.otlp_endpoint"), "{msg}");
+        assert!(msg.contains("log.otlp_sample_ratio"), "{msg}");
         assert!(msg.contains("no charge could ever succeed"), "{msg}");
     }
 

@@ -147,6 +147,7 @@ fn coupons_spread_over_a_redis_cluster_and_keep_their_rules() {
             ),
             key_prefix: prefix.clone(),
             cluster: true,
+            ..RedisSettings::default()
         };
         let counters = Counters::connect(&settings)
             .await

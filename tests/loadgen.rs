@@ -18,6 +18,7 @@ fn options(scenario: Scenario, requests: usize, via: Via, http: String) -> Loadg
         products: 5,
         rate: None,
         via,
+        concurrency: None,
         http_url: http,
         timeout: Duration::from_secs(120),
         verify: true,
@@ -59,6 +60,19 @@ async fn a_mixed_run_over_kafka_and_a_drop_over_http_pass_their_verdicts() {
             + report.outcomes.get("coupon_sold_out").copied().unwrap_or(0),
         300
     );
+
+    // A gateway with two slots, pushed by 64 clients at once: it turns
+    // requests away with 503, the clients retry, and nothing is lost.
+    let narrow = env
+        .start_with(Roles::gateway_only(), |s| s.gateway.max_in_flight = 2)
+        .await;
+    let mut charges = options(Scenario::Charges, 600, Via::Http, narrow.http());
+    charges.concurrency = Some(64);
+    let report = loadgen::run(&env.settings, &charges).await.unwrap();
+    assert!(report.passed(), "{}", report.summary());
+    assert_eq!(report.answered, 600);
+    assert!(report.turned_away > 0, "{}", report.summary());
+    narrow.stop().await;
     app.stop().await;
     env.cleanup().await;
 }

@@ -159,6 +159,10 @@ pub struct LoadgenArgs {
     /// The gateway's base URL for --via http (default: gateway.listen).
     #[arg(long)]
     pub http_url: Option<String>,
+    /// Requests awaiting their 202 (HTTP) or broker ack (Kafka) at once;
+    /// default 256 over HTTP, 20000 to Kafka.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// Give up waiting for results after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
@@ -252,10 +256,17 @@ async fn serve(settings: Settings, roles: Roles) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut settings = Settings::load(cli.config.as_deref())?;
-    telemetry::init_logging(&settings.log);
+    let settings = Settings::load(cli.config.as_deref())?;
+    let telemetry = telemetry::init(&settings.log)?;
     tracing::debug!(?settings, "settings loaded");
-    match cli.command {
+    let outcome = dispatch(cli.command, settings).await;
+    // Exporting the last spans waits on the exporter's own thread.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    outcome
+}
+
+async fn dispatch(command: Command, mut settings: Settings) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Run => serve(settings, Roles::everything()).await,
         Command::Gateway => serve(settings, Roles::gateway_only()).await,
         Command::Worker(args) => {
@@ -425,6 +436,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 products: args.products.max(1),
                 rate: args.rate.filter(|r| *r > 0),
                 via: args.via,
+                concurrency: args.concurrency.filter(|c| *c > 0),
                 http_url: args
                     .http_url
                     .unwrap_or_else(|| format!("http://{}", settings.gateway.listen)),

@@ -1,7 +1,9 @@
 //! One Redis connection type for a single server or a Redis Cluster, chosen by
 //! `redis.cluster`. Both reconnect on their own after Redis restarts.
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
@@ -15,13 +17,20 @@ pub enum RedisConn {
 
 impl RedisConn {
     pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<Self> {
+        let response_timeout = Duration::from_millis(settings.response_timeout_ms);
         if settings.cluster {
             let nodes: Vec<&str> = settings.url.as_str().split(',').map(str::trim).collect();
-            let client = redis::cluster::ClusterClient::new(nodes)?;
+            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .response_timeout(response_timeout)
+                .build()?;
             Ok(Self::Cluster(client.get_async_connection().await?))
         } else {
             let client = redis::Client::open(settings.url.as_str())?;
-            Ok(Self::Single(ConnectionManager::new(client).await?))
+            let config =
+                ConnectionManagerConfig::new().set_response_timeout(Some(response_timeout));
+            Ok(Self::Single(
+                ConnectionManager::new_with_config(client, config).await?,
+            ))
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The one place errors become HTTP answers: `{"error":{"code","message"}}`.
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -30,6 +30,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("the gateway is handling {0} requests already; retry shortly")]
+    Overloaded(usize),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -46,7 +48,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -61,6 +63,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Overloaded(_) => "overloaded",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -72,6 +75,9 @@ impl IntoResponse for ApiError {
             tracing::error!(%detail, "request failed");
         }
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        if matches!(self, ApiError::Overloaded(_)) {
+            return (self.status(), [(header::RETRY_AFTER, "1")], Json(body)).into_response();
+        }
         (self.status(), Json(body)).into_response()
     }
 }

@@ -35,6 +35,8 @@ pub struct AppState {
     pub waiters: Waiters,
     /// Each worker of this process and whether its consumer holds an assignment.
     pub consumers: Vec<(String, Arc<std::sync::atomic::AtomicBool>)>,
+    /// Permits for write requests being handled (`gateway.max_in_flight`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::{info_span, Instrument, Span};
 
 use super::error::ApiError;
 use super::{idempotency, AppState};
@@ -29,13 +30,18 @@ use crate::workers::reconcile;
 
 type ApiResult = Result<Response, ApiError>;
 
-/// The request's trace context, continued (or started) for Kafka.
-fn traceparent(headers: &HeaderMap) -> String {
-    trace_context::continue_or_start(
-        headers
-            .get(trace_context::HEADER)
-            .and_then(|v| v.to_str().ok()),
-    )
+/// The span of one accepted request, a child of the caller's trace, and the
+/// trace context to carry into Kafka: the span itself when spans are
+/// exported, else the caller's trace continued (or a new one).
+fn accept_span(endpoint: &'static str, headers: &HeaderMap) -> (Span, String) {
+    let incoming = headers
+        .get(trace_context::HEADER)
+        .and_then(|v| v.to_str().ok());
+    let span = info_span!("accept", endpoint, request_id = tracing::field::Empty);
+    trace_context::adopt(&span, incoming);
+    let traceparent = trace_context::outgoing(&span)
+        .unwrap_or_else(|| trace_context::continue_or_start(incoming));
+    (span, traceparent)
 }
 
 /// Reads a JSON body: not JSON → 400, wrong shape → 422, too big → 413.
@@ -131,6 +137,26 @@ fn counted(endpoint: &'static str, result: ApiResult) -> ApiResult {
     result
 }
 
+/// One of the `gateway.max_in_flight` write requests being handled; given
+/// back when the request ends, however it ends (a client hanging up too).
+struct Slot<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl<'a> Slot<'a> {
+    fn take(state: &'a AppState) -> Option<Self> {
+        let permit = state.in_flight.try_acquire().ok()?;
+        metrics::gateway_in_flight(1.0);
+        Some(Slot { _permit: permit })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        metrics::gateway_in_flight(-1.0);
+    }
+}
+
 /// Shape-checks a POST body, turns it into the flow's request message, and
 /// publishes it: the same path for charges, coupon issues and orders.
 async fn accept<B: DeserializeOwned, R: RequestMessage + Serialize>(
@@ -140,6 +166,12 @@ async fn accept<B: DeserializeOwned, R: RequestMessage + Serialize>(
     (endpoint, flow, route): (&'static str, Flow, &str),
     build: impl FnOnce(B, RequestId) -> R,
 ) -> ApiResult {
+    let Some(_slot) = Slot::take(state) else {
+        metrics::gateway_overloaded();
+        let limit = state.settings.gateway.max_in_flight;
+        return counted(endpoint, Err(ApiError::Overloaded(limit)));
+    };
+    let (span, traceparent) = accept_span(endpoint, headers);
     let accepted = async {
         let (body, raw): (B, _) = read_json(body, state.settings.gateway.body_limit_bytes)?;
         let prefix = match flow {
@@ -148,6 +180,7 @@ async fn accept<B: DeserializeOwned, R: RequestMessage + Serialize>(
             Flow::Order => "o",
         };
         let (request_id, keyed) = request_id(headers, prefix)?;
+        Span::current().record("request_id", request_id.as_str());
         let request = build(body, request_id.clone());
         request.validate().map_err(ApiError::Invalid)?;
         let publication = Publication {
@@ -157,11 +190,11 @@ async fn accept<B: DeserializeOwned, R: RequestMessage + Serialize>(
             request_id: &request_id,
             keyed,
             fingerprint: idempotency::fingerprint(route, &raw),
-            traceparent: traceparent(headers),
+            traceparent,
         };
         publish(state, publication, &request).await
     };
-    counted(endpoint, accepted.await)
+    counted(endpoint, accepted.instrument(span).await)
 }
 
 #[derive(Deserialize)]

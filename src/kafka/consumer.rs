@@ -80,12 +80,22 @@ impl Incoming {
 /// A failure while handling a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// A dependency hiccup (database, Redis, broker): the same batch is retried.
-    #[error("{0}")]
-    Retryable(String),
+    /// A dependency hiccup (database, Redis, broker): the same batch is
+    /// retried. `cause` names the dependency, for the retry metric.
+    #[error("{reason}")]
+    Retryable { cause: &'static str, reason: String },
     /// Nothing can be done by retrying: the worker stops without storing offsets.
     #[error("{0}")]
     Fatal(String),
+}
+
+impl HandlerError {
+    pub fn retryable(cause: &'static str, reason: impl Into<String>) -> Self {
+        HandlerError::Retryable {
+            cause,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// What a worker does with a batch.
@@ -185,6 +195,9 @@ pub fn group_consumer(
         )
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "10")
+        // Prefetched messages held in memory: a backlog stays in the broker,
+        // not in the worker, however far behind it is.
+        .set("queued.max.messages.kbytes", "16384")
         .set("statistics.interval.ms", "5000");
     for (key, value) in &kafka.client {
         config.set(key, value);
@@ -269,7 +282,7 @@ pub async fn run_batches(
                     reason,
                 })
             }
-            Some(Err(HandlerError::Retryable(_))) | None => break Ok(()),
+            Some(Err(HandlerError::Retryable { .. })) | None => break Ok(()),
         };
         if let Some(previous) = in_flight.take() {
             if !previous.finish(&consumer, worker).await? {
@@ -282,10 +295,9 @@ pub async fn run_batches(
         let publish = tokio::spawn(async move {
             let published = backoff
                 .retry(&name, "publish results", &token, || async {
-                    producer
-                        .send_all(&outgoing)
-                        .await
-                        .map_err(|e| HandlerError::Retryable(format!("publish failed: {e}")))
+                    producer.send_all(&outgoing).await.map_err(|e| {
+                        HandlerError::retryable("broker", format!("publish failed: {e}"))
+                    })
                 })
                 .await;
             matches!(published, Some(Ok(())))
@@ -406,9 +418,9 @@ impl Backoff {
         let mut delay = self.initial;
         loop {
             match attempt().await {
-                Err(HandlerError::Retryable(reason)) => {
-                    metrics::retry(worker, what);
-                    warn!(worker, what, %reason, retry_in_ms = delay.as_millis() as u64, "retrying");
+                Err(HandlerError::Retryable { cause, reason }) => {
+                    metrics::retry(worker, cause);
+                    warn!(worker, what, cause, %reason, retry_in_ms = delay.as_millis() as u64, "retrying");
                     let jitter =
                         Duration::from_millis(rand::random_range(0..=delay.as_millis() as u64 / 4));
                     tokio::select! {

@@ -60,6 +60,8 @@ pub struct LoadgenOptions {
     pub products: usize,
     pub rate: Option<u64>,
     pub via: Via,
+    /// Requests awaiting their acknowledgement at once (None: the default of `via`).
+    pub concurrency: Option<usize>,
     pub http_url: String,
     pub timeout: Duration,
     pub verify: bool,
@@ -182,9 +184,10 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
     if let Some(p) = passthrough {
         p.stop().await;
     }
-    publish_outcome?;
+    let turned_away = publish_outcome?;
     let sent_at = std::mem::take(&mut *sent_at.lock().unwrap_or_else(|p| p.into_inner()));
     let mut report = report::build(options, &setup, started, &sent_at, &results);
+    report.turned_away = turned_away;
     if options.verify && options.scenario != Scenario::Passthrough {
         scenario::verify(
             &db,
@@ -220,15 +223,16 @@ async fn publish_all(
     options: &LoadgenOptions,
     started: Instant,
     sent_at: Arc<std::sync::Mutex<HashMap<String, Instant>>>,
-) -> Result<(), LoadgenError> {
+) -> Result<u64, LoadgenError> {
+    let mut turned_away = 0;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
         .map_err(|e| LoadgenError::Http(e.to_string()))?;
-    let max_in_flight = match options.via {
+    let max_in_flight = options.concurrency.unwrap_or(match options.via {
         Via::Kafka => 20_000,
         Via::Http => 256,
-    };
+    });
     let mut in_flight = FuturesUnordered::new();
     for (i, request) in plan.into_iter().enumerate() {
         // Open loop: the i-th request is due at i / rate, whatever happened before.
@@ -240,7 +244,7 @@ async fn publish_all(
         }
         while in_flight.len() >= max_in_flight {
             if let Some(r) = in_flight.next().await {
-                r?;
+                turned_away += r?;
             }
         }
         let stamp = due.unwrap_or_else(Instant::now);
@@ -266,7 +270,7 @@ async fn publish_all(
                     producer
                         .send(&message)
                         .await
-                        .map(|_| ())
+                        .map(|_| 0)
                         .map_err(LoadgenError::Kafka)
                 }
                 Via::Http => scenario::post(&client, &url, &request).await,
@@ -274,9 +278,9 @@ async fn publish_all(
         });
     }
     while let Some(r) = in_flight.next().await {
-        r?;
+        turned_away += r?;
     }
-    Ok(())
+    Ok(turned_away)
 }
 
 /// Follows `topics` from their current end, sending results of this run.

@@ -48,6 +48,9 @@ pub struct Report {
     pub outcomes: BTreeMap<String, usize>,
     pub timeline: Vec<Bucket>,
     pub checks: Vec<CheckResult>,
+    /// HTTP answers of 503 (gateway overloaded or broker away) that the
+    /// load generator waited out and retried, as a well-behaved client does.
+    pub turned_away: u64,
 }
 
 const BUCKET_SECS: f64 = 0.25;
@@ -119,6 +122,7 @@ pub(super) fn build(
         outcomes,
         timeline,
         checks: Vec::new(),
+        turned_away: 0,
     }
 }
 
@@ -160,6 +164,13 @@ impl Report {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(s, "outcomes: {}", outcomes.join(", "));
+        if self.turned_away > 0 {
+            let _ = writeln!(
+                s,
+                "turned away by the gateway (503, retried): {}",
+                self.turned_away
+            );
+        }
         for c in &self.checks {
             let _ = writeln!(
                 s,

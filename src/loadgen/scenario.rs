@@ -154,7 +154,11 @@ pub fn plan(o: &LoadgenOptions, s: &Setup, run_id: &str) -> Vec<Planned> {
         .collect()
 }
 
-pub async fn post(client: &reqwest::Client, base: &str, p: &Planned) -> Result<(), LoadgenError> {
+/// Posts one request as a well-behaved client does: a 503 (gateway at its
+/// in-flight limit, or broker away) is retried after a short pause with the
+/// same `Idempotency-Key`. Returns how often it was turned away.
+pub async fn post(client: &reqwest::Client, base: &str, p: &Planned) -> Result<u64, LoadgenError> {
+    const PATIENCE: u64 = 200;
     let (path, body) = match p.flow {
         Flow::Charge => (
             "/v1/charges".to_owned(),
@@ -169,20 +173,27 @@ pub async fn post(client: &reqwest::Client, base: &str, p: &Planned) -> Result<(
             json!({"user_id": p.user_id, "items": p.body["items"]}),
         ),
     };
-    let response = client
-        .post(format!("{base}{path}"))
-        .header("Idempotency-Key", &p.request_id)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| LoadgenError::Http(e.to_string()))?;
-    if response.status() != reqwest::StatusCode::ACCEPTED {
-        return Err(LoadgenError::Http(format!(
-            "{path} answered {}",
-            response.status()
-        )));
+    let mut turned_away = 0;
+    loop {
+        let response = client
+            .post(format!("{base}{path}"))
+            .header("Idempotency-Key", &p.request_id)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| LoadgenError::Http(e.to_string()))?;
+        match response.status() {
+            reqwest::StatusCode::ACCEPTED => return Ok(turned_away),
+            reqwest::StatusCode::SERVICE_UNAVAILABLE if turned_away < PATIENCE => {
+                turned_away += 1;
+                let pause = 10 * turned_away.min(20) + rand::random_range(0..10);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            status => {
+                return Err(LoadgenError::Http(format!("{path} answered {status}")));
+            }
+        }
     }
-    Ok(())
 }
 
 /// Copies every message of `input` to `output`: the broker's round trip.

@@ -166,26 +166,39 @@ pub struct OutboxRow {
     pub key: String,
     pub payload: String,
     pub order_id: Option<i64>,
+    /// The trace context of the request that caused the event.
+    pub traceparent: Option<String>,
+}
+
+/// An event about one order, to be queued with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub order_id: i64,
+    pub payload: String,
+    pub traceparent: Option<String>,
 }
 
 /// Queues events in the transaction of the orders they describe.
 pub async fn enqueue(
     tx: &mut Transaction<'_, Postgres>,
     topic: &str,
-    events: &[(i64, String)],
+    events: &[NewEvent],
 ) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let (orders, payloads): (Vec<i64>, Vec<&str>) =
-        events.iter().map(|(id, p)| (*id, p.as_str())).unzip();
+    let orders: Vec<i64> = events.iter().map(|e| e.order_id).collect();
+    let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+    let traces: Vec<Option<&str>> = events.iter().map(|e| e.traceparent.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO outbox (topic, key, payload, order_id)
-         SELECT $1, o::text, p, o FROM UNNEST($2::int8[], $3::text[]) AS v(o, p)",
+        "INSERT INTO outbox (topic, key, payload, order_id, traceparent)
+         SELECT $1, o::text, p, o, t
+         FROM UNNEST($2::int8[], $3::text[], $4::text[]) AS v(o, p, t)",
     )
     .bind(topic)
     .bind(&orders)
     .bind(&payloads)
+    .bind(&traces)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -194,7 +207,7 @@ pub async fn enqueue(
 /// The oldest unpublished events, in id order.
 pub async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>> {
     Ok(sqlx::query_as(
-        "SELECT id, topic, key, payload, order_id FROM outbox
+        "SELECT id, topic, key, payload, order_id, traceparent FROM outbox
          WHERE published_at IS NULL ORDER BY id LIMIT $1",
     )
     .bind(limit)

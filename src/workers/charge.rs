@@ -30,7 +30,11 @@ impl Decide for ChargeLogic {
         Flow::Charge
     }
 
-    async fn decide(&self, requests: &[&ChargeRequest]) -> Result<Vec<NewResult>, WorkerError> {
+    async fn decide(
+        &self,
+        requests: &[&ChargeRequest],
+        _traces: &[Option<&str>],
+    ) -> Result<Vec<NewResult>, WorkerError> {
         let mut tx = self
             .db
             .begin()

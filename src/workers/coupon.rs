@@ -81,6 +81,7 @@ impl Decide for CouponLogic {
     async fn decide(
         &self,
         requests: &[&CouponIssueRequest],
+        _traces: &[Option<&str>],
     ) -> Result<Vec<NewResult>, WorkerError> {
         let user_ids: Vec<i64> = requests.iter().map(|r| r.user_id).collect();
         let coupon_ids: Vec<i64> = requests

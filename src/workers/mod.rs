@@ -83,7 +83,12 @@ impl WorkerError {
 impl From<WorkerError> for HandlerError {
     fn from(e: WorkerError) -> Self {
         if e.is_retryable() {
-            HandlerError::Retryable(e.to_string())
+            let cause = match &e {
+                WorkerError::Counters(_) => "redis",
+                WorkerError::Inconsistent(_) => "redis_state",
+                _ => "postgres",
+            };
+            HandlerError::retryable(cause, e.to_string())
         } else {
             HandlerError::Fatal(e.to_string())
         }

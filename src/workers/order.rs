@@ -33,7 +33,7 @@ use crate::domain::order::{pay, price_order, CouponHolding, PricedItem, Pricing}
 use crate::domain::{ErrorCode, Rejection};
 use crate::kafka::topics::ORDER_STATS;
 use crate::kafka::Flow;
-use crate::store::orders::{self, NewOrder};
+use crate::store::orders::{self, NewEvent, NewOrder};
 use crate::store::processed::{self, NewResult};
 use crate::store::users::{self, HistoryRow};
 use crate::store::{products, StoreError};
@@ -94,7 +94,11 @@ impl Decide for OrderLogic {
         Flow::Order
     }
 
-    async fn decide(&self, requests: &[&OrderRequest]) -> Result<Vec<NewResult>, WorkerError> {
+    async fn decide(
+        &self,
+        requests: &[&OrderRequest],
+        traces: &[Option<&str>],
+    ) -> Result<Vec<NewResult>, WorkerError> {
         let now = Utc::now();
         let mut tx = self.db.begin().await.map_err(StoreError::from)?;
         let user_ids: Vec<i64> = sorted_unique(requests.iter().map(|r| r.user_id));
@@ -254,7 +258,7 @@ impl Decide for OrderLogic {
         let mut events = Vec::with_capacity(paid_count);
         let mut results = Vec::with_capacity(requests.len());
         let mut paid_requests = Vec::with_capacity(paid_count);
-        for (r, verdict) in requests.iter().zip(verdicts) {
+        for ((r, verdict), trace) in requests.iter().zip(verdicts).zip(traces) {
             match verdict.unwrap_or_else(|| {
                 Verdict::Rejected(Rejection::new(
                     ErrorCode::InvalidRequest,
@@ -310,7 +314,11 @@ impl Decide for OrderLogic {
                             None
                         },
                     };
-                    events.push((order_id, serde_json::to_string(&stats)?));
+                    events.push(NewEvent {
+                        order_id,
+                        payload: serde_json::to_string(&stats)?,
+                        traceparent: trace.map(str::to_owned),
+                    });
                     let result = OrderResult {
                         request_id: r.request_id.clone(),
                         user_id: Some(r.user_id),

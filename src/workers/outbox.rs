@@ -29,7 +29,7 @@ use crate::kafka::topics::partition_for;
 use crate::kafka::{OutMessage, Producer, Topics};
 use crate::store::orders::{self, OutboxRow};
 use crate::store::StoreError;
-use crate::telemetry::metrics;
+use crate::telemetry::{metrics, trace_context};
 
 /// Advisory-lock key of the relay leader.
 const RELAY_LOCK: i64 = 0x5354_4154_5331; // "STATS1"
@@ -63,7 +63,7 @@ pub async fn run_relay(
         .retry("outbox", "relay stats events", &shutdown, || async {
             match relay_as_leader(&settings, &db, &producer, &shutdown).await {
                 Ok(()) => Ok(()),
-                Err(e) => Err(HandlerError::Retryable(e.to_string())),
+                Err(e) => Err(HandlerError::retryable("relay", e.to_string())),
             }
         })
         .await;
@@ -124,6 +124,9 @@ async fn relay_as_leader(
                         OutMessage::new(topic.clone(), row.key.clone(), row.payload.clone())
                             .header(HEADER_OUTBOX_ID, row.id.to_string());
                     m.partition = Some(partition_for(row.order_id.unwrap_or(row.id), partitions));
+                    if let Some(traceparent) = &row.traceparent {
+                        m = m.header(trace_context::HEADER, traceparent.as_str());
+                    }
                     m
                 })
                 .collect();

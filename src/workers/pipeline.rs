@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::PgPool;
-use tracing::{debug, info_span, warn};
+use tracing::{debug, info_span, warn, Span};
 
 use super::WorkerError;
 use crate::domain::messages::{
@@ -125,7 +125,13 @@ pub trait Decide: Send + Sync {
 
     /// Decides requests never processed before, in arrival order, and stores
     /// their effects and results durably. Returns one result per request.
-    async fn decide(&self, requests: &[&Self::Request]) -> Result<Vec<NewResult>, WorkerError>;
+    /// `traces[i]` is the trace context (`traceparent`) that events caused by
+    /// `requests[i]` carry on.
+    async fn decide(
+        &self,
+        requests: &[&Self::Request],
+        traces: &[Option<&str>],
+    ) -> Result<Vec<NewResult>, WorkerError>;
 
     /// Called with a request that failed for good and went to the DLQ, to
     /// give back whatever counter state it had taken.
@@ -158,14 +164,20 @@ impl<D: Decide> RequestPipeline<D> {
         }
     }
 
-    /// The result of `message`, keyed by user, carrying the request's trace context.
-    fn result_message(&self, user_id: Option<i64>, message: &Incoming, json: String) -> OutMessage {
+    /// The result of `message`, keyed by user, carrying the trace context.
+    fn result_message(
+        &self,
+        user_id: Option<i64>,
+        message: &Incoming,
+        json: String,
+        traceparent: Option<&str>,
+    ) -> OutMessage {
         let key = match user_id {
             Some(id) => id.to_string().into_bytes(),
             None => message.key.clone().unwrap_or_default(),
         };
         let mut out = OutMessage::new(self.topics.results(self.logic.flow()), key, json);
-        if let Some(traceparent) = message.header(trace_context::HEADER) {
+        if let Some(traceparent) = traceparent {
             out = out.header(trace_context::HEADER, traceparent);
         }
         out
@@ -190,7 +202,12 @@ impl<D: Decide> RequestPipeline<D> {
                 user_id,
                 Rejection::new(ErrorCode::InvalidRequest, reason),
             );
-            out.push(self.result_message(user_id, message, serde_json::to_string(&result)?));
+            out.push(self.result_message(
+                user_id,
+                message,
+                serde_json::to_string(&result)?,
+                incoming_trace(message),
+            ));
         }
         Ok(())
     }
@@ -199,10 +216,11 @@ impl<D: Decide> RequestPipeline<D> {
         &self,
         batch: &[Incoming],
         fresh: &[(usize, D::Request)],
+        traces: &[Option<&str>],
         out: &mut Vec<OutMessage>,
     ) -> Result<Vec<Option<NewResult>>, WorkerError> {
         let requests: Vec<&D::Request> = fresh.iter().map(|(_, r)| r).collect();
-        match self.logic.decide(&requests).await {
+        match self.logic.decide(&requests, traces).await {
             Ok(results) => return Ok(results.into_iter().map(Some).collect()),
             Err(e) if e.is_retryable() => return Err(e),
             Err(e) => {
@@ -210,8 +228,8 @@ impl<D: Decide> RequestPipeline<D> {
             }
         }
         let mut results = Vec::with_capacity(fresh.len());
-        for (index, request) in fresh {
-            match self.logic.decide(&[request]).await {
+        for ((index, request), trace) in fresh.iter().zip(traces) {
+            match self.logic.decide(&[request], &[*trace]).await {
                 Ok(mut one) => results.push(one.pop()),
                 Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => {
@@ -275,10 +293,12 @@ impl<D: Decide> RequestPipeline<D> {
         let mut first_seen: HashMap<String, usize> = HashMap::new();
         let mut fresh: Vec<(usize, D::Request)> = Vec::new();
         let mut repeats: Vec<(usize, usize)> = Vec::new();
+        let mut spans: Vec<(Span, Option<String>)> = Vec::new();
         for (index, request) in decoded {
             let message = &batch[index];
-            let _span = info_span!("request", request_id = %request.request_id(), topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = trace_of(message)).entered();
             if let Some(previous) = stored.get(request.request_id().as_str()) {
+                let (span, traceparent) = request_span(&request, message);
+                let _entered = span.enter();
                 if previous.kind == kind {
                     debug!("redelivered request answered with its stored result");
                     metrics::replayed(kind);
@@ -287,6 +307,7 @@ impl<D: Decide> RequestPipeline<D> {
                         previous.user_id,
                         message,
                         previous.result.clone(),
+                        traceparent.as_deref(),
                     ));
                 } else {
                     let reason = format!(
@@ -310,35 +331,67 @@ impl<D: Decide> RequestPipeline<D> {
                 continue;
             }
             first_seen.insert(request.request_id().as_str().to_owned(), fresh.len());
+            spans.push(request_span(&request, message));
             fresh.push((index, request));
         }
         if !replayed.is_empty() {
             self.logic.replayed(&replayed).await?;
         }
-        let results = self.decide_isolating(batch, &fresh, &mut out).await?;
-        for ((index, request), result) in fresh.iter().zip(&results) {
+        let traces: Vec<Option<&str>> = spans.iter().map(|(_, t)| t.as_deref()).collect();
+        let results = self
+            .decide_isolating(batch, &fresh, &traces, &mut out)
+            .await?;
+        for (((index, _), result), (span, traceparent)) in fresh.iter().zip(&results).zip(&spans) {
             let Some(result) = result else { continue };
-            let message = &batch[*index];
             let code = result.error_code;
-            let _span = info_span!("request", request_id = %request.request_id(), topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = trace_of(message)).entered();
-            debug!(outcome = code.unwrap_or("succeeded"), "request decided");
+            let _entered = span.enter();
+            span.record("outcome", code.unwrap_or("succeeded"));
+            debug!("request decided");
             metrics::processed_code(kind, code);
-            out.push(self.result_message(result.user_id, message, result.result.clone()));
+            out.push(self.result_message(
+                result.user_id,
+                &batch[*index],
+                result.result.clone(),
+                traceparent.as_deref(),
+            ));
         }
         for (index, first) in repeats {
             if let Some(Some(result)) = results.get(first) {
                 metrics::replayed(kind);
-                out.push(self.result_message(result.user_id, &batch[index], result.result.clone()));
+                out.push(self.result_message(
+                    result.user_id,
+                    &batch[index],
+                    result.result.clone(),
+                    spans[first].1.as_deref(),
+                ));
             }
         }
         Ok(out)
     }
 }
 
-/// The trace id a request carried in its `traceparent` header, if any.
-fn trace_of(message: &Incoming) -> Option<&str> {
+/// The `traceparent` header a request carried, if readable.
+fn incoming_trace(message: &Incoming) -> Option<&str> {
     message
         .header(trace_context::HEADER)
         .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(trace_context::trace_id)
+}
+
+/// The span of one request, a child of the span that published it, and the
+/// trace context its result and events carry on: this span when spans are
+/// exported, else the one the request came with.
+fn request_span<R: RequestMessage>(request: &R, message: &Incoming) -> (Span, Option<String>) {
+    let incoming = incoming_trace(message);
+    let span = info_span!(
+        "request",
+        request_id = %request.request_id(),
+        topic = %message.topic,
+        partition = message.partition,
+        offset = message.offset,
+        trace_id = incoming.and_then(trace_context::trace_id),
+        outcome = tracing::field::Empty,
+    );
+    trace_context::adopt(&span, incoming);
+    let traceparent = trace_context::outgoing(&span).or_else(|| incoming.map(str::to_owned));
+    (span, traceparent)
 }

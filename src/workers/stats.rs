@@ -4,13 +4,14 @@
 
 use async_trait::async_trait;
 use sqlx::PgPool;
-use tracing::warn;
+use tracing::{debug, info_span, warn};
 
 use crate::domain::messages::OrderStats;
 use crate::kafka::consumer::{BatchHandler, HandlerError, Incoming};
 use crate::kafka::dlq::dead_letter;
 use crate::kafka::OutMessage;
 use crate::store::stats;
+use crate::telemetry::trace_context;
 
 pub struct StatsConsumer {
     pub db: PgPool,
@@ -27,7 +28,23 @@ impl BatchHandler for StatsConsumer {
                 .as_deref()
                 .map(serde_json::from_slice::<OrderStats>)
             {
-                Some(Ok(event)) => events.push(event),
+                Some(Ok(event)) => {
+                    // One span per event, under the trace of the order's request.
+                    let span = info_span!(
+                        "stats_event",
+                        order_id = event.order_id,
+                        partition = message.partition,
+                        offset = message.offset
+                    );
+                    trace_context::adopt(
+                        &span,
+                        message
+                            .header(trace_context::HEADER)
+                            .and_then(|v| std::str::from_utf8(v).ok()),
+                    );
+                    span.in_scope(|| debug!("stats event received"));
+                    events.push(event)
+                }
                 Some(Err(e)) => {
                     warn!(partition = message.partition, offset = message.offset, error = %e, "unreadable stats event sent to the DLQ");
                     dead.push(dead_letter(
@@ -40,7 +57,7 @@ impl BatchHandler for StatsConsumer {
         }
         stats::record(&self.db, &events).await.map_err(|e| {
             if e.is_retryable() {
-                HandlerError::Retryable(e.to_string())
+                HandlerError::retryable("postgres", e.to_string())
             } else {
                 HandlerError::Fatal(e.to_string())
             }

@@ -21,11 +21,23 @@ use stampede::kafka::{Flow, OutMessage, Producer, Topics};
 use stampede::store;
 use tokio_util::sync::CancellationToken;
 
+pub mod link;
+
 /// How long any single wait may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(90);
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Logs, and span export when a test configures it: once per test process.
+static TELEMETRY: std::sync::OnceLock<stampede::telemetry::Telemetry> = std::sync::OnceLock::new();
+
+/// Exports the spans this test process still buffers.
+pub fn flush_spans() {
+    if let Some(telemetry) = TELEMETRY.get() {
+        telemetry.flush();
+    }
 }
 
 /// Settings isolated under `tag`.
@@ -72,7 +84,7 @@ impl TestEnv {
         let tag = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
         let mut settings = isolated_settings(&tag);
         adjust(&mut settings);
-        stampede::telemetry::init_logging(&settings.log);
+        TELEMETRY.get_or_init(|| stampede::telemetry::init(&settings.log).expect("telemetry"));
         store::migrate(&settings.database)
             .await
             .expect("migrate the test database");
@@ -106,8 +118,16 @@ impl TestEnv {
 
     /// Starts gateway and/or workers in this process.
     pub async fn start(&self, roles: Roles) -> App {
+        self.start_with(roles, |_| {}).await
+    }
+
+    /// Starts gateway and/or workers in this process with settings of their
+    /// own (e.g. reaching a service through a [`link::Link`]).
+    pub async fn start_with(&self, roles: Roles, adjust: impl FnOnce(&mut Settings)) -> App {
+        let mut settings = self.settings.clone();
+        adjust(&mut settings);
         let shutdown = CancellationToken::new();
-        let running = stampede::run(self.settings.clone(), roles, shutdown.clone())
+        let running = stampede::run(settings, roles, shutdown.clone())
             .await
             .expect("start stampede");
         App {

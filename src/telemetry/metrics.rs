@@ -1,0 +1,131 @@
+//! Prometheus metrics: every name and label set lives here.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::domain::ErrorCode;
+use crate::kafka::consumer::Incoming;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+const SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const SIZES: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+];
+
+/// Installs the Prometheus recorder once per process.
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full("stampede_batch_size".into()), SIZES)
+            })
+            .and_then(|b| b.install_recorder())
+            .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+            .ok()
+    });
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    install();
+    HANDLE
+        .get()
+        .and_then(Option::as_ref)
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
+}
+
+pub fn batch_size(worker: &str, size: usize) {
+    histogram!("stampede_batch_size", "worker" => worker.to_owned()).record(size as f64);
+}
+
+pub fn batch_done(worker: &str, batch: &[Incoming], elapsed: Duration) {
+    histogram!("stampede_batch_processing_seconds", "worker" => worker.to_owned())
+        .record(elapsed.as_secs_f64());
+    if let Some(first) = batch.first() {
+        counter!("stampede_messages_consumed_total", "worker" => worker.to_owned(), "topic" => first.topic.clone()).increment(batch.len() as u64);
+    }
+}
+
+/// Time into a batch at which a stage ended.
+pub fn batch_stage(worker: &str, stage: &'static str, elapsed: Duration) {
+    histogram!("stampede_batch_stage_seconds", "worker" => worker.to_owned(), "stage" => stage)
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn retry(worker: &str, cause: &str) {
+    counter!("stampede_retries_total", "worker" => worker.to_owned(), "cause" => cause.to_owned())
+        .increment(1);
+}
+
+pub fn processed(flow: &str, code: Option<ErrorCode>) {
+    processed_code(flow, code.map(ErrorCode::as_str));
+}
+
+pub fn processed_code(flow: &str, code: Option<&str>) {
+    counter!("stampede_requests_processed_total", "flow" => flow.to_owned(), "outcome" => code.unwrap_or("succeeded").to_owned()).increment(1);
+}
+
+pub fn replayed(flow: &str) {
+    counter!("stampede_requests_replayed_total", "flow" => flow.to_owned()).increment(1);
+}
+
+pub fn dead_lettered(flow: &str) {
+    counter!("stampede_dlq_messages_total", "flow" => flow.to_owned()).increment(1);
+}
+
+pub fn drift(entity: &str, amount: i64) {
+    counter!("stampede_reconcile_drift_units_total", "entity" => entity.to_owned())
+        .increment(amount.max(0) as u64);
+}
+
+pub fn stats_published(sent: usize, recovered: usize) {
+    counter!("stampede_stats_events_published_total").increment(sent as u64);
+    counter!("stampede_stats_events_recovered_total").increment(recovered as u64);
+}
+
+/// A write request turned away because `gateway.max_in_flight` were running.
+pub fn gateway_overloaded() {
+    counter!("stampede_gateway_overloaded_total").increment(1);
+}
+
+/// Write requests being handled now: +1 when one starts, -1 when it ends.
+pub fn gateway_in_flight(change: f64) {
+    gauge!("stampede_gateway_in_flight_requests").increment(change);
+}
+
+pub fn gateway_request(endpoint: &'static str, status: u16, code: &str) {
+    counter!("stampede_gateway_requests_total", "endpoint" => endpoint, "status" => status.to_string(), "code" => code.to_owned()).increment(1);
+}
+
+pub fn consumer_lag(worker: &str, topic: &str, partition: i32, lag: i64) {
+    gauge!("stampede_consumer_lag_messages", "worker" => worker.to_owned(), "topic" => topic.to_owned(), "partition" => partition.to_string()).set(lag as f64);
+}
+
+/// Publish → result: from each message's producer timestamp to now, when
+/// its result has been published.
+pub fn request_latency(worker: &str, batch: &[Incoming]) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let histogram = histogram!("stampede_request_latency_seconds", "flow" => worker.to_owned());
+    for message in batch {
+        if let Some(created) = message.timestamp_ms {
+            histogram.record((now - created).max(0) as f64 / 1000.0);
+        }
+    }
+}
+
+pub fn assigned_partitions(worker: &str, count: usize) {
+    gauge!("stampede_consumer_assigned_partitions", "worker" => worker.to_owned())
+        .set(count as f64);
+}
+
+pub fn coupon_stock(coupon_id: i64, left: i64) {
+    gauge!("stampede_coupon_stock_left", "coupon_id" => coupon_id.to_string()).set(left as f64);
+}

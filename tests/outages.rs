@@ -1,0 +1,258 @@
+//! Dependency outages and overload: while PostgreSQL or Redis cannot be
+//! reached, workers decide nothing, retry with backoff (counted by cause), and
+//! once the link is back they resume and answer every request exactly once;
+//! a gateway pushed beyond its in-flight limit turns requests away at once.
+//! (Its own test binary: the assertions read this process's metrics.)
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use common::link::Link;
+use common::{ids, TestEnv, PATIENCE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use stampede::app::Roles;
+use stampede::config::Url;
+use stampede::domain::coupon::Discount;
+use stampede::domain::messages::CouponSpec;
+use stampede::kafka::Flow;
+use stampede::store::{coupons, users};
+use stampede::workers::{reconcile, WorkerKind};
+
+/// `stampede_retries_total` of `worker` for `cause`, from this process's metrics.
+fn retries(worker: &str, cause: &str) -> f64 {
+    let labels = [format!("worker=\"{worker}\""), format!("cause=\"{cause}\"")];
+    stampede::telemetry::metrics::render()
+        .lines()
+        .filter(|l| l.starts_with("stampede_retries_total{"))
+        .filter(|l| labels.iter().all(|label| l.contains(label.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the worker has retried at least once for `cause`.
+async fn wait_for_retries(worker: &str, cause: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while retries(worker, cause) == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{worker} never retried for {cause}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn processed(env: &TestEnv) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM processed_requests")
+        .fetch_one(&env.db)
+        .await
+        .unwrap()
+}
+
+fn request_ids(requests: &[(i64, Value)]) -> HashSet<String> {
+    ids(requests
+        .iter()
+        .map(|(_, r)| r["request_id"].as_str().unwrap().to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_wait_out_a_postgres_outage_and_lose_nothing() {
+    let link = Link::to("127.0.0.1:5432").await;
+    let env = TestEnv::new().await;
+    users::seed(&env.db, 1, 100, 0).await.unwrap();
+    let app = env
+        .start_with(Roles::workers(vec![WorkerKind::Charge]), |s| {
+            s.database.url = Url(link.route(s.database.url.as_str()));
+        })
+        .await;
+    let requests: Vec<(i64, Value)> = (0..400)
+        .map(|i| {
+            let user = i % 100 + 1;
+            (
+                user,
+                json!({"request_id": format!("pg-{i}"), "user_id": user, "amount": 1_000}),
+            )
+        })
+        .collect();
+    let (before, during) = requests.split_at(200);
+    env.publish_all(Flow::Charge, before).await;
+    env.wait_results(Flow::Charge, &request_ids(before)).await;
+
+    link.cut();
+    env.publish_all(Flow::Charge, during).await;
+    wait_for_retries("charge", "postgres").await;
+    assert_eq!(
+        processed(&env).await,
+        200,
+        "nothing decided while PostgreSQL is away"
+    );
+
+    link.restore();
+    let results = env
+        .wait_results(Flow::Charge, &request_ids(&requests))
+        .await;
+    for (id, copies) in &results {
+        assert_eq!(copies.len(), 1, "{id}: one result");
+        assert_eq!(copies[0]["status"], "succeeded", "{id}: {}", copies[0]);
+    }
+    for user in 1..=100 {
+        assert_eq!(env.balance(user).await, Some(4_000), "user {user}");
+    }
+    assert_eq!(processed(&env).await, 400);
+    let audit = env.audit().await;
+    assert!(audit.passed(), "{}", audit.render());
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coupon_drop_waits_out_a_redis_outage_and_never_oversells() {
+    const COUPON: i64 = 77;
+    let link = Link::to("127.0.0.1:6379").await;
+    let env = TestEnv::new().await;
+    users::seed(&env.db, 1, 300, 0).await.unwrap();
+    let spec = CouponSpec {
+        name: "outage".into(),
+        discount: Discount::Fixed { amount: 1_000 },
+        total_quantity: 100,
+        expires_at: chrono::Utc::now() + chrono::Duration::days(1),
+    };
+    coupons::create(&env.db, Some(COUPON), &spec).await.unwrap();
+    reconcile::load_coupon(&env.db, &env.counters, COUPON, true)
+        .await
+        .unwrap();
+    let app = env
+        .start_with(Roles::workers(vec![WorkerKind::Coupon]), |s| {
+            s.redis.url = Url(link.route(s.redis.url.as_str()));
+        })
+        .await;
+    let requests: Vec<(i64, Value)> = (1..=300)
+        .map(|user| {
+            (
+                user,
+                json!({"request_id": format!("rd-{user}"), "user_id": user, "coupon_id": COUPON}),
+            )
+        })
+        .collect();
+    let (before, during) = requests.split_at(60);
+    env.publish_all(Flow::Coupon, before).await;
+    env.wait_results(Flow::Coupon, &request_ids(before)).await;
+
+    link.cut();
+    env.publish_all(Flow::Coupon, during).await;
+    wait_for_retries("coupon", "redis").await;
+    assert_eq!(
+        processed(&env).await,
+        60,
+        "nothing decided while Redis is away"
+    );
+
+    link.restore();
+    let results = env
+        .wait_results(Flow::Coupon, &request_ids(&requests))
+        .await;
+    let mut won = 0;
+    for (id, copies) in &results {
+        assert_eq!(copies.len(), 1, "{id}: one result");
+        match copies[0]["status"].as_str() {
+            Some("succeeded") => won += 1,
+            _ => assert_eq!(copies[0]["error"]["code"], "coupon_sold_out", "{id}"),
+        }
+    }
+    assert_eq!(won, 100, "exactly the stock was issued");
+    assert_eq!(coupons::holders(&env.db, COUPON).await.unwrap().len(), 100);
+    assert_eq!(env.counters.coupon_stock(COUPON).await.unwrap(), Some(0));
+    let audit = env.audit().await;
+    assert!(audit.passed(), "{}", audit.render());
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// A gauge or counter of the gateway's `/metrics`, summed over its labels.
+async fn metric(client: &reqwest::Client, http: &str, name: &str) -> f64 {
+    let text = client
+        .get(format!("{http}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_in_flight_the_gateway_turns_requests_away_at_once() {
+    let redis = Link::to("127.0.0.1:6379").await;
+    let env = TestEnv::new().await;
+    let app = env
+        .start_with(Roles::gateway_only(), |s| {
+            s.gateway.max_in_flight = 2;
+            s.redis.url = Url(redis.route(s.redis.url.as_str()));
+            s.redis.response_timeout_ms = 120_000;
+        })
+        .await;
+    let http = app.http();
+    let c = reqwest::Client::new();
+    let charge = |key: String| {
+        let request = c
+            .post(format!("{http}/v1/charges"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"user_id": 1, "amount": 5_000}));
+        async move { request.send().await.unwrap() }
+    };
+    // Two keyed requests take both slots and wait on a stalled Redis.
+    redis.pause();
+    let held: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(charge(format!("held-{i}"))))
+        .collect();
+    let deadline = Instant::now() + PATIENCE;
+    while metric(&c, &http, "stampede_gateway_in_flight_requests").await < 2.0 {
+        assert!(Instant::now() < deadline, "the two never got in");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Everything beyond the limit is answered at once, not queued.
+    for i in 0..3 {
+        let turned_away = charge(format!("away-{i}")).await;
+        assert_eq!(turned_away.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(turned_away.headers()["retry-after"], "1");
+        let body: Value = turned_away.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    }
+    assert_eq!(
+        metric(&c, &http, "stampede_gateway_overloaded_total").await,
+        3.0
+    );
+    redis.restore();
+    for request in held {
+        assert_eq!(request.await.unwrap().status(), StatusCode::ACCEPTED);
+    }
+    // The turned-away keys were never claimed: retried, they are accepted.
+    for i in 0..3 {
+        assert_eq!(
+            charge(format!("away-{i}")).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let published = env.reader(&env.topics.requests(Flow::Charge)).take(5).await;
+    let ids: HashSet<String> = published
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.payload).unwrap()["request_id"].to_string())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        5,
+        "each accepted request published once: {ids:?}"
+    );
+    assert_eq!(
+        metric(&c, &http, "stampede_gateway_in_flight_requests").await,
+        0.0
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
