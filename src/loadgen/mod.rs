@@ -41,6 +41,8 @@ pub enum LoadgenError {
     Http(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("a send task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// How requests reach stampede.
@@ -112,6 +114,9 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
         flows.iter().map(|f| topics.results(*f)).collect()
     };
 
+    // Connect the producer before the clock starts: a client's first
+    // connection is not stampede's latency.
+    producer.check(Duration::from_secs(10)).await?;
     let (tx, mut rx) = mpsc::channel::<Seen>(65_536);
     let follower = start_follower(settings, &follow_topics, &run_id, tx).await?;
     let passthrough = match &setup.passthrough_in {
@@ -244,7 +249,7 @@ async fn publish_all(
         }
         while in_flight.len() >= max_in_flight {
             if let Some(r) = in_flight.next().await {
-                turned_away += r?;
+                turned_away += joined(r)?;
             }
         }
         let stamp = due.unwrap_or_else(Instant::now);
@@ -259,7 +264,9 @@ async fn publish_all(
             .unwrap_or_else(|| topics.requests(request.flow));
         let via = options.via;
         let url = options.http_url.clone();
-        in_flight.push(async move {
+        // Each send runs as its own task, so it goes out when it is due and
+        // not when this loop next looks at the ones in flight.
+        in_flight.push(tokio::spawn(async move {
             match via {
                 Via::Kafka => {
                     let message = OutMessage::new(
@@ -275,12 +282,18 @@ async fn publish_all(
                 }
                 Via::Http => scenario::post(&client, &url, &request).await,
             }
-        });
+        }));
     }
     while let Some(r) = in_flight.next().await {
-        turned_away += r?;
+        turned_away += joined(r)?;
     }
     Ok(turned_away)
+}
+
+fn joined(
+    outcome: Result<Result<u64, LoadgenError>, tokio::task::JoinError>,
+) -> Result<u64, LoadgenError> {
+    outcome?
 }
 
 /// Follows `topics` from their current end, sending results of this run.
