@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One benchmark run on this machine, every number from the same run:
-#   (a) the raw Kafka limit: consume → produce passthrough of same-size messages
+#   (a) the raw Kafka limit: consume → produce passthrough of same-size messages,
+#       at full speed and offered at 20,000/s (the transport's own latency)
 #   (b) Redis running the coupon Lua script (redis-benchmark)
 #   (c) the classic design: a PostgreSQL row-lock issue (SELECT … FOR UPDATE + insert, pgbench)
 #   (d) stampede: a coupon drop (200,000 requests, 10,000 stock) and orders, with worker peak memory
@@ -66,6 +67,8 @@ peak_rss_mib() { local m=0; for w in "${workers[@]}"; do local v; v=$(awk '/VmHW
 
 echo "== (a) Kafka passthrough, $requests messages"
 "$bin" loadgen --scenario passthrough --requests "$requests" --quiet --no-verify --json "$out/passthrough.json" | sed -n 2,3p
+echo "== (a) Kafka passthrough offered at 20,000 messages/s: the transport's own latency"
+"$bin" loadgen --scenario passthrough --requests "$requests" --rate 20000 --quiet --no-verify --json "$out/passthrough-rate20k.json" | sed -n 2,3p
 
 echo "== (b) redis-benchmark: issue_coupons.lua, one request per call"
 lua_key="$tag:{coupon:bench}"

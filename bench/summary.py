@@ -10,6 +10,7 @@ passthrough, drop, orders = tp("passthrough.json"), tp("drop-1.json"), tp("order
 redis = num("redis.txt", r"([\d.]+) requests per second")
 rowlock = num("rowlock.txt", r"tps = ([\d.]+)")
 rate = load("drop-rate20k.json")
+pt_rate = load("passthrough-rate20k.json") if (out / "passthrough-rate20k.json").exists() else None
 lines = [
     f"# Benchmark {out.name}", "",
     "| what | per second | note |", "|---|---|---|",
@@ -19,6 +20,7 @@ lines = [
     f"| stampede coupon drop, end to end | {drop:,.0f} | verdict: {'pass' if ok('drop-1.json') else 'FAIL'}; p99 {load('drop-1.json')['latency']['p99_ms']:.0f} ms |",
     f"| stampede orders, end to end | {orders:,.0f} | verdict: {'pass' if ok('orders.json') else 'FAIL'} |",
     f"| stampede drop offered at 20,000/s | {tp('drop-rate20k.json'):,.0f} | p50 {rate['latency']['p50_ms']:.0f} ms, p99 {rate['latency']['p99_ms']:.0f} ms |",
+    *([f"| Kafka passthrough offered at 20,000/s | {pt_rate['throughput_per_sec']:,.0f} | p50 {pt_rate['latency']['p50_ms']:.0f} ms, p99 {pt_rate['latency']['p99_ms']:.0f} ms: the broker's share of that latency |"] if pt_rate else []),
     "",
     f"- stampede / passthrough: **{drop / passthrough:.2f}**",
     f"- stampede / row-lock: **{drop / rowlock:.1f}×**",

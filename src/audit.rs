@@ -110,7 +110,7 @@ pub async fn audit(
     );
     r.add(
         "balance = sum(history)",
-        count(db, "SELECT count(*) FROM users u WHERE u.balance <> COALESCE((SELECT sum(amount) FROM balance_history h WHERE h.user_id = u.id), 0)").await?,
+        count(db, "SELECT count(*) FROM users u LEFT JOIN (SELECT user_id, sum(amount) AS total FROM balance_history GROUP BY user_id) h ON h.user_id = u.id WHERE u.balance <> COALESCE(h.total, 0)").await?,
         "every balance equals the sum of its history",
     );
     r.add(

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use futures::future::try_join_all;
+use futures::future::{try_join_all, BoxFuture};
+use futures::FutureExt;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -43,6 +44,25 @@ impl OutMessage {
     }
 }
 
+/// The client's view of `message`.
+fn record(message: &OutMessage) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+    for (name, value) in &message.headers {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    let mut record = FutureRecord::to(&message.topic)
+        .key(&message.key)
+        .payload(&message.payload)
+        .headers(headers);
+    if let Some(partition) = message.partition {
+        record = record.partition(partition);
+    }
+    record
+}
+
 #[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer,
@@ -73,26 +93,37 @@ impl Producer {
 
     /// Publishes one message and waits until the broker has it.
     pub async fn send(&self, message: &OutMessage) -> Result<(i32, i64), KafkaError> {
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-        for (name, value) in &message.headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value),
-            });
-        }
-        let mut record = FutureRecord::to(&message.topic)
-            .key(&message.key)
-            .payload(&message.payload)
-            .headers(headers);
-        if let Some(partition) = message.partition {
-            record = record.partition(partition);
-        }
         let delivery = self
             .inner
-            .send(record, Timeout::After(self.queue_timeout))
+            .send(record(message), Timeout::After(self.queue_timeout))
             .await
             .map_err(|(e, _)| e)?;
         Ok((delivery.partition, delivery.offset))
+    }
+
+    /// Hands one message to the client now, and returns what resolves once
+    /// the broker has it. (An `async` send starts only when first polled.)
+    /// When the client's queue is full, the message waits for room as with
+    /// [`Producer::send`].
+    pub fn start(
+        &self,
+        message: &OutMessage,
+    ) -> BoxFuture<'static, Result<(i32, i64), KafkaError>> {
+        match self.inner.send_result(record(message)) {
+            Ok(delivery) => async move {
+                match delivery.await {
+                    Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
+                }
+            }
+            .boxed(),
+            Err(_) => {
+                let producer = self.clone();
+                let message = message.clone();
+                async move { producer.send(&message).await }.boxed()
+            }
+        }
     }
 
     /// Publishes all messages concurrently and waits until the broker has

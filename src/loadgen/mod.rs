@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -249,7 +251,7 @@ async fn publish_all(
         }
         while in_flight.len() >= max_in_flight {
             if let Some(r) = in_flight.next().await {
-                turned_away += joined(r)?;
+                turned_away += r?;
             }
         }
         let stamp = due.unwrap_or_else(Instant::now);
@@ -264,28 +266,29 @@ async fn publish_all(
             .unwrap_or_else(|| topics.requests(request.flow));
         let via = options.via;
         let url = options.http_url.clone();
-        // Each send runs as its own task, so it goes out when it is due and
-        // not when this loop next looks at the ones in flight.
-        in_flight.push(tokio::spawn(async move {
-            match via {
-                Via::Kafka => {
-                    let message = OutMessage::new(
-                        topic,
-                        request.user_id.to_string(),
-                        serde_json::to_vec(&request.body).unwrap_or_default(),
-                    );
-                    producer
-                        .send(&message)
-                        .await
-                        .map(|_| 0)
-                        .map_err(LoadgenError::Kafka)
-                }
-                Via::Http => scenario::post(&client, &url, &request).await,
+        // Each request goes out when it is due, not when this loop next
+        // looks at the ones in flight: handed to the Kafka client at once, or
+        // posted by a task of its own.
+        let sent: BoxFuture<'static, Result<u64, LoadgenError>> = match via {
+            Via::Kafka => {
+                let message = OutMessage::new(
+                    topic,
+                    request.user_id.to_string(),
+                    serde_json::to_vec(&request.body).unwrap_or_default(),
+                );
+                producer
+                    .start(&message)
+                    .map(|r| r.map(|_| 0).map_err(LoadgenError::Kafka))
+                    .boxed()
             }
-        }));
+            Via::Http => tokio::spawn(async move { scenario::post(&client, &url, &request).await })
+                .map(joined)
+                .boxed(),
+        };
+        in_flight.push(sent);
     }
     while let Some(r) = in_flight.next().await {
-        turned_away += joined(r)?;
+        turned_away += r?;
     }
     Ok(turned_away)
 }

@@ -72,7 +72,13 @@ fn is_retryable_sqlx(e: &sqlx::Error) -> bool {
 fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions> {
     Ok(PgConnectOptions::from_str(settings.url.as_str())?
         .log_statements(tracing::log::LevelFilter::Trace)
-        .application_name("stampede"))
+        .application_name("stampede")
+        // Statements are prepared once per connection. A generic plan chosen
+        // while a table was nearly empty (a sequential scan) would otherwise
+        // stay cached as the table grows, turning a 2 ms batch lookup into a
+        // seconds-long scan mid-drop; our statements run once per batch, so
+        // planning each for its own parameters costs nothing that shows.
+        .options([("plan_cache_mode", "force_custom_plan")]))
 }
 
 /// A pool for the configured database.
