@@ -2,11 +2,12 @@
 # Overload: is memory flat when stampede is offered far more than it can take?
 #
 # One gateway process (a small gateway.max_in_flight) and one coupon worker
-# process. Three coupon drops, each larger than the one before:
-#   http-small  N/4 requests over HTTP from 2,048 concurrent clients
-#   http-large  N   requests over HTTP from 2,048 concurrent clients
-#   kafka-large 2N  requests straight to Kafka at full speed (a backlog builds
-#               in the broker, since producing is faster than deciding)
+# process. Coupon drops, each larger than the one before:
+#   http-small   N/8 requests over HTTP from 2,048 concurrent clients
+#   http-large   N/2 requests over HTTP from 2,048 concurrent clients
+#   kafka-medium N   requests straight to Kafka at full speed (a backlog builds
+#                    in the broker, since producing is faster than deciding)
+#   kafka-large  2N  requests the same way: twice the backlog
 # The resident memory of both processes is sampled every 0.5 s throughout
 # (overload-rss.csv) and their peaks recorded after each drop: flat means
 # the peaks do not grow with the offered load. Every drop must still pass
@@ -84,8 +85,9 @@ print(f'{sys.argv[2]},{r["requests"]},{r["via"]},{r["answered"]},{r["throughput_
 PY
 }
 http=(--via http --http-url "http://127.0.0.1:$gw_port" --concurrency 2048)
-drop http-small $((requests / 4)) "${http[@]}"
-drop http-large "$requests" "${http[@]}"
+drop http-small $((requests / 8)) "${http[@]}"
+drop http-large $((requests / 2)) "${http[@]}"
+drop kafka-medium "$requests"
 drop kafka-large $((requests * 2))
 
 column -s, -t <"$out/overload.csv" | tee "$out/overload.txt"

@@ -148,7 +148,7 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
     let sent_at: Arc<std::sync::Mutex<HashMap<String, Instant>>> =
         Arc::new(std::sync::Mutex::new(HashMap::with_capacity(plan.len())));
     let expected = plan.len();
-    let publish = {
+    let mut publish = {
         let sent_at = sent_at.clone();
         let producer = producer.clone();
         let topics = topics.clone();
@@ -170,23 +170,36 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
 
     let mut results: HashMap<String, Vec<Seen>> = HashMap::with_capacity(expected);
     let deadline = started + options.timeout;
+    let mut published: Option<Result<u64, LoadgenError>> = None;
     while results.len() < expected {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, rx.recv()).await {
-            Ok(Some(seen)) => {
-                let entry = results.entry(seen.request_id.clone()).or_default();
-                if entry.is_empty() {
-                    bar.inc(1);
+        tokio::select! {
+            seen = tokio::time::timeout_at(deadline.into(), rx.recv()) => match seen {
+                Ok(Some(seen)) => {
+                    let entry = results.entry(seen.request_id.clone()).or_default();
+                    if entry.is_empty() {
+                        bar.inc(1);
+                    }
+                    entry.push(seen);
                 }
-                entry.push(seen);
+                Ok(None) | Err(_) => break,
+            },
+            // Publishing failed: no more results are coming for what it did
+            // not send, so stop waiting and say why.
+            outcome = &mut publish, if published.is_none() => {
+                let outcome = outcome.map_err(LoadgenError::Task).and_then(|r| r);
+                if outcome.is_err() {
+                    published = Some(outcome);
+                    break;
+                }
+                published = Some(outcome);
             }
-            Ok(None) | Err(_) => break,
         }
     }
     bar.finish_and_clear();
-    let publish_outcome = publish
-        .await
-        .map_err(|e| LoadgenError::Http(e.to_string()))?;
+    let publish_outcome = match published {
+        Some(outcome) => outcome,
+        None => publish.await.map_err(LoadgenError::Task).and_then(|r| r),
+    };
     follower.abort();
     if let Some(p) = passthrough {
         p.stop().await;
@@ -266,6 +279,7 @@ async fn publish_all(
             .unwrap_or_else(|| topics.requests(request.flow));
         let via = options.via;
         let url = options.http_url.clone();
+        let give_up = started + options.timeout;
         // Each request goes out when it is due, not when this loop next
         // looks at the ones in flight: handed to the Kafka client at once, or
         // posted by a task of its own.
@@ -281,9 +295,11 @@ async fn publish_all(
                     .map(|r| r.map(|_| 0).map_err(LoadgenError::Kafka))
                     .boxed()
             }
-            Via::Http => tokio::spawn(async move { scenario::post(&client, &url, &request).await })
-                .map(joined)
-                .boxed(),
+            Via::Http => {
+                tokio::spawn(async move { scenario::post(&client, &url, &request, give_up).await })
+                    .map(joined)
+                    .boxed()
+            }
         };
         in_flight.push(sent);
     }

@@ -156,9 +156,14 @@ pub fn plan(o: &LoadgenOptions, s: &Setup, run_id: &str) -> Vec<Planned> {
 
 /// Posts one request as a well-behaved client does: a 503 (gateway at its
 /// in-flight limit, or broker away) is retried after a short pause with the
-/// same `Idempotency-Key`. Returns how often it was turned away.
-pub async fn post(client: &reqwest::Client, base: &str, p: &Planned) -> Result<u64, LoadgenError> {
-    const PATIENCE: u64 = 200;
+/// same `Idempotency-Key`, until `give_up`. Returns how often it was turned
+/// away.
+pub async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    p: &Planned,
+    give_up: std::time::Instant,
+) -> Result<u64, LoadgenError> {
     let (path, body) = match p.flow {
         Flow::Charge => (
             "/v1/charges".to_owned(),
@@ -184,7 +189,7 @@ pub async fn post(client: &reqwest::Client, base: &str, p: &Planned) -> Result<u
             .map_err(|e| LoadgenError::Http(e.to_string()))?;
         match response.status() {
             reqwest::StatusCode::ACCEPTED => return Ok(turned_away),
-            reqwest::StatusCode::SERVICE_UNAVAILABLE if turned_away < PATIENCE => {
+            reqwest::StatusCode::SERVICE_UNAVAILABLE if std::time::Instant::now() < give_up => {
                 turned_away += 1;
                 let pause = 10 * turned_away.min(20) + rand::random_range(0..10);
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
