@@ -96,7 +96,9 @@ run migrate >/dev/null
 run topics create >/dev/null
 
 workers=()
-start_worker() { run worker >>"$out/workers.log" 2>&1 & workers+=($!); }
+# Started directly (not through `run`), so $! is the worker itself and the
+# signals below reach it.
+start_worker() { "$bin" --config "$out/chaos.toml" worker >>"$out/workers.log" 2>&1 & workers+=($!); }
 stop_all() {
   for p in "${workers[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${workers[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -110,7 +112,7 @@ total_faults=0
 for round in $(seq 1 "$rounds"); do
   faults=0
   start_worker
-  run loadgen --scenario mixed --requests "$requests" --rate "$rate" --timeout-secs 900 --quiet \
+  "$bin" --config "$out/chaos.toml" loadgen --scenario mixed --requests "$requests" --rate "$rate" --timeout-secs 900 --quiet \
     --json "$out/round-$round.json" >"$out/round-$round.txt" 2>&1 &
   load=$!
   for kill_no in 1 2 3; do
