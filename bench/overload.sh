@@ -23,24 +23,7 @@ max_in_flight=${BENCH_MAX_IN_FLIGHT:-128}
 out=bench/results/$(date -u +%Y%m%dT%H%M%SZ)-overload
 mkdir -p "$out"
 
-bash scripts/services.sh up
-cargo build --release --locked
-bin=target/release/stampede
-tag=overload$(date +%s)
-export STAMPEDE_DATABASE__URL=postgres://postgres@127.0.0.1:5432/$tag
-export STAMPEDE_KAFKA__TOPIC_PREFIX=$tag.
-export STAMPEDE_KAFKA__GROUP_ID=$tag
-export STAMPEDE_REDIS__KEY_PREFIX=$tag
-export STAMPEDE_LOG__FILTER=warn
-"$bin" migrate >/dev/null
-"$bin" topics create >/dev/null
-
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"$tag\" WITH (FORCE)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
+source bench/common.sh overload
 
 gw_port=9390
 metrics_port=9391

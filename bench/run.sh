@@ -20,26 +20,10 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=bench/results/$stamp
 mkdir -p "$out"
 
-bash scripts/services.sh up
 command -v pgbench >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql-contrib >/dev/null; }
 command -v redis-benchmark >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-tools >/dev/null; }
-cargo build --release --locked
-bin=target/release/stampede
-tag=bench$(date +%s)
-export STAMPEDE_DATABASE__URL=postgres://postgres@127.0.0.1:5432/$tag
-export STAMPEDE_KAFKA__TOPIC_PREFIX=$tag.
-export STAMPEDE_KAFKA__GROUP_ID=$tag
-export STAMPEDE_REDIS__KEY_PREFIX=$tag
 export STAMPEDE_WORKER__BATCH_SIZE=${BENCH_BATCH:-2000}
-export STAMPEDE_LOG__FILTER=warn
-"$bin" migrate >/dev/null
-"$bin" topics create >/dev/null
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"$tag\" WITH (FORCE)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
+source bench/common.sh bench
 
 port=9300
 start_workers() { # count, only

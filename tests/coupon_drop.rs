@@ -9,25 +9,14 @@ use std::time::{Duration, Instant};
 use common::{ids, TestEnv, WorkerProcess, PATIENCE};
 use serde_json::{json, Value};
 use stampede::app::Roles;
-use stampede::domain::coupon::Discount;
-use stampede::domain::messages::CouponSpec;
 use stampede::kafka::Flow;
 use stampede::store::{coupons, users};
-use stampede::workers::{reconcile, WorkerKind};
+use stampede::workers::WorkerKind;
 
 const COUPON: i64 = 7;
 
 async fn create_coupon(env: &TestEnv, stock: i64) {
-    let spec = CouponSpec {
-        name: "drop".into(),
-        discount: Discount::Fixed { amount: 1_000 },
-        total_quantity: stock,
-        expires_at: chrono::Utc::now() + chrono::Duration::days(1),
-    };
-    coupons::create(&env.db, Some(COUPON), &spec).await.unwrap();
-    reconcile::load_coupon(&env.db, &env.counters, COUPON, true)
-        .await
-        .unwrap();
+    env.create_coupon(COUPON, stock).await;
 }
 
 /// `n` requests from `users` users (ids 1..=users), each user at least once.

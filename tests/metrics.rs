@@ -9,11 +9,9 @@ use std::time::{Duration, Instant};
 use common::{ids, TestEnv, PATIENCE};
 use serde_json::json;
 use stampede::app::Roles;
-use stampede::domain::coupon::Discount;
-use stampede::domain::messages::CouponSpec;
 use stampede::kafka::Flow;
-use stampede::store::{coupons, users};
-use stampede::workers::{reconcile, WorkerKind};
+use stampede::store::users;
+use stampede::workers::WorkerKind;
 
 async fn scrape(http: &str) -> HashMap<String, f64> {
     let text = reqwest::get(format!("{http}/metrics"))
@@ -43,16 +41,7 @@ fn sum(metrics: &HashMap<String, f64>, prefix: &str, containing: &[&str]) -> f64
 async fn metrics_add_up_to_what_was_sent() {
     let env = TestEnv::new().await;
     users::seed(&env.db, 1, 300, 0).await.unwrap();
-    let spec = CouponSpec {
-        name: "drop".into(),
-        discount: Discount::Fixed { amount: 100 },
-        total_quantity: 100,
-        expires_at: chrono::Utc::now() + chrono::Duration::days(1),
-    };
-    coupons::create(&env.db, Some(7), &spec).await.unwrap();
-    reconcile::load_coupon(&env.db, &env.counters, 7, true)
-        .await
-        .unwrap();
+    env.create_coupon(7, 100).await;
     let app = env
         .start(Roles {
             gateway: true,

@@ -15,11 +15,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use stampede::app::Roles;
 use stampede::config::Url;
-use stampede::domain::coupon::Discount;
-use stampede::domain::messages::CouponSpec;
 use stampede::kafka::Flow;
 use stampede::store::{coupons, users};
-use stampede::workers::{reconcile, WorkerKind};
+use stampede::workers::WorkerKind;
 
 /// `stampede_retries_total` of `worker` for `cause`, from this process's metrics.
 fn retries(worker: &str, cause: &str) -> f64 {
@@ -113,16 +111,7 @@ async fn a_coupon_drop_waits_out_a_redis_outage_and_never_oversells() {
     let link = Link::to("127.0.0.1:6379").await;
     let env = TestEnv::new().await;
     users::seed(&env.db, 1, 300, 0).await.unwrap();
-    let spec = CouponSpec {
-        name: "outage".into(),
-        discount: Discount::Fixed { amount: 1_000 },
-        total_quantity: 100,
-        expires_at: chrono::Utc::now() + chrono::Duration::days(1),
-    };
-    coupons::create(&env.db, Some(COUPON), &spec).await.unwrap();
-    reconcile::load_coupon(&env.db, &env.counters, COUPON, true)
-        .await
-        .unwrap();
+    env.create_coupon(COUPON, 100).await;
     let app = env
         .start_with(Roles::workers(vec![WorkerKind::Coupon]), |s| {
             s.redis.url = Url(link.route(s.redis.url.as_str()));

@@ -116,6 +116,23 @@ impl TestEnv {
         }
     }
 
+    /// A coupon of `stock` (1,000 off, valid for a day), its stock loaded
+    /// into Redis as the admin API would.
+    pub async fn create_coupon(&self, id: i64, stock: i64) {
+        let spec = stampede::domain::messages::CouponSpec {
+            name: format!("coupon-{id}"),
+            discount: stampede::domain::coupon::Discount::Fixed { amount: 1_000 },
+            total_quantity: stock,
+            expires_at: chrono::Utc::now() + chrono::Duration::days(1),
+        };
+        stampede::store::coupons::create(&self.db, Some(id), &spec)
+            .await
+            .expect("create a coupon");
+        stampede::workers::reconcile::load_coupon(&self.db, &self.counters, id, true)
+            .await
+            .expect("load its stock into Redis");
+    }
+
     /// Starts gateway and/or workers in this process.
     pub async fn start(&self, roles: Roles) -> App {
         self.start_with(roles, |_| {}).await
