@@ -15,10 +15,6 @@ use stampede::workers::WorkerKind;
 
 const COUPON: i64 = 7;
 
-async fn create_coupon(env: &TestEnv, stock: i64) {
-    env.create_coupon(COUPON, stock).await;
-}
-
 /// `n` requests from `users` users (ids 1..=users), each user at least once.
 fn drop_requests(n: usize, users: i64) -> Vec<(i64, Value)> {
     (0..n)
@@ -134,14 +130,7 @@ fn worker_with_metrics(env: &TestEnv, only: &str) -> (WorkerProcess, String) {
 }
 
 async fn metric(url: &str, name: &str) -> f64 {
-    let Ok(response) = reqwest::get(url).await else {
-        return 0.0;
-    };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    common::metric_sum(&common::scrape(url).await, name, &[])
 }
 
 async fn wait_metric(url: &str, name: &str, at_least: f64) {
@@ -159,7 +148,7 @@ async fn wait_metric(url: &str, name: &str, at_least: f64) {
 async fn a_drop_through_two_worker_processes_issues_exactly_the_stock() {
     let env = TestEnv::with(|s| s.worker.batch_size = 200).await;
     users::seed(&env.db, 1, 3_000, 0).await.unwrap();
-    create_coupon(&env, 1_000).await;
+    env.create_coupon(COUPON, 1_000).await;
     let (a, metrics_a) = worker_with_metrics(&env, "coupon");
     let (b, metrics_b) = worker_with_metrics(&env, "coupon");
     wait_metric(&metrics_a, "stampede_consumer_assigned_partitions", 1.0).await;
@@ -197,7 +186,7 @@ async fn a_worker_killed_mid_drop_and_restarted_keeps_every_invariant() {
     })
     .await;
     users::seed(&env.db, 1, 3_000, 0).await.unwrap();
-    create_coupon(&env, 1_000).await;
+    env.create_coupon(COUPON, 1_000).await;
     let requests = drop_requests(5_000, 3_000);
     // The second half arrives only after the kill, so the worker always dies
     // with the drop unfinished, however fast it ran until then.
@@ -225,7 +214,7 @@ async fn a_worker_killed_mid_drop_and_restarted_keeps_every_invariant() {
 async fn redis_losing_its_data_mid_drop_is_reconciled_and_never_oversells() {
     let env = TestEnv::with(|s| s.worker.batch_size = 100).await;
     users::seed(&env.db, 1, 3_000, 0).await.unwrap();
-    create_coupon(&env, 1_000).await;
+    env.create_coupon(COUPON, 1_000).await;
     let app = env.start(Roles::workers(vec![WorkerKind::Coupon])).await;
     let requests = drop_requests(5_000, 3_000);
     let (first, second) = requests.split_at(2_500);
@@ -244,7 +233,7 @@ async fn redis_losing_its_data_mid_drop_is_reconciled_and_never_oversells() {
 async fn a_crash_between_the_redis_decision_and_the_commit_neither_leaks_nor_doubles() {
     let env = TestEnv::new().await;
     users::seed(&env.db, 1, 3, 0).await.unwrap();
-    create_coupon(&env, 2).await;
+    env.create_coupon(COUPON, 2).await;
     // A worker decided these in Redis, then died before PostgreSQL committed.
     let decided = env
         .counters
@@ -295,7 +284,7 @@ async fn a_crash_between_the_redis_decision_and_the_commit_neither_leaks_nor_dou
 async fn unknown_users_and_coupons_take_no_stock() {
     let env = TestEnv::new().await;
     users::seed(&env.db, 1, 2, 0).await.unwrap();
-    create_coupon(&env, 1).await;
+    env.create_coupon(COUPON, 1).await;
     let app = env
         .start(Roles {
             gateway: true,

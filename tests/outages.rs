@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use common::link::Link;
-use common::{ids, TestEnv, PATIENCE};
+use common::{ids, metric_sum, scrape, TestEnv, PATIENCE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use stampede::app::Roles;
@@ -21,13 +21,14 @@ use stampede::workers::WorkerKind;
 
 /// `stampede_retries_total` of `worker` for `cause`, from this process's metrics.
 fn retries(worker: &str, cause: &str) -> f64 {
-    let labels = [format!("worker=\"{worker}\""), format!("cause=\"{cause}\"")];
-    stampede::telemetry::metrics::render()
-        .lines()
-        .filter(|l| l.starts_with("stampede_retries_total{"))
-        .filter(|l| labels.iter().all(|label| l.contains(label.as_str())))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(
+        &stampede::telemetry::metrics::render(),
+        "stampede_retries_total",
+        &[
+            &format!("worker=\"{worker}\""),
+            &format!("cause=\"{cause}\""),
+        ],
+    )
 }
 
 /// Waits until the worker has retried at least once for `cause`.
@@ -160,19 +161,8 @@ async fn a_coupon_drop_waits_out_a_redis_outage_and_never_oversells() {
 }
 
 /// A gauge or counter of the gateway's `/metrics`, summed over its labels.
-async fn metric(client: &reqwest::Client, http: &str, name: &str) -> f64 {
-    let text = client
-        .get(format!("{http}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+async fn metric(http: &str, name: &str) -> f64 {
+    metric_sum(&scrape(&format!("{http}/metrics")).await, name, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +191,7 @@ async fn beyond_max_in_flight_the_gateway_turns_requests_away_at_once() {
         .map(|i| tokio::spawn(charge(format!("held-{i}"))))
         .collect();
     let deadline = Instant::now() + PATIENCE;
-    while metric(&c, &http, "stampede_gateway_in_flight_requests").await < 2.0 {
+    while metric(&http, "stampede_gateway_in_flight_requests").await < 2.0 {
         assert!(Instant::now() < deadline, "the two never got in");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -213,8 +203,13 @@ async fn beyond_max_in_flight_the_gateway_turns_requests_away_at_once() {
         let body: Value = turned_away.json().await.unwrap();
         assert_eq!(body["error"]["code"], "overloaded", "{body}");
     }
+    let scraped = scrape(&format!("{http}/metrics")).await;
     assert_eq!(
-        metric(&c, &http, "stampede_gateway_overloaded_total").await,
+        metric_sum(
+            &scraped,
+            "stampede_gateway_requests_total",
+            &["status=\"503\"", "code=\"overloaded\""]
+        ),
         3.0
     );
     redis.restore();
@@ -239,7 +234,7 @@ async fn beyond_max_in_flight_the_gateway_turns_requests_away_at_once() {
         "each accepted request published once: {ids:?}"
     );
     assert_eq!(
-        metric(&c, &http, "stampede_gateway_in_flight_requests").await,
+        metric(&http, "stampede_gateway_in_flight_requests").await,
         0.0
     );
     app.stop().await;

@@ -167,7 +167,6 @@ async fn accept<B: DeserializeOwned, R: RequestMessage + Serialize>(
     build: impl FnOnce(B, RequestId) -> R,
 ) -> ApiResult {
     let Some(_slot) = Slot::take(state) else {
-        metrics::gateway_overloaded();
         let limit = state.settings.gateway.max_in_flight;
         return counted(endpoint, Err(ApiError::Overloaded(limit)));
     };

@@ -75,6 +75,11 @@ impl Incoming {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_slice())
     }
+
+    /// A header's value as text, when it is UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
 }
 
 /// A failure while handling a batch.

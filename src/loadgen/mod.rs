@@ -186,19 +186,19 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
             // Publishing failed: no more results are coming for what it did
             // not send, so stop waiting and say why.
             outcome = &mut publish, if published.is_none() => {
-                let outcome = outcome.map_err(LoadgenError::Task).and_then(|r| r);
-                if outcome.is_err() {
-                    published = Some(outcome);
+                let outcome = joined(outcome);
+                let failed = outcome.is_err();
+                published = Some(outcome);
+                if failed {
                     break;
                 }
-                published = Some(outcome);
             }
         }
     }
     bar.finish_and_clear();
     let publish_outcome = match published {
         Some(outcome) => outcome,
-        None => publish.await.map_err(LoadgenError::Task).and_then(|r| r),
+        None => joined(publish.await),
     };
     follower.abort();
     if let Some(p) = passthrough {
@@ -309,9 +309,10 @@ async fn publish_all(
     Ok(turned_away)
 }
 
-fn joined(
-    outcome: Result<Result<u64, LoadgenError>, tokio::task::JoinError>,
-) -> Result<u64, LoadgenError> {
+/// The outcome of a task that returns one, its failing to run included.
+fn joined<T>(
+    outcome: Result<Result<T, LoadgenError>, tokio::task::JoinError>,
+) -> Result<T, LoadgenError> {
     outcome?
 }
 

@@ -91,11 +91,6 @@ pub fn stats_published(sent: usize, recovered: usize) {
     counter!("stampede_stats_events_recovered_total").increment(recovered as u64);
 }
 
-/// A write request turned away because `gateway.max_in_flight` were running.
-pub fn gateway_overloaded() {
-    counter!("stampede_gateway_overloaded_total").increment(1);
-}
-
 /// Write requests being handled now: +1 when one starts, -1 when it ends.
 pub fn gateway_in_flight(change: f64) {
     gauge!("stampede_gateway_in_flight_requests").increment(change);

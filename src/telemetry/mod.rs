@@ -23,11 +23,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported to a collector.
-    pub fn exporting(&self) -> bool {
-        self.tracer.is_some()
-    }
-
     /// Exports the spans buffered so far.
     pub fn flush(&self) {
         if let Some(tracer) = &self.tracer {

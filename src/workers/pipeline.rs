@@ -206,7 +206,7 @@ impl<D: Decide> RequestPipeline<D> {
                 user_id,
                 message,
                 serde_json::to_string(&result)?,
-                incoming_trace(message),
+                message.header_str(trace_context::HEADER),
             ));
         }
         Ok(())
@@ -370,18 +370,11 @@ impl<D: Decide> RequestPipeline<D> {
     }
 }
 
-/// The `traceparent` header a request carried, if readable.
-fn incoming_trace(message: &Incoming) -> Option<&str> {
-    message
-        .header(trace_context::HEADER)
-        .and_then(|v| std::str::from_utf8(v).ok())
-}
-
 /// The span of one request, a child of the span that published it, and the
 /// trace context its result and events carry on: this span when spans are
 /// exported, else the one the request came with.
 fn request_span<R: RequestMessage>(request: &R, message: &Incoming) -> (Span, Option<String>) {
-    let incoming = incoming_trace(message);
+    let incoming = message.header_str(trace_context::HEADER);
     let span = info_span!(
         "request",
         request_id = %request.request_id(),

@@ -36,12 +36,7 @@ impl BatchHandler for StatsConsumer {
                         partition = message.partition,
                         offset = message.offset
                     );
-                    trace_context::adopt(
-                        &span,
-                        message
-                            .header(trace_context::HEADER)
-                            .and_then(|v| std::str::from_utf8(v).ok()),
-                    );
+                    trace_context::adopt(&span, message.header_str(trace_context::HEADER));
                     span.in_scope(|| debug!("stats event received"));
                     events.push(event)
                 }

@@ -40,6 +40,28 @@ pub fn flush_spans() {
     }
 }
 
+/// The Prometheus text served at `url` (a `/metrics` address); empty while
+/// nothing answers there.
+pub async fn scrape(url: &str) -> String {
+    match reqwest::get(url).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The sum of the samples of metric `name` (exactly) whose labels contain
+/// every one of `labels`, in Prometheus text.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Settings isolated under `tag`.
 pub fn isolated_settings(tag: &str) -> Settings {
     let mut s = Settings::default();
