@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use common::link::Link;
@@ -56,6 +56,41 @@ fn request_ids(requests: &[(i64, Value)]) -> HashSet<String> {
         .map(|(_, r)| r["request_id"].as_str().unwrap().to_owned()))
 }
 
+/// Publishes the first `before` requests and waits for their results; cuts
+/// `link` and publishes the rest, which the `worker` must not decide while it
+/// retries for `cause`; then restores the link. Returns each request's one
+/// result.
+async fn through_an_outage(
+    env: &TestEnv,
+    link: &Link,
+    (flow, worker, cause): (Flow, &str, &str),
+    requests: &[(i64, Value)],
+    before: usize,
+) -> HashMap<String, Value> {
+    let (first, rest) = requests.split_at(before);
+    env.publish_all(flow, first).await;
+    env.wait_results(flow, &request_ids(first)).await;
+
+    link.cut();
+    env.publish_all(flow, rest).await;
+    wait_for_retries(worker, cause).await;
+    assert_eq!(
+        processed(env).await,
+        before as i64,
+        "nothing decided while {cause} is away"
+    );
+
+    link.restore();
+    env.wait_results(flow, &request_ids(requests))
+        .await
+        .into_iter()
+        .map(|(id, mut copies)| {
+            assert_eq!(copies.len(), 1, "{id}: one result");
+            (id, copies.remove(0))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charges_wait_out_a_postgres_outage_and_lose_nothing() {
     let link = Link::to("127.0.0.1:5432").await;
@@ -75,26 +110,16 @@ async fn charges_wait_out_a_postgres_outage_and_lose_nothing() {
             )
         })
         .collect();
-    let (before, during) = requests.split_at(200);
-    env.publish_all(Flow::Charge, before).await;
-    env.wait_results(Flow::Charge, &request_ids(before)).await;
-
-    link.cut();
-    env.publish_all(Flow::Charge, during).await;
-    wait_for_retries("charge", "postgres").await;
-    assert_eq!(
-        processed(&env).await,
+    let results = through_an_outage(
+        &env,
+        &link,
+        (Flow::Charge, "charge", "postgres"),
+        &requests,
         200,
-        "nothing decided while PostgreSQL is away"
-    );
-
-    link.restore();
-    let results = env
-        .wait_results(Flow::Charge, &request_ids(&requests))
-        .await;
-    for (id, copies) in &results {
-        assert_eq!(copies.len(), 1, "{id}: one result");
-        assert_eq!(copies[0]["status"], "succeeded", "{id}: {}", copies[0]);
+    )
+    .await;
+    for (id, result) in &results {
+        assert_eq!(result["status"], "succeeded", "{id}: {result}");
     }
     for user in 1..=100 {
         assert_eq!(env.balance(user).await, Some(4_000), "user {user}");
@@ -126,29 +151,19 @@ async fn a_coupon_drop_waits_out_a_redis_outage_and_never_oversells() {
             )
         })
         .collect();
-    let (before, during) = requests.split_at(60);
-    env.publish_all(Flow::Coupon, before).await;
-    env.wait_results(Flow::Coupon, &request_ids(before)).await;
-
-    link.cut();
-    env.publish_all(Flow::Coupon, during).await;
-    wait_for_retries("coupon", "redis").await;
-    assert_eq!(
-        processed(&env).await,
+    let results = through_an_outage(
+        &env,
+        &link,
+        (Flow::Coupon, "coupon", "redis"),
+        &requests,
         60,
-        "nothing decided while Redis is away"
-    );
-
-    link.restore();
-    let results = env
-        .wait_results(Flow::Coupon, &request_ids(&requests))
-        .await;
+    )
+    .await;
     let mut won = 0;
-    for (id, copies) in &results {
-        assert_eq!(copies.len(), 1, "{id}: one result");
-        match copies[0]["status"].as_str() {
+    for (id, result) in &results {
+        match result["status"].as_str() {
             Some("succeeded") => won += 1,
-            _ => assert_eq!(copies[0]["error"]["code"], "coupon_sold_out", "{id}"),
+            _ => assert_eq!(result["error"]["code"], "coupon_sold_out", "{id}"),
         }
     }
     assert_eq!(won, 100, "exactly the stock was issued");
