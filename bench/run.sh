@@ -24,6 +24,8 @@ command -v pgbench >/dev/null || { apt-get update -qq && apt-get install -y -qq 
 command -v redis-benchmark >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-tools >/dev/null; }
 export STAMPEDE_WORKER__BATCH_SIZE=${BENCH_BATCH:-2000}
 source bench/common.sh bench
+kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml)
+echo "Apache Kafka $kafka_version (KRaft, one combined broker+controller on ${STAMPEDE_KAFKA__BROKERS:-127.0.0.1:9092}), PostgreSQL $(psql -h 127.0.0.1 -U postgres -Atc 'show server_version' | cut -d' ' -f1), Redis $(redis-cli info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p'); $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB" | tee "$out/machine.txt"
 
 port=9300
 start_workers() { # count, only

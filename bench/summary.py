@@ -13,6 +13,7 @@ rate = load("drop-rate20k.json")
 pt_rate = load("passthrough-rate20k.json") if (out / "passthrough-rate20k.json").exists() else None
 lines = [
     f"# Benchmark {out.name}", "",
+    *([f"Broker and machine: {(out / 'machine.txt').read_text().strip()}", ""] if (out / "machine.txt").exists() else []),
     "| what | per second | note |", "|---|---|---|",
     f"| Kafka passthrough (consume → produce) | {passthrough:,.0f} | the transport's limit on this machine |",
     f"| Redis, issue_coupons.lua per request | {redis:,.0f} | redis-benchmark, 50 clients |",

@@ -1,91 +1,117 @@
 #!/usr/bin/env bash
-# The long chaos run: load through stampede while faults are injected, then
-# loadgen's verdict and `stampede audit` after every round. Not part of CI.
+# The long fault run: a mixed load (charges, coupon requests, orders) through
+# stampede on Apache Kafka while faults are injected, then loadgen's verdict
+# and `stampede audit` after every round. Not part of CI.
 #
-# Each round offers a mixed load (charges, coupon requests, orders) straight
-# to Kafka and, while it runs:
-#   - SIGKILLs a worker process three times, restarting it each time
-#   - scales the worker group from 1 to 3 processes and back to 1 (SIGTERM)
-#   - restarts Redis empty (its counters are rebuilt from PostgreSQL)
-#   - pauses PostgreSQL (SIGSTOP) for 5 s
-#   - restarts the broker, when its storage survives a restart
-#     (CHAOS_BROKER_STORAGE=sqlite://chaos-broker.db)
-# This run has a broker of its own (tansu on CHAOS_BROKER_PORT, storage
-# CHAOS_BROKER_STORAGE, default memory://chaos/), so the broker the tests use
-# is left alone. tansu 0.6.0's sqlite engine fails under this load ("entered
-# unreachable code" on produce, connections reset), so the default keeps
-# topics in memory and skips the broker restart.
-# then waits for loadgen's verdict (every request answered once, nothing
-# oversold or doubled) and runs `stampede audit`. Figures: chaos.csv.
+# The run has services of its own, so nothing it does touches the machine's
+# shared ones: a Redis on CHAOS_REDIS_PORT, a PostgreSQL cluster on
+# CHAOS_PG_PORT (initdb'd under the run's folder), and Apache Kafka: a
+# single node of its own (CHAOS_KAFKA=single, default; data under the run's
+# folder, so it survives its restarts) or the three-broker cluster of
+# `scripts/services.sh cluster up` (CHAOS_KAFKA=cluster).
 #
-# Producers here send one message per record batch ("batch.num.messages" =
-# 1): tansu 0.6 cannot serve a fetch that starts inside a record batch, which
-# is where a consumer resumes after a crash or a broker restart. Apache Kafka
-# has no such limit; point CHAOS_BROKERS at one to run without it.
+# Faults, each named in CHAOS_FAULTS (default: all that apply), per round:
+#   kill     SIGKILL a worker process CHAOS_KILLS times, restarting it each time
+#   scale    scale the worker processes from CHAOS_WORKERS up by two and back (SIGTERM)
+#   redis    restart Redis empty (counters are rebuilt from PostgreSQL)
+#   postgres pause PostgreSQL (SIGSTOP) for CHAOS_PG_PAUSE seconds
+#   broker   single: restart the broker (SIGTERM); cluster: SIGKILL the
+#            leader of a coupon request partition mid-drop, start it again later
 #
-# Environment: CHAOS_ROUNDS (3), CHAOS_REQUESTS (30000), CHAOS_RATE (1000/s),
-# CHAOS_BROKER_PORT (9192), CHAOS_BROKER_STORAGE (memory://chaos/),
-# CHAOS_BROKERS (unset: start tansu as above; set: use that broker, no restart).
+# Environment: CHAOS_ROUNDS (3), CHAOS_REQUESTS per round (30000), CHAOS_RATE
+# (2000/s), CHAOS_WORKERS (2 processes, each running every flow), CHAOS_KILLS
+# (3), CHAOS_PG_PAUSE (5), CHAOS_KAFKA (single|cluster), CHAOS_FAULTS
+# ("kill scale redis postgres broker"), CHAOS_REDIS_PORT (6391), CHAOS_PG_PORT
+# (5439), CHAOS_KAFKA_PORT (19392, single node only).
+# Figures: bench/results/chaos-<time>/chaos.csv, one line per round.
 # The sleeps below space the faults out in time; they synchronise nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+here=$PWD
 rounds=${CHAOS_ROUNDS:-3}
 requests=${CHAOS_REQUESTS:-30000}
-rate=${CHAOS_RATE:-1000}
-broker_port=${CHAOS_BROKER_PORT:-9192}
-storage=${CHAOS_BROKER_STORAGE:-memory://chaos/}
-bash scripts/services.sh up
-cargo build --release --locked
-bin=$PWD/target/release/stampede
-tag=chaos$(date +%s)
-out=$PWD/bench/results/$tag
-mkdir -p "$out"
-tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
+rate=${CHAOS_RATE:-2000}
+nworkers=${CHAOS_WORKERS:-2}
+kills=${CHAOS_KILLS:-3}
+pg_pause=${CHAOS_PG_PAUSE:-5}
+kafka_mode=${CHAOS_KAFKA:-single}
+faults_wanted=${CHAOS_FAULTS:-kill scale redis postgres broker}
+redis_port=${CHAOS_REDIS_PORT:-6391}
+pg_port=${CHAOS_PG_PORT:-5439}
+kafka_port=${CHAOS_KAFKA_PORT:-19392}
 
-own_broker=false
-brokers=${CHAOS_BROKERS:-}
-if [ -z "$brokers" ]; then
-  own_broker=true
-  brokers=127.0.0.1:$broker_port
+say() { printf '[chaos] %s\n' "$*"; }
+wants() { [[ " $faults_wanted " == *" $1 "* ]]; }
+
+tag=chaos-$(date -u +%Y%m%dT%H%M%SZ)
+out=$here/bench/results/$tag
+mkdir -p "$out"
+export STAMPEDE_SERVICES_DIR=$out/services
+mkdir -p "$STAMPEDE_SERVICES_DIR"
+# shellcheck source=kafka.sh
+source "$here/scripts/kafka.sh"
+
+bash scripts/services.sh up >/dev/null # installs PostgreSQL, Redis, Java, Kafka's jars when missing
+cargo build --release --locked
+bin=$here/target/release/stampede
+
+# --- the run's own services ----------------------------------------------------
+redis_dir=$out/redis
+mkdir -p "$redis_dir"
+redis_start() {
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+    --dir "$redis_dir" --dbfilename dump.rdb --pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log"
+  until [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ]; do sleep 0.1; done
+}
+redis_stop() { redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; while redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done; }
+
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+pg_dir=$out/postgres
+pg_as() { runuser -u postgres -- "$@"; }
+pg_start() {
+  if [ ! -f "$pg_dir/PG_VERSION" ]; then
+    install -d -o postgres -g postgres "$pg_dir"
+    pg_as "$pg_bin/initdb" -D "$pg_dir" -A trust -U postgres >"$out/initdb.log"
+  fi
+  pg_as "$pg_bin/pg_ctl" -D "$pg_dir" -l "$pg_dir/server.log" -w \
+    -o "-p $pg_port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on" start >/dev/null
+}
+pg_stop() { pg_as "$pg_bin/pg_ctl" -D "$pg_dir" -m fast -w stop >/dev/null 2>&1 || true; }
+pg_postmaster() { head -n 1 "$pg_dir/postmaster.pid"; }
+
+if [ "$kafka_mode" = cluster ]; then
+  bash scripts/services.sh cluster up >/dev/null
+  brokers=$(cluster_brokers)
+  replication=3
+else
+  chaos_kafka_dir=$out/kafka
+  mkdir -p "$chaos_kafka_dir"
+  kafka_start() {
+    kafka_node_start "$chaos_kafka_dir" 1 "$kafka_port" $((kafka_port + 1)) "1@127.0.0.1:$((kafka_port + 1))" 1 1 768m "$chaos_kafka_dir/cluster.id"
+    kafka_wait "$kafka_port" 1 120 "$chaos_kafka_dir/kafka.log"
+  }
+  kafka_start
+  brokers=127.0.0.1:$kafka_port
+  replication=1
 fi
-start_broker() {
-  (cd "$out" && {
-    nohup "$tansu" broker --listener-url "tcp://$brokers" --advertised-listener-url "tcp://$brokers" \
-      --storage-engine "$storage" >>broker.log 2>&1 &
-    echo $! >broker.pid
-  })
-  local deadline=$((SECONDS + 60))
-  until (exec 3<>"/dev/tcp/${brokers%:*}/${brokers#*:}") 2>/dev/null; do
-    ((SECONDS < deadline)) || { echo "[chaos] broker did not start (log: $out/broker.log)" >&2; exit 1; }
-    sleep 0.2
-  done
-}
-stop_broker() {
-  [ -f "$out/broker.pid" ] || return 0
-  kill "$(cat "$out/broker.pid")" 2>/dev/null || true
-  wait_gone "$(cat "$out/broker.pid")"
-}
-wait_gone() { while kill -0 "$1" 2>/dev/null; do sleep 0.1; done; }
-$own_broker && start_broker
+redis_start
+pg_start
 
 cat >"$out/chaos.toml" <<EOF
 [kafka]
 brokers = "$brokers"
 topic_prefix = "$tag."
 group_id = "$tag"
+replication_factor = $replication
 session_timeout_ms = 6000
 heartbeat_interval_ms = 500
 
-[kafka.client]
-"batch.num.messages" = "1"
-
 [database]
-url = "postgres://postgres@127.0.0.1:5432/$tag"
-# Up to four worker processes, the load generator and audit at once, within
-# PostgreSQL's default 100 connections.
+url = "postgres://postgres@127.0.0.1:$pg_port/stampede"
 max_connections = 8
 
 [redis]
+url = "redis://127.0.0.1:$redis_port"
 key_prefix = "$tag"
 
 [log]
@@ -104,35 +130,67 @@ stop_all() {
   for p in "${workers[@]}"; do wait "$p" 2>/dev/null || true; done
   workers=()
 }
-finish() { stop_all; $own_broker && stop_broker; }
+finish() {
+  stop_all
+  redis_stop
+  pg_stop
+  if [ "$kafka_mode" = cluster ]; then bash scripts/services.sh cluster up >/dev/null 2>&1 || true; else kafka_node_stop "$chaos_kafka_dir" TERM; fi
+}
 trap finish EXIT
 
-printf 'round,requests,faults,loadgen_verdict,audit_violations\n' >"$out/chaos.csv"
+killed_leader=""
+broker_fault() {
+  if [ "$kafka_mode" = cluster ]; then
+    local topic="$tag.coupon.requests.v1" leader
+    leader=$(python3 scripts/kafka/metadata.py leader "${brokers%%,*}" "$topic" 0 2>/dev/null \
+      || python3 scripts/kafka/metadata.py leader "$(echo "$brokers" | cut -d, -f2)" "$topic" 0)
+    say "round $round: SIGKILL broker $leader, leader of $topic-0"
+    bash scripts/kafka.sh cluster kill "$leader" >/dev/null
+    killed_leader=$leader
+  else
+    say "round $round: restart the broker"
+    kafka_node_stop "$chaos_kafka_dir" TERM
+    kafka_start
+  fi
+}
+
+printf 'round,requests,rate,workers,faults,kills,loadgen_verdict,audit_violations,answered_per_s\n' >"$out/chaos.csv"
 total_faults=0
 for round in $(seq 1 "$rounds"); do
-  faults=0
-  start_worker
-  "$bin" --config "$out/chaos.toml" loadgen --scenario mixed --requests "$requests" --rate "$rate" --timeout-secs 900 --quiet \
+  faults=0 round_kills=0
+  for _ in $(seq 1 "$nworkers"); do start_worker; done
+  run loadgen --scenario mixed --requests "$requests" --rate "$rate" --timeout-secs 1200 --quiet \
     --json "$out/round-$round.json" >"$out/round-$round.txt" 2>&1 &
   load=$!
-  for kill_no in 1 2 3; do
-    sleep 2; echo "[chaos] round $round: SIGKILL a worker ($kill_no/3), restart it"
-    kill -9 "${workers[0]}"; wait "${workers[0]}" 2>/dev/null || true
-    workers=("${workers[@]:1}"); start_worker; faults=$((faults + 1))
-  done
-  sleep 3; echo "[chaos] round $round: scale 1 → 3 workers"
-  start_worker; start_worker; faults=$((faults + 1))
-  sleep 5; echo "[chaos] round $round: scale 3 → 1 worker"
-  for p in "${workers[@]:1}"; do kill -TERM "$p"; wait "$p" 2>/dev/null || true; done
-  workers=("${workers[0]}"); faults=$((faults + 1))
-  sleep 3; echo "[chaos] round $round: restart Redis empty"
-  redis-cli -h 127.0.0.1 shutdown nosave >/dev/null 2>&1 || true
-  bash scripts/services.sh up >/dev/null; faults=$((faults + 1))
-  sleep 3; echo "[chaos] round $round: pause PostgreSQL for 5 s"
-  pkill -STOP -x postgres || true; sleep 5; pkill -CONT -x postgres || true; faults=$((faults + 1))
-  if $own_broker && [[ "$storage" == sqlite* ]]; then
-    sleep 3; echo "[chaos] round $round: restart the broker"
-    stop_broker; start_broker; faults=$((faults + 1))
+  if wants kill; then
+    for kill_no in $(seq 1 "$kills"); do
+      sleep 2; say "round $round: SIGKILL a worker ($kill_no/$kills), restart it"
+      kill -9 "${workers[0]}"; wait "${workers[0]}" 2>/dev/null || true
+      workers=("${workers[@]:1}"); start_worker; faults=$((faults + 1)); round_kills=$((round_kills + 1))
+    done
+  fi
+  if wants broker; then sleep 2; broker_fault; faults=$((faults + 1)); fi
+  if wants scale; then
+    sleep 3; say "round $round: scale $nworkers → $((nworkers + 2)) workers"
+    start_worker; start_worker; faults=$((faults + 1))
+    sleep 5; say "round $round: scale back to $nworkers"
+    for p in "${workers[@]:$nworkers}"; do kill -TERM "$p"; wait "$p" 2>/dev/null || true; done
+    workers=("${workers[@]:0:$nworkers}"); faults=$((faults + 1))
+  fi
+  if wants redis; then
+    sleep 3; say "round $round: restart Redis empty"
+    redis_stop; redis_start; faults=$((faults + 1))
+  fi
+  if wants postgres; then
+    sleep 3; say "round $round: pause PostgreSQL for $pg_pause s"
+    pm=$(pg_postmaster)
+    pkill -STOP -P "$pm" || true; kill -STOP "$pm"
+    sleep "$pg_pause"
+    kill -CONT "$pm"; pkill -CONT -P "$pm" || true; faults=$((faults + 1))
+  fi
+  if [ -n "$killed_leader" ]; then
+    sleep 2; say "round $round: start broker $killed_leader again"
+    bash scripts/kafka.sh cluster start "$killed_leader" >/dev/null; killed_leader=""
   fi
   verdict=pass
   wait "$load" || verdict=FAIL
@@ -140,8 +198,9 @@ for round in $(seq 1 "$rounds"); do
   stop_all
   run audit >"$out/round-$round-audit.txt" 2>&1 || true
   violations=$( (run audit --json || true) | python3 -c 'import json,sys; print(sum(not c["passed"] for c in json.load(sys.stdin)["checks"]))' 2>/dev/null || echo "?")
+  per_s=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["throughput_per_sec"]))' "$out/round-$round.json" 2>/dev/null || echo "?")
   total_faults=$((total_faults + faults))
-  printf '%s,%s,%s,%s,%s\n' "$round" "$requests" "$faults" "$verdict" "$violations" | tee -a "$out/chaos.csv"
+  printf '%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$round" "$requests" "$rate" "$nworkers" "$faults" "$round_kills" "$verdict" "$violations" "$per_s" | tee -a "$out/chaos.csv"
 done
-echo "[chaos] $rounds rounds, $((rounds * requests)) requests, $total_faults faults injected; results in $out/chaos.csv"
-! grep -qE ',FAIL,|,([1-9][0-9]*|\?)$' "$out/chaos.csv"
+say "$rounds rounds, $((rounds * requests)) requests, $total_faults faults injected on Apache Kafka ($kafka_mode); results in $out/chaos.csv"
+! grep -qE ',FAIL,|,([1-9][0-9]*|\?),[^,]*$' "$out/chaos.csv"

@@ -1,29 +1,30 @@
 #!/usr/bin/env bash
-# Makes PostgreSQL, Redis and a Kafka-API broker (tansu) run on loopback,
-# idempotently: uses what is already running, starts what is installed,
-# installs what is missing (Debian packages, cargo install), and waits until
-# each one answers.
+# Makes PostgreSQL, Redis (plus a three-node Redis Cluster) and Apache Kafka
+# run on loopback, idempotently: uses what is already running, starts what is
+# installed, installs what is missing (Debian packages; Kafka's jars from Maven
+# Central, see scripts/kafka.sh), and waits until each one answers.
 #
-#   scripts/services.sh up       start (and install) what is missing
-#   scripts/services.sh status   say what runs
-#   scripts/services.sh down     stop what this script started (the broker, Redis)
+#   scripts/services.sh up              start (and install) what is missing
+#   scripts/services.sh status          say what runs
+#   scripts/services.sh down            stop what this script started (Kafka, Redis)
+#   scripts/services.sh cluster up|down|status
+#                                       a three-broker Kafka cluster on
+#                                       127.0.0.1:19092-19094 for fault runs
 #
 # Environment:
-#   STAMPEDE_BROKER_STORAGE  tansu storage engine (default memory://tansu/;
-#                            sqlite://tansu.db keeps topics across restarts)
-#   STAMPEDE_SERVICES_DIR    where logs and pid files go (default .services)
+#   STAMPEDE_SERVICES_DIR  where data, logs and pid files go (default .services)
+#   STAMPEDE_CACHE_DIR     where Kafka's jars are cached (default ~/.cache/stampede)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 state_dir=${STAMPEDE_SERVICES_DIR:-$here/.services}
-storage=${STAMPEDE_BROKER_STORAGE:-memory://tansu/}
-tansu_version=0.6.0
 mkdir -p "$state_dir"
+# shellcheck source=kafka.sh
+source "$here/scripts/kafka.sh"
 
 say() { printf '[services] %s\n' "$*"; }
 fail() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_for() { # name, seconds, command...
   local name=$1 seconds=$2; shift 2
@@ -101,36 +102,12 @@ redis_cluster_up() {
   wait_for "Redis Cluster" 30 cluster_ok
 }
 
-tansu_bin() {
-  if command -v tansu >/dev/null; then command -v tansu; elif [ -x "$HOME/.cargo/bin/tansu" ]; then echo "$HOME/.cargo/bin/tansu"; fi
-}
-
-broker_up() {
-  if port_open 9092; then say "Kafka-API broker already listening on 127.0.0.1:9092"; return; fi
-  local bin
-  bin=$(tansu_bin)
-  if [ -z "$bin" ] || ! "$bin" --version 2>/dev/null | grep -q "$tansu_version"; then
-    command -v cargo >/dev/null || fail "cargo not found: install Rust (rustup) first"
-    command -v cc >/dev/null || apt_install build-essential
-    say "installing tansu $tansu_version with cargo (about 10 minutes on 2 cores; cached in ~/.cargo/bin afterwards)"
-    cargo install tansu --version "$tansu_version" --locked --features dynostore,libsql >"$state_dir/tansu-install.log" 2>&1 \
-      || { tail -n 30 "$state_dir/tansu-install.log" >&2; fail "cargo install tansu failed (log: $state_dir/tansu-install.log)"; }
-    bin=$(tansu_bin)
-  fi
-  say "starting tansu broker ($storage)"
-  (cd "$state_dir" && nohup "$bin" broker \
-      --listener-url tcp://127.0.0.1:9092 \
-      --advertised-listener-url tcp://127.0.0.1:9092 \
-      --storage-engine "$storage" >"$state_dir/tansu.log" 2>&1 &
-    echo $! >"$state_dir/tansu.pid")
-  wait_for "tansu broker" 60 port_open 9092
-}
-
 status() {
   if command -v pg_isready >/dev/null && pg_ok; then say "PostgreSQL: up"; else say "PostgreSQL: down"; fi
   if [ "$(redis-cli -h 127.0.0.1 ping 2>/dev/null)" = PONG ]; then say "Redis: up"; else say "Redis: down"; fi
   if cluster_ok; then say "Redis Cluster: up"; else say "Redis Cluster: down"; fi
-  if port_open 9092; then say "broker: up"; else say "broker: down"; fi
+  kafka_status || true
+  kafka_cluster_status || true
 }
 
 stop_pidfile() {
@@ -142,11 +119,14 @@ stop_pidfile() {
 }
 
 case "${1:-up}" in
-  up) postgres_up; redis_up; redis_cluster_up; broker_up; say "all services up" ;;
+  up) postgres_up; redis_up; redis_cluster_up; kafka_up; say "all services up" ;;
   status) status ;;
+  cluster) kafka_main cluster "${2:-up}" "${3:-}" ;;
   down)
-    stop_pidfile "tansu broker" tansu.pid
+    kafka_down
+    kafka_cluster_down
     stop_pidfile Redis redis.pid
     for p in $cluster_ports; do stop_pidfile "Redis cluster node $p" "cluster-$p.pid"; done ;;
-  *) echo "usage: $0 up|status|down" >&2; exit 2 ;;
+  -h|--help|help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) echo "usage: $0 up|status|down|cluster up|down|status (--help)" >&2; exit 2 ;;
 esac

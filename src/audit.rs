@@ -4,10 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 
-use crate::kafka::tail::{read_to_end, Start};
+use crate::kafka::tail::{read_to_end, reader, Start};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -197,18 +196,16 @@ pub async fn stats_events_per_order(
     settings: &Settings,
 ) -> Result<HashMap<i64, i64>, rdkafka::error::KafkaError> {
     let topic = Topics::new(settings.kafka.topic_prefix.clone()).stats();
-    let mut config = crate::kafka::client_config(&settings.kafka);
-    config
-        .set("group.id", format!("{}.audit", settings.kafka.group_id))
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = config.create()?;
+    let consumer = reader(
+        &settings.kafka,
+        &format!("{}.audit", settings.kafka.group_id),
+    )?;
     tokio::task::spawn_blocking(move || {
         let mut counts = HashMap::new();
         read_to_end(
             &consumer,
             &topic,
-            Start::Earliest,
-            Duration::from_millis(1_000),
+            &Start::Earliest,
             Duration::from_secs(120),
             |message| {
                 let order = message

@@ -177,12 +177,6 @@ async fn a_drop_through_two_worker_processes_issues_exactly_the_stock() {
 async fn a_worker_killed_mid_drop_and_restarted_keeps_every_invariant() {
     let env = TestEnv::with(|s| {
         s.worker.batch_size = 50;
-        // Nothing is committed before the kill, so the restart replays from
-        // the start (idempotency makes that harmless) instead of resuming
-        // inside a record batch, which tansu 0.6 cannot serve.
-        s.kafka
-            .client
-            .insert("auto.commit.interval.ms".into(), "600000".into());
     })
     .await;
     users::seed(&env.db, 1, 3_000, 0).await.unwrap();

@@ -281,12 +281,6 @@ async fn the_stats_topic_holds_one_event_per_paid_order_after_a_crash() {
     let env = TestEnv::with(|s| {
         s.worker.batch_size = 50;
         s.worker.outbox_batch = 40;
-        // Nothing is committed before the kill, so the restart replays from
-        // the start (idempotency makes that harmless) instead of resuming
-        // inside a record batch, which tansu 0.6 cannot serve.
-        s.kafka
-            .client
-            .insert("auto.commit.interval.ms".into(), "600000".into());
     })
     .await;
     users::seed(&env.db, 1, 200, 1_000_000).await.unwrap();

@@ -11,12 +11,6 @@ use stampede::store::users;
 async fn a_charge_worker_killed_mid_stream_loses_nothing() {
     let env = TestEnv::with(|s| {
         s.worker.batch_size = 50;
-        // Nothing is committed before the kill, so the restart replays from
-        // the start (idempotency makes that harmless) instead of resuming
-        // inside a record batch, which tansu 0.6 cannot serve.
-        s.kafka
-            .client
-            .insert("auto.commit.interval.ms".into(), "600000".into());
 
         s.rules.max_balance = i64::MAX;
     })

@@ -28,7 +28,7 @@ async fn sigterm_finishes_the_batch_in_flight_commits_and_exits_in_time() {
             )
         })
         .collect();
-    env.publish_all_unbatched(Flow::Charge, &requests).await;
+    env.publish_all(Flow::Charge, &requests).await;
     let worker = env.worker_process("charge");
     env.results(Flow::Charge)
         .wait_for(100, "progress before SIGTERM")

@@ -335,7 +335,7 @@ async fn start_follower(
         for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
             // Explicit offsets, so nothing produced after this point is missed.
             let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-            assignment.add_partition_offset(topic, p.id(), Offset::Offset((high - 1).max(0)))?;
+            assignment.add_partition_offset(topic, p.id(), Offset::Offset(high))?;
         }
     }
     consumer.assign(&assignment)?;

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::kafka::tail::{read_to_end, Start};
+use crate::kafka::tail::{read_to_end, reader, Start};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use sqlx::postgres::PgListener;
@@ -178,15 +178,10 @@ async fn partition_count(settings: &Settings, topic: &str) -> Result<i32, RelayE
 }
 
 fn metadata_consumer(settings: &Settings) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
-    let mut config = crate::kafka::client_config(&settings.kafka);
-    config
-        .set(
-            "group.id",
-            format!("{}.outbox-reader", settings.kafka.group_id),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    config.create()
+    reader(
+        &settings.kafka,
+        &format!("{}.outbox-reader", settings.kafka.group_id),
+    )
 }
 
 /// The outbox id of the last event in every partition of the stats topic.
@@ -201,8 +196,7 @@ async fn last_published_ids(
         read_to_end(
             &consumer,
             &topic,
-            Start::Last,
-            Duration::from_millis(1_000),
+            &Start::Last,
             Duration::from_secs(60),
             |message| {
                 let id = message

@@ -224,19 +224,6 @@ impl TestEnv {
         }
     }
 
-    /// Publishes one message per record batch, so a consumer may resume at
-    /// any committed offset even on a broker that cannot serve a fetch
-    /// starting inside a batch (tansu 0.6). Slow: for modest volumes.
-    pub async fn publish_all_unbatched(&self, flow: Flow, requests: &[(i64, Value)]) {
-        let mut kafka = self.settings.kafka.clone();
-        kafka.client.insert("batch.num.messages".into(), "1".into());
-        let producer = Producer::new(&kafka).expect("create a producer");
-        producer
-            .send_all(&self.request_messages(flow, requests))
-            .await
-            .expect("publish");
-    }
-
     fn request_messages(&self, flow: Flow, requests: &[(i64, Value)]) -> Vec<OutMessage> {
         requests
             .iter()
