@@ -211,12 +211,7 @@ pub async fn run(
             WorkerKind::Stats => Box::new(StatsConsumer { db: db.clone() }),
         };
         if *kind == WorkerKind::Order {
-            let relay = outbox::run_relay(
-                (*settings).clone(),
-                db.clone(),
-                producer.clone(),
-                shutdown.clone(),
-            );
+            let relay = outbox::run_relay((*settings).clone(), db.clone(), shutdown.clone());
             tasks.spawn(async move {
                 relay.await;
                 Ok(())

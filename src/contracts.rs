@@ -13,7 +13,7 @@ use crate::domain::messages::{
     OrderStats,
 };
 use crate::kafka::dlq;
-use crate::kafka::topics::{Flow, CATALOG, DLQ_SUFFIX};
+use crate::kafka::topics::{Flow, CATALOG, DLQ_SUFFIX, ORDER_STATS};
 
 fn schema<T: JsonSchema>() -> String {
     let mut text = serde_json::to_string_pretty(&schema_for!(T)).unwrap_or_default();
@@ -76,9 +76,13 @@ pub fn asyncapi() -> String {
         let message = spec.payload.unwrap_or("DeadLetter");
         let _ = writeln!(y, "  {id}:\n    address: {}\n    description: >-\n      {} Key: {}. Written by {}; read by {}.\n    messages:\n      {message}:\n        $ref: '#/components/messages/{message}'", spec.name, spec.description, spec.key, spec.written_by, spec.read_by);
     }
-    for flow in Flow::ALL {
-        let name = format!("{}{DLQ_SUFFIX}", flow.request_topic());
-        let _ = writeln!(y, "  {}:\n    address: {name}\n    description: >-\n      Dead letters of {}: the original key and bytes of messages that could not be\n      read, with headers saying why and where they came from. Read by operators.\n    messages:\n      DeadLetter:\n        $ref: '#/components/messages/DeadLetter'", channel_id(&name), flow.request_topic());
+    let dead_lettered = Flow::ALL
+        .iter()
+        .map(|f| f.request_topic())
+        .chain([ORDER_STATS]);
+    for source in dead_lettered {
+        let name = format!("{source}{DLQ_SUFFIX}");
+        let _ = writeln!(y, "  {}:\n    address: {name}\n    description: >-\n      Dead letters of {source}: the original key and bytes of messages that could not be\n      read, with headers saying why and where they came from. Read by operators.\n    messages:\n      DeadLetter:\n        $ref: '#/components/messages/DeadLetter'", channel_id(&name));
     }
     y.push_str("operations:\n");
     for spec in CATALOG {
@@ -106,7 +110,7 @@ pub fn asyncapi() -> String {
             let _ = writeln!(y, "    {payload}:\n      name: {payload}\n      contentType: application/json\n      payload:\n        $ref: './{payload}.schema.json'\n      bindings:\n        kafka:\n          key:\n            type: string\n            pattern: '^[1-9][0-9]*$'\n            description: {} as a decimal string", spec.key);
         }
     }
-    let _ = writeln!(y, "    DeadLetter:\n      name: DeadLetter\n      contentType: application/octet-stream\n      headers:\n        type: object\n        properties:\n          {}:\n            type: string\n            description: why the message could not be processed\n          {}:\n            type: string\n          {}:\n            type: string\n          {}:\n            type: string\n      payload:\n        description: the original message bytes, unchanged", dlq::HEADER_ERROR, dlq::HEADER_SOURCE_TOPIC, dlq::HEADER_SOURCE_PARTITION, dlq::HEADER_SOURCE_OFFSET);
+    let _ = writeln!(y, "    DeadLetter:\n      name: DeadLetter\n      contentType: application/octet-stream\n      headers:\n        type: object\n        properties:\n          {}:\n            type: string\n            description: why the message could not be processed\n          {}:\n            type: string\n          {}:\n            type: string\n          {}:\n            type: string\n          {}:\n            type: string\n            description: present only when the copy was cut to fit the broker, saying how many key and payload bytes were kept of how many\n      payload:\n        description: the original message bytes, unchanged (cut to the first 500,000 bytes when larger, see the truncated header)", dlq::HEADER_ERROR, dlq::HEADER_SOURCE_TOPIC, dlq::HEADER_SOURCE_PARTITION, dlq::HEADER_SOURCE_OFFSET, dlq::HEADER_TRUNCATED);
     y
 }
 

@@ -16,6 +16,8 @@ use super::validate::{positive_id, Validate};
 pub const MAX_ORDER_ITEMS: usize = 50;
 /// Largest quantity of one line item.
 pub const MAX_ITEM_QUANTITY: i64 = 1_000;
+/// Largest unit price of a product, so no order total can overflow.
+pub const MAX_PRICE: i64 = 1_000_000_000;
 
 /// Charge a user's balance (topic `charge.requests.v1`, key `user_id`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -204,6 +206,46 @@ pub struct OrderStats {
     pub paid_amount: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coupon_id: Option<i64>,
+}
+
+impl Validate for OrderStats {
+    /// What the stats store can record: an event outside these bounds was not
+    /// written by an order worker, and goes to the DLQ instead.
+    fn validate(&self) -> Result<(), String> {
+        positive_id("order_id", self.order_id)?;
+        positive_id("user_id", self.user_id)?;
+        if self.items.is_empty() || self.items.len() > MAX_ORDER_ITEMS {
+            return Err(format!(
+                "items must hold 1 to {MAX_ORDER_ITEMS} lines, got {}",
+                self.items.len()
+            ));
+        }
+        for item in &self.items {
+            positive_id("product_id", item.product_id)?;
+            if !(1..=MAX_ITEM_QUANTITY).contains(&item.quantity) {
+                return Err(format!(
+                    "quantity of product {} must be 1 to {MAX_ITEM_QUANTITY}, got {}",
+                    item.product_id, item.quantity
+                ));
+            }
+            if !(0..=MAX_PRICE).contains(&item.unit_price) {
+                return Err(format!(
+                    "unit_price of product {} must be 0 to {MAX_PRICE}, got {}",
+                    item.product_id, item.unit_price
+                ));
+            }
+        }
+        for (name, amount) in [
+            ("total_amount", self.total_amount),
+            ("discount_amount", self.discount_amount),
+            ("paid_amount", self.paid_amount),
+        ] {
+            if amount < 0 {
+                return Err(format!("{name} must not be negative, got {amount}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A coupon as the admin API and `seed` create it.

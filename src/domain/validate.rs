@@ -31,7 +31,9 @@ pub fn decode<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Invalid
     }
 }
 
-fn salvage(bytes: &[u8], reason: String) -> Invalid {
+/// What can still be read of a message refused for `reason`: its request id
+/// and user id, when present and well-formed.
+pub fn salvage(bytes: &[u8], reason: String) -> Invalid {
     let value: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
     let field = |name: &str| value.as_ref().and_then(|v| v.get(name));
     Invalid {

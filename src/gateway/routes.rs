@@ -454,8 +454,7 @@ pub struct NewProduct {
     stock: i64,
 }
 
-/// Largest unit price accepted, so no order total can overflow.
-pub const MAX_PRICE: i64 = 1_000_000_000;
+pub use crate::domain::messages::MAX_PRICE;
 
 pub async fn admin_create_product(
     State(state): State<AppState>,

@@ -176,6 +176,8 @@ impl Topics {
     pub fn all(&self) -> Vec<String> {
         let mut names: Vec<String> = CATALOG.iter().map(|t| self.name(t.name)).collect();
         names.extend(Flow::ALL.iter().map(|f| Self::dlq_of(&self.requests(*f))));
+        // The stats consumer dead-letters events it cannot record, too.
+        names.push(Self::dlq_of(&self.stats()));
         names
     }
 }
@@ -200,6 +202,7 @@ mod tests {
         );
         assert_eq!(t.flow_of("t1.charge.requests.v1"), Some(Flow::Charge));
         assert_eq!(t.flow_of("charge.requests.v1"), None);
-        assert_eq!(t.all().len(), 10);
+        assert_eq!(t.all().len(), 11);
+        assert!(t.all().contains(&"t1.order.stats.v1.dlq".to_owned()));
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::Result;
 use crate::domain::coupon::Discount;
@@ -215,13 +215,49 @@ pub async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRo
     .await?)
 }
 
-pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+/// Where the relay's last marked batch ended, per partition of `topic`.
+pub async fn relay_positions(db: &PgPool, topic: &str) -> Result<HashMap<i32, i64>> {
+    let rows: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT partition, next_offset FROM outbox_relay_position WHERE topic = $1")
+            .bind(topic)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Marks events published and moves the relay's positions past them, in one
+/// transaction: everything before a position is marked. Positions never move
+/// back (a late, fenced relay's update cannot undo a newer one).
+pub async fn mark_published(
+    db: &PgPool,
+    ids: &[i64],
+    topic: &str,
+    positions: &HashMap<i32, i64>,
+) -> Result<()> {
+    let mut tx = db.begin().await?;
+    if !ids.is_empty() {
+        sqlx::query(
+            "UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
+        )
         .bind(ids)
-        .execute(conn)
+        .execute(&mut *tx)
         .await?;
+    }
+    if !positions.is_empty() {
+        let (partitions, offsets): (Vec<i32>, Vec<i64>) =
+            positions.iter().map(|(p, o)| (*p, *o)).unzip();
+        sqlx::query(
+            "INSERT INTO outbox_relay_position (topic, partition, next_offset)
+             SELECT $1, p, o FROM UNNEST($2::int4[], $3::int8[]) AS v(p, o)
+             ON CONFLICT (topic, partition) DO UPDATE
+             SET next_offset = GREATEST(outbox_relay_position.next_offset, EXCLUDED.next_offset)",
+        )
+        .bind(topic)
+        .bind(&partitions)
+        .bind(&offsets)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
     Ok(())
 }

@@ -2,14 +2,18 @@
 //! exactly once per paid order.
 //!
 //! One relay publishes at a time (a PostgreSQL advisory lock elects it; others
-//! stand by). It sends events in outbox-id order to a partition it chooses
-//! itself (`order_id mod partitions`), with the outbox id in a header, waits
-//! for acks=all, then marks them published. A relay that dies between sending
-//! and marking leaves events that may already be in the topic; the next
-//! leader reads the last event of every partition first: per partition,
-//! outbox ids only grow (single writer, idempotent producer), so every
-//! unmarked event whose id is ≤ that partition's last one was published, and
-//! is marked without sending it again. Never zero, never two.
+//! stand by). It picks up every unpublished row, whatever its id (order
+//! transactions commit out of id order), sends a batch in one Kafka
+//! transaction to a partition it chooses itself (`order_id mod partitions`,
+//! the outbox id in a header), commits it, then marks the rows published and
+//! records where the batch ended in each partition — one PostgreSQL
+//! transaction. The Kafka transactional id is the same for every relay of a
+//! deployment, so a new leader fences its predecessor: a relay paused or cut
+//! off mid-batch can no longer add events, and its uncommitted batch is
+//! aborted and never read (`read_committed`). A new leader then reads the
+//! topic from the recorded positions to its end: every event found there was
+//! committed by a predecessor that died before marking it, and is marked
+//! without being sent again. Never zero, never two.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,7 +22,7 @@ use crate::kafka::tail::{read_to_end, reader, Start};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use sqlx::postgres::PgListener;
-use sqlx::{Acquire, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -31,6 +35,8 @@ use crate::store::orders::{self, OutboxRow};
 use crate::store::StoreError;
 use crate::telemetry::{metrics, trace_context};
 
+/// How long a Kafka transaction call may take.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Advisory-lock key of the relay leader.
 const RELAY_LOCK: i64 = 0x5354_4154_5331; // "STATS1"
 pub const HEADER_OUTBOX_ID: &str = "outbox.id";
@@ -52,16 +58,11 @@ impl From<sqlx::Error> for RelayError {
 }
 
 /// Runs the relay until shutdown; failures are retried with backoff.
-pub async fn run_relay(
-    settings: Settings,
-    db: PgPool,
-    producer: Producer,
-    shutdown: CancellationToken,
-) {
+pub async fn run_relay(settings: Settings, db: PgPool, shutdown: CancellationToken) {
     let backoff = Backoff::new(settings.retry_initial(), settings.retry_max());
     let _ = backoff
         .retry("outbox", "relay stats events", &shutdown, || async {
-            match relay_as_leader(&settings, &db, &producer, &shutdown).await {
+            match relay_as_leader(&settings, &db, &shutdown).await {
                 Ok(()) => Ok(()),
                 Err(e) => Err(HandlerError::retryable("relay", e.to_string())),
             }
@@ -73,7 +74,6 @@ pub async fn run_relay(
 async fn relay_as_leader(
     settings: &Settings,
     db: &PgPool,
-    producer: &Producer,
     shutdown: &CancellationToken,
 ) -> Result<(), RelayError> {
     let mut conn = db.acquire().await?;
@@ -97,11 +97,22 @@ async fn relay_as_leader(
     info!("outbox relay is the leader");
     let topic = Topics::new(settings.kafka.topic_prefix.clone()).stats();
     let partitions = partition_count(settings, &topic).await?;
-    let mut last_published = last_published_ids(settings, &topic).await?;
     let result = async {
+        let producer = Producer::transactional(
+            &settings.kafka,
+            &format!("{}.outbox-relay", settings.kafka.group_id),
+        )?;
+        producer.init_transactions(TRANSACTION_TIMEOUT).await?;
+        let recovered = recover(settings, db, &topic).await?;
+        if recovered > 0 {
+            info!(
+                count = recovered,
+                "events a previous relay published but did not mark were marked without resending"
+            );
+        }
+        metrics::stats_published(0, recovered);
         loop {
-            let conn = conn.acquire().await?;
-            let rows = orders::pending(conn, settings.worker.outbox_batch).await?;
+            let rows = orders::pending(&mut conn, settings.worker.outbox_batch).await?;
             if rows.is_empty() {
                 tokio::select! {
                     biased;
@@ -112,35 +123,14 @@ async fn relay_as_leader(
                 }
                 continue;
             }
-            let (already, to_send): (Vec<&OutboxRow>, Vec<&OutboxRow>) =
-                rows.iter().partition(|row| {
-                    let p = partition_for(row.order_id.unwrap_or(row.id), partitions);
-                    last_published.get(&p).is_some_and(|last| row.id <= *last)
-                });
-            let messages: Vec<OutMessage> = to_send
+            let messages: Vec<OutMessage> = rows
                 .iter()
-                .map(|row| {
-                    let mut m =
-                        OutMessage::new(topic.clone(), row.key.clone(), row.payload.clone())
-                            .header(HEADER_OUTBOX_ID, row.id.to_string());
-                    m.partition = Some(partition_for(row.order_id.unwrap_or(row.id), partitions));
-                    if let Some(traceparent) = &row.traceparent {
-                        m = m.header(trace_context::HEADER, traceparent.as_str());
-                    }
-                    m
-                })
+                .map(|row| event_message(row, &topic, partitions))
                 .collect();
-            producer.send_all(&messages).await?;
+            let positions = publish(&producer, &messages).await?;
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            orders::mark_published(conn, &ids).await?;
-            metrics::stats_published(to_send.len(), already.len());
-            if !already.is_empty() {
-                info!(
-                    count = already.len(),
-                    "events found already published by an earlier relay; marked without resending"
-                );
-            }
-            last_published.clear();
+            orders::mark_published(db, &ids, &topic, &positions).await?;
+            metrics::stats_published(rows.len(), 0);
             if shutdown.is_cancelled() {
                 return Ok(());
             }
@@ -152,6 +142,92 @@ async fn relay_as_leader(
         .execute(&mut *conn)
         .await;
     result
+}
+
+fn event_message(row: &OutboxRow, topic: &str, partitions: i32) -> OutMessage {
+    let mut m = OutMessage::new(topic, row.key.clone(), row.payload.clone())
+        .header(HEADER_OUTBOX_ID, row.id.to_string());
+    m.partition = Some(partition_for(row.order_id.unwrap_or(row.id), partitions));
+    if let Some(traceparent) = &row.traceparent {
+        m = m.header(trace_context::HEADER, traceparent.as_str());
+    }
+    m
+}
+
+/// Sends `messages` in one transaction; returns, per partition, the offset
+/// after the last one. Nothing of an aborted or failed batch becomes visible.
+async fn publish(
+    producer: &Producer,
+    messages: &[OutMessage],
+) -> Result<HashMap<i32, i64>, RelayError> {
+    producer.begin_transaction().await?;
+    let sent = futures::future::try_join_all(messages.iter().map(|m| producer.send(m))).await;
+    let delivered = match sent {
+        Ok(delivered) => delivered,
+        Err(e) => {
+            let _ = producer.abort_transaction(TRANSACTION_TIMEOUT).await;
+            return Err(e.into());
+        }
+    };
+    producer.commit_transaction(TRANSACTION_TIMEOUT).await?;
+    let mut positions: HashMap<i32, i64> = HashMap::new();
+    for (partition, offset) in delivered {
+        let next = positions.entry(partition).or_insert(offset + 1);
+        *next = (*next).max(offset + 1);
+    }
+    Ok(positions)
+}
+
+/// Marks the events that earlier relays committed but did not mark: those
+/// after the recorded positions. Returns how many rows that marked.
+async fn recover(settings: &Settings, db: &PgPool, topic: &str) -> Result<usize, RelayError> {
+    let from = orders::relay_positions(db, topic).await?;
+    let consumer = metadata_consumer(settings)?;
+    let owned_topic = topic.to_owned();
+    let (ids, ends) = tokio::task::spawn_blocking(
+        move || -> Result<(Vec<i64>, HashMap<i32, i64>), RelayError> {
+            let mut ids = Vec::new();
+            let mut ends = HashMap::new();
+            read_to_end(
+                &consumer,
+                &owned_topic,
+                &Start::At(from),
+                Duration::from_secs(120),
+                |message| {
+                    ends.insert(message.partition(), message.offset() + 1);
+                    match outbox_id(message) {
+                        Some(id) => ids.push(id),
+                        None => warn!(
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            "a stats event has no outbox id"
+                        ),
+                    }
+                },
+            )?;
+            Ok((ids, ends))
+        },
+    )
+    .await
+    .map_err(|e| WorkerError::Inconsistent(e.to_string()))??;
+    let unmarked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE id = ANY($1) AND published_at IS NULL",
+    )
+    .bind(&ids)
+    .fetch_one(db)
+    .await?;
+    orders::mark_published(db, &ids, topic, &ends).await?;
+    Ok(unmarked as usize)
+}
+
+fn outbox_id(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<i64> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == HEADER_OUTBOX_ID)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<i64>().ok())
 }
 
 async fn partition_count(settings: &Settings, topic: &str) -> Result<i32, RelayError> {
@@ -182,46 +258,4 @@ fn metadata_consumer(settings: &Settings) -> Result<BaseConsumer, rdkafka::error
         &settings.kafka,
         &format!("{}.outbox-reader", settings.kafka.group_id),
     )
-}
-
-/// The outbox id of the last event in every partition of the stats topic.
-async fn last_published_ids(
-    settings: &Settings,
-    topic: &str,
-) -> Result<HashMap<i32, i64>, RelayError> {
-    let consumer = metadata_consumer(settings)?;
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || -> Result<HashMap<i32, i64>, RelayError> {
-        let mut last = HashMap::new();
-        read_to_end(
-            &consumer,
-            &topic,
-            &Start::Last,
-            Duration::from_secs(60),
-            |message| {
-                let id = message
-                    .headers()
-                    .and_then(|hs| {
-                        hs.iter()
-                            .find(|h| h.key == HEADER_OUTBOX_ID)
-                            .and_then(|h| h.value)
-                    })
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|v| v.parse::<i64>().ok());
-                match id {
-                    Some(id) => {
-                        let entry = last.entry(message.partition()).or_insert(id);
-                        *entry = (*entry).max(id);
-                    }
-                    None => warn!(
-                        partition = message.partition(),
-                        "a stats event has no outbox id"
-                    ),
-                }
-            },
-        )?;
-        Ok(last)
-    })
-    .await
-    .map_err(|e| WorkerError::Inconsistent(e.to_string()))?
 }

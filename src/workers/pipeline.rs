@@ -22,7 +22,7 @@ use crate::domain::messages::{
     ChargeRequest, ChargeResult, CouponIssueRequest, CouponIssueResult, OrderRequest, OrderResult,
     Status,
 };
-use crate::domain::validate::{decode, Validate};
+use crate::domain::validate::{decode, salvage, Validate};
 use crate::domain::{ErrorCode, Rejection, RequestId};
 use crate::kafka::consumer::{BatchHandler, HandlerError, Incoming};
 use crate::kafka::dlq::dead_letter;
@@ -269,7 +269,15 @@ impl<D: Decide> RequestPipeline<D> {
                     payload.len(),
                     self.max_message_bytes
                 );
-                self.invalid(message, None, None, &reason, &mut out)?;
+                // Still answered when its request id can be read.
+                let invalid = salvage(payload, reason);
+                self.invalid(
+                    message,
+                    invalid.request_id,
+                    invalid.user_id,
+                    &invalid.reason,
+                    &mut out,
+                )?;
                 continue;
             }
             match decode::<D::Request>(payload) {

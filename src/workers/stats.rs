@@ -7,11 +7,22 @@ use sqlx::PgPool;
 use tracing::{debug, info_span, warn};
 
 use crate::domain::messages::OrderStats;
+use crate::domain::validate::Validate;
 use crate::kafka::consumer::{BatchHandler, HandlerError, Incoming};
 use crate::kafka::dlq::dead_letter;
 use crate::kafka::OutMessage;
 use crate::store::stats;
 use crate::telemetry::trace_context;
+
+/// A stats event, read and checked against what the store can hold.
+fn decode_event(bytes: &[u8]) -> Result<OrderStats, String> {
+    let event: OrderStats =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a valid OrderStats: {e}"))?;
+    event
+        .validate()
+        .map_err(|reason| format!("not a valid OrderStats: {reason}"))?;
+    Ok(event)
+}
 
 pub struct StatsConsumer {
     pub db: PgPool,
@@ -23,11 +34,7 @@ impl BatchHandler for StatsConsumer {
         let mut events = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
         for message in batch {
-            match message
-                .payload
-                .as_deref()
-                .map(serde_json::from_slice::<OrderStats>)
-            {
+            match message.payload.as_deref().map(decode_event) {
                 Some(Ok(event)) => {
                     // One span per event, under the trace of the order's request.
                     let span = info_span!(
@@ -38,25 +45,39 @@ impl BatchHandler for StatsConsumer {
                     );
                     trace_context::adopt(&span, message.header_str(trace_context::HEADER));
                     span.in_scope(|| debug!("stats event received"));
-                    events.push(event)
+                    events.push((event, message))
                 }
                 Some(Err(e)) => {
                     warn!(partition = message.partition, offset = message.offset, error = %e, "unreadable stats event sent to the DLQ");
-                    dead.push(dead_letter(
-                        message,
-                        &format!("not a valid OrderStats: {e}"),
-                    ));
+                    dead.push(dead_letter(message, &e));
                 }
                 None => dead.push(dead_letter(message, "message has no payload")),
             }
         }
-        stats::record(&self.db, &events).await.map_err(|e| {
-            if e.is_retryable() {
-                HandlerError::retryable("postgres", e.to_string())
-            } else {
-                HandlerError::Fatal(e.to_string())
+        let all: Vec<OrderStats> = events.iter().map(|(e, _)| e.clone()).collect();
+        match stats::record(&self.db, &all).await {
+            Ok(_) => {}
+            Err(e) if e.is_retryable() => {
+                return Err(HandlerError::retryable("postgres", e.to_string()))
             }
-        })?;
+            // Something in the batch will never be recorded: find it by
+            // recording one event at a time, and dead-letter only that.
+            Err(e) => {
+                warn!(error = %e, size = events.len(), "stats batch failed for good; recording its events one by one");
+                for (event, message) in &events {
+                    match stats::record(&self.db, std::slice::from_ref(event)).await {
+                        Ok(_) => {}
+                        Err(e) if e.is_retryable() => {
+                            return Err(HandlerError::retryable("postgres", e.to_string()))
+                        }
+                        Err(e) => {
+                            warn!(order_id = event.order_id, error = %e, "stats event the store refuses sent to the DLQ");
+                            dead.push(dead_letter(message, &format!("not recorded: {e}")));
+                        }
+                    }
+                }
+            }
+        }
         Ok(dead)
     }
 }
