@@ -194,7 +194,7 @@ for round in $(seq 1 "$rounds"); do
   fi
   verdict=pass
   wait "$load" || verdict=FAIL
-  tail -n +2 "$out/round-$round.txt" | head -4 | sed "s/^/[chaos] round $round: /"
+  grep -E '^(answered|latency|outcomes|verdict)' "$out/round-$round.txt" | sed "s/^/[chaos] round $round: /" || true
   stop_all
   run audit >"$out/round-$round-audit.txt" 2>&1 || true
   violations=$( (run audit --json || true) | python3 -c 'import json,sys; print(sum(not c["passed"] for c in json.load(sys.stdin)["checks"]))' 2>/dev/null || echo "?")

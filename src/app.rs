@@ -21,7 +21,7 @@ use crate::workers::coupon::CouponLogic;
 use crate::workers::order::OrderLogic;
 use crate::workers::pipeline::RequestPipeline;
 use crate::workers::stats::StatsConsumer;
-use crate::workers::{outbox, reconcile, WorkerKind};
+use crate::workers::{outbox, reconcile, retention, WorkerKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -224,6 +224,14 @@ pub async fn run(
             run_batches(&settings, options, handler.as_ref(), &producer, token)
                 .await
                 .map_err(|e| e.to_string())
+        });
+    }
+
+    if roles.workers.iter().any(|k| *k != WorkerKind::Stats) {
+        let sweeper = retention::run_sweeper(settings.worker.clone(), db.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            sweeper.await;
+            Ok(())
         });
     }
 

@@ -122,13 +122,23 @@ pub async fn audit(
         count(db, "SELECT count(*) FROM orders o WHERE o.paid_amount <> o.total_amount - o.discount_amount").await?,
         "every order pays total minus discount",
     );
+    // Stored results and published outbox rows are kept for the retention
+    // window only (`worker.retention_hours`); effects older than that (with an
+    // hour's margin) are no longer matched against them.
+    let retention_hours = settings
+        .map(|s| s.worker.retention_hours)
+        .unwrap_or_else(|| crate::config::WorkerSettings::default().retention_hours);
+    let recent = format!(
+        "now() - interval '{} hours'",
+        retention_hours.saturating_sub(1)
+    );
     r.add(
         "one result per request",
-        count(db, "SELECT (SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM processed_requests p WHERE p.request_id = o.request_id AND p.status = 'succeeded'))
-                        + (SELECT count(*) FROM user_coupons uc WHERE NOT EXISTS (SELECT 1 FROM processed_requests p WHERE p.request_id = uc.request_id AND p.status = 'succeeded'))
-                        + (SELECT count(*) FROM balance_history h WHERE h.kind = 'charge' AND NOT EXISTS (SELECT 1 FROM processed_requests p WHERE p.request_id = h.request_id AND p.status = 'succeeded'))
+        count(db, &format!("SELECT (SELECT count(*) FROM orders o WHERE o.ordered_at > {recent} AND NOT EXISTS (SELECT 1 FROM processed_requests p WHERE p.request_id = o.request_id AND p.status = 'succeeded'))
+                        + (SELECT count(*) FROM user_coupons uc WHERE uc.issued_at > {recent} AND NOT EXISTS (SELECT 1 FROM processed_requests p WHERE p.request_id = uc.request_id AND p.status = 'succeeded'))
+                        + (SELECT count(*) FROM balance_history h WHERE h.kind = 'charge' AND h.created_at > {recent} AND NOT EXISTS (SELECT 1 FROM processed_requests p WHERE p.request_id = h.request_id AND p.status = 'succeeded'))
                         + (SELECT count(*) FROM processed_requests p WHERE p.status = 'succeeded' AND p.kind = 'order' AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.request_id = p.request_id))
-                        + (SELECT count(*) FROM processed_requests p WHERE p.status = 'succeeded' AND p.kind = 'coupon' AND NOT EXISTS (SELECT 1 FROM user_coupons uc WHERE uc.request_id = p.request_id))").await?,
+                        + (SELECT count(*) FROM processed_requests p WHERE p.status = 'succeeded' AND p.kind = 'coupon' AND NOT EXISTS (SELECT 1 FROM user_coupons uc WHERE uc.request_id = p.request_id))")).await?,
         "every effect has exactly one stored succeeded result, and every succeeded result its effect",
     );
     r.add(
@@ -138,8 +148,8 @@ pub async fn audit(
     );
     r.add(
         "one stats event per order",
-        count(db, "SELECT (SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM outbox x WHERE x.order_id = o.id))
-                        + (SELECT count(*) FROM outbox x WHERE x.order_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = x.order_id))").await?,
+        count(db, &format!("SELECT (SELECT count(*) FROM orders o WHERE o.ordered_at > {recent} AND NOT EXISTS (SELECT 1 FROM outbox x WHERE x.order_id = o.id))
+                        + (SELECT count(*) FROM outbox x WHERE x.order_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = x.order_id))")).await?,
         "every paid order queued exactly one stats event",
     );
 
@@ -174,7 +184,7 @@ pub async fn audit(
         let pending = count(db, "SELECT count(*) FROM outbox WHERE published_at IS NULL").await?;
         let events = stats_events_per_order(settings)
             .await
-            .map_err(|e| WorkerError::Inconsistent(format!("reading the stats topic: {e}")))?;
+            .map_err(|e| WorkerError::Invariant(format!("reading the stats topic: {e}")))?;
         let paid: std::collections::HashSet<i64> = sqlx::query_scalar("SELECT o.id FROM orders o JOIN outbox x ON x.order_id = o.id WHERE x.published_at IS NOT NULL")
             .fetch_all(db)
             .await

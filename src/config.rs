@@ -161,6 +161,12 @@ pub struct WorkerSettings {
     pub outbox_batch: i64,
     /// Where a worker process serves `/metrics`, `/healthz`, `/readyz`.
     pub metrics_addr: Option<SocketAddr>,
+    /// How long stored results (the answers to redeliveries) and published
+    /// outbox rows are kept. Longer than the request topics' retention, so a
+    /// request still readable on a topic always finds its stored answer.
+    pub retention_hours: u64,
+    /// How often a worker process deletes what is past `retention_hours`.
+    pub retention_sweep_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +253,8 @@ impl Default for WorkerSettings {
             retry_max_ms: 5_000,
             outbox_batch: 1_000,
             metrics_addr: None,
+            retention_hours: 24 * 7,
+            retention_sweep_secs: 600,
         }
     }
 }
@@ -391,6 +399,11 @@ impl Settings {
         {
             problems.push(
                 "worker.retry_initial_ms must be positive and at most worker.retry_max_ms".into(),
+            );
+        }
+        if self.worker.retention_hours == 0 || self.worker.retention_sweep_secs == 0 {
+            problems.push(
+                "worker.retention_hours and worker.retention_sweep_secs must be positive".into(),
             );
         }
         if self.gateway.body_limit_bytes < 256 {

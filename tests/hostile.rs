@@ -60,3 +60,52 @@ async fn a_request_near_the_brokers_limit_is_answered_and_dead_lettered_cut_to_f
     app.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_meets_corrupted_counters_is_isolated_and_the_partition_flows() {
+    let env = TestEnv::new().await;
+    users::seed(&env.db, 1, 1, 0).await.unwrap();
+    env.create_coupon(7, 10).await;
+    env.create_coupon(8, 10).await;
+    // Coupon 7's stock in Redis is no longer a number: its script fails on it
+    // every time, which no retry can fix.
+    let mut redis = env.counters.connection();
+    let _: () = redis::cmd("SET")
+        .arg(env.counters.key("{coupon:7}:stock"))
+        .arg("not-a-number")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // Both on user 1's partition, the poisoned one first.
+    env.publish(
+        Flow::Coupon,
+        1,
+        &json!({"request_id": "k-poisoned", "user_id": 1, "coupon_id": 7}),
+    )
+    .await;
+    env.publish(
+        Flow::Coupon,
+        1,
+        &json!({"request_id": "k-healthy", "user_id": 1, "coupon_id": 8}),
+    )
+    .await;
+
+    let app = env.start(Roles::workers(vec![WorkerKind::Coupon])).await;
+    let healthy = env.result_of(Flow::Coupon, "k-healthy").await;
+    assert_eq!(healthy["status"], "succeeded", "{healthy}");
+    let copy = env.dlq(Flow::Coupon).take(1).await.remove(0);
+    let original: serde_json::Value = serde_json::from_slice(&copy.payload).unwrap();
+    assert_eq!(original["request_id"], "k-poisoned");
+    assert!(
+        copy.headers["error"].contains("script"),
+        "{:?}",
+        copy.headers
+    );
+    app.stop().await;
+    let issued: i64 = sqlx::query_scalar("SELECT count(*) FROM user_coupons WHERE coupon_id = 7")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(issued, 0, "nothing issued for the poisoned request");
+    env.cleanup().await;
+}

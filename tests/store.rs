@@ -62,3 +62,61 @@ async fn batch_lookups_are_planned_for_their_ids_not_for_the_table_they_first_me
     drop(conn);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_and_published_events_past_retention_are_swept_and_the_rest_kept() {
+    let env = common::TestEnv::with(|s| {
+        s.worker.retention_hours = 24;
+        s.worker.retention_sweep_secs = 1;
+    })
+    .await;
+    for (id, age_hours) in [("old-1", 30), ("old-2", 25), ("new-1", 1)] {
+        sqlx::query(
+            "INSERT INTO processed_requests (request_id, kind, user_id, status, result, processed_at)
+             VALUES ($1, 'charge', 1, 'succeeded', '{}', now() - make_interval(hours => $2))",
+        )
+        .bind(id)
+        .bind(age_hours)
+        .execute(&env.db)
+        .await
+        .unwrap();
+    }
+    // Published long ago, published lately, and never published.
+    for (order_id, published) in [(1_i64, Some(30)), (2, Some(1)), (3, None::<i32>)] {
+        sqlx::query(
+            "INSERT INTO outbox (topic, key, payload, order_id, created_at, published_at)
+             VALUES ('t', $1::text, '{}', $1, now() - interval '40 hours',
+                     now() - make_interval(hours => $2))",
+        )
+        .bind(order_id)
+        .bind(published)
+        .execute(&env.db)
+        .await
+        .unwrap();
+    }
+    let app = env
+        .start(stampede::app::Roles::workers(vec![
+            stampede::workers::WorkerKind::Charge,
+        ]))
+        .await;
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let (results, outbox) = loop {
+        let results: Vec<String> =
+            sqlx::query_scalar("SELECT request_id FROM processed_requests ORDER BY request_id")
+                .fetch_all(&env.db)
+                .await
+                .unwrap();
+        let outbox: Vec<i64> = sqlx::query_scalar("SELECT order_id FROM outbox ORDER BY order_id")
+            .fetch_all(&env.db)
+            .await
+            .unwrap();
+        if results.len() == 1 || std::time::Instant::now() > deadline {
+            break (results, outbox);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    app.stop().await;
+    assert_eq!(results, ["new-1"]);
+    assert_eq!(outbox, [2, 3], "only the event published long ago goes");
+    env.cleanup().await;
+}

@@ -39,6 +39,25 @@ pub enum CounterError {
     Protocol(String),
 }
 
+impl CounterError {
+    /// Whether trying again can succeed: Redis unreachable, loading, failing
+    /// over or busy. A script that fails on the data it finds (a corrupted
+    /// key) or an answer of the wrong shape will fail the same way again.
+    pub fn is_retryable(&self) -> bool {
+        use redis::{ErrorKind, ServerErrorKind};
+        match self {
+            CounterError::Protocol(_) => false,
+            CounterError::Redis(e) => match e.kind() {
+                ErrorKind::UnexpectedReturnType => false,
+                ErrorKind::Server(ServerErrorKind::ResponseError) => {
+                    !e.detail().is_some_and(|d| d.contains("script"))
+                }
+                _ => true,
+            },
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, CounterError>;
 
 /// The counter state of one coupon is missing from Redis.

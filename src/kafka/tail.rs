@@ -7,10 +7,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
 use crate::config::KafkaSettings;
 
@@ -26,22 +26,39 @@ pub enum Start {
     At(HashMap<i32, i64>),
 }
 
+/// A consumer for [`read_to_end`].
+pub type TailConsumer = BaseConsumer<TailContext>;
+
+/// Reaching a partition's end is how [`read_to_end`] knows it is done, not
+/// an error worth a log line; every other client error is logged.
+pub struct TailContext;
+
+impl ClientContext for TailContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "kafka client error while reading a topic to its end");
+        }
+    }
+}
+
+impl ConsumerContext for TailContext {}
+
 /// A consumer for [`read_to_end`]: no group membership, nothing committed.
-pub fn reader(settings: &KafkaSettings, group: &str) -> Result<BaseConsumer, KafkaError> {
+pub fn reader(settings: &KafkaSettings, group: &str) -> Result<TailConsumer, KafkaError> {
     let mut config: ClientConfig = super::client_config(settings);
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed");
-    config.create()
+    config.create_with_context(TailContext)
 }
 
 /// Calls `each` for every message of `topic` from `start` to its end.
 /// Blocking: run it on a blocking thread. Fails when the end is not reached
 /// within `limit`.
 pub fn read_to_end(
-    consumer: &BaseConsumer,
+    consumer: &TailConsumer,
     topic: &str,
     start: &Start,
     limit: Duration,

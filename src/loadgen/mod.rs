@@ -342,7 +342,16 @@ async fn start_follower(
     let prefix = format!("{run_id}-");
     Ok(tokio::spawn(async move {
         let mut stream = consumer.stream();
-        while let Some(Ok(message)) = stream.next().await {
+        while let Some(item) = stream.next().await {
+            // A broker restart surfaces as errors here; the client reconnects
+            // and reading goes on where it was.
+            let message = match item {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::debug!(error = %e, "result follower: broker error, reading on");
+                    continue;
+                }
+            };
             let Some(payload) = message.payload() else {
                 continue;
             };

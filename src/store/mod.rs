@@ -7,6 +7,7 @@ pub mod coupons;
 pub mod orders;
 pub mod processed;
 pub mod products;
+pub mod retention;
 pub mod stats;
 pub mod users;
 

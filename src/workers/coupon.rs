@@ -63,7 +63,7 @@ impl CouponLogic {
                 }
             }
         }
-        Err(WorkerError::Inconsistent(format!(
+        Err(WorkerError::NotLoaded(format!(
             "coupon {coupon_id} could not be loaded into Redis"
         )))
     }

@@ -8,6 +8,7 @@ pub mod order;
 pub mod outbox;
 pub mod pipeline;
 pub mod reconcile;
+pub mod retention;
 pub mod stats;
 
 use std::str::FromStr;
@@ -64,18 +65,24 @@ pub enum WorkerError {
     Counters(#[from] CounterError),
     #[error("could not encode a message: {0}")]
     Encode(#[from] serde_json::Error),
+    /// Redis lacks counter state it should hold (lost, or not loaded yet):
+    /// reloading it from PostgreSQL on the next try fixes it.
     #[error("{0}")]
-    Inconsistent(String),
+    NotLoaded(String),
+    /// A rule that must always hold did not: a bug or corrupted state. Never
+    /// retried in place; the request that meets it is isolated, its counters
+    /// given back, and it goes to the DLQ.
+    #[error("invariant broken: {0}")]
+    Invariant(String),
 }
 
 impl WorkerError {
     pub fn is_retryable(&self) -> bool {
         match self {
             WorkerError::Store(e) => e.is_retryable(),
-            WorkerError::Counters(CounterError::Redis(_)) => true,
-            // Redis state that should have been loaded was not: reloading on retry fixes it.
-            WorkerError::Inconsistent(_) => true,
-            WorkerError::Counters(CounterError::Protocol(_)) | WorkerError::Encode(_) => false,
+            WorkerError::Counters(e) => e.is_retryable(),
+            WorkerError::NotLoaded(_) => true,
+            WorkerError::Invariant(_) | WorkerError::Encode(_) => false,
         }
     }
 }
@@ -85,7 +92,7 @@ impl From<WorkerError> for HandlerError {
         if e.is_retryable() {
             let cause = match &e {
                 WorkerError::Counters(_) => "redis",
-                WorkerError::Inconsistent(_) => "redis_state",
+                WorkerError::NotLoaded(_) => "redis_state",
                 _ => "postgres",
             };
             HandlerError::retryable(cause, e.to_string())

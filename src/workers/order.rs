@@ -62,9 +62,22 @@ struct Candidate {
 }
 
 impl OrderLogic {
-    async fn reserve_round(&self, round: &[StockRequest]) -> Result<Vec<StockAnswer>, WorkerError> {
+    /// Reserves a round; the requests whose stock this call took (not an
+    /// earlier attempt's) are added to `fresh`.
+    async fn reserve_round(
+        &self,
+        round: &[StockRequest],
+        fresh: &mut Vec<String>,
+    ) -> Result<Vec<StockAnswer>, WorkerError> {
         for _ in 0..3 {
             let answers = self.counters.reserve_stock(round).await?;
+            fresh.extend(
+                round
+                    .iter()
+                    .zip(&answers)
+                    .filter(|(_, answer)| matches!(answer, StockAnswer::Reserved))
+                    .map(|(ask, _)| ask.request_id.clone()),
+            );
             let missing: BTreeSet<i64> = answers
                 .iter()
                 .filter_map(|a| match a {
@@ -79,25 +92,19 @@ impl OrderLogic {
             let ids: Vec<i64> = missing.into_iter().collect();
             reconcile::load_missing_products(&self.db, &self.counters, &ids).await?;
         }
-        Err(WorkerError::Inconsistent(
+        Err(WorkerError::NotLoaded(
             "products could not be loaded into Redis".into(),
         ))
     }
-}
 
-#[async_trait]
-impl Decide for OrderLogic {
-    type Request = OrderRequest;
-    type Result = OrderResult;
-
-    fn flow(&self) -> Flow {
-        Flow::Order
-    }
-
-    async fn decide(
+    /// Decides a batch (see [`Decide::decide`]). `fresh` collects the holds
+    /// this attempt took; `committed` turns true once its transaction is.
+    async fn decide_batch(
         &self,
         requests: &[&OrderRequest],
         traces: &[Option<&str>],
+        fresh: &mut Vec<String>,
+        committed: &mut bool,
     ) -> Result<Vec<NewResult>, WorkerError> {
         let now = Utc::now();
         let mut tx = self.db.begin().await.map_err(StoreError::from)?;
@@ -201,7 +208,7 @@ impl Decide for OrderLogic {
                     items: c.items.iter().map(|i| (i.product_id, i.quantity)).collect(),
                 })
                 .collect();
-            let answers = self.reserve_round(&asks).await?;
+            let answers = self.reserve_round(&asks, fresh).await?;
             for (candidate, answer) in candidates.into_iter().zip(answers) {
                 let r = requests[candidate.index];
                 let verdict = match (answer, candidate.priced) {
@@ -237,7 +244,7 @@ impl Decide for OrderLogic {
                     }
                     (_, Err(rejection)) => Verdict::Rejected(rejection),
                     (StockAnswer::CheckPassed | StockAnswer::NotLoaded { .. }, Ok(_)) => {
-                        return Err(WorkerError::Inconsistent(format!(
+                        return Err(WorkerError::Invariant(format!(
                             "stock answer {answer:?} for an order that reserves"
                         )));
                     }
@@ -278,7 +285,7 @@ impl Decide for OrderLogic {
                     used_coupon,
                 } => {
                     let order_id = order_ids.next().ok_or_else(|| {
-                        WorkerError::Inconsistent("fewer order ids than paid orders".into())
+                        WorkerError::Invariant("fewer order ids than paid orders".into())
                     })?;
                     paid_requests.push(r.request_id.as_str());
                     changed_balances.insert(r.user_id, balance);
@@ -360,6 +367,7 @@ impl Decide for OrderLogic {
         }
         processed::insert_all(&mut tx, Flow::Order.kind(), &results).await?;
         tx.commit().await.map_err(StoreError::from)?;
+        *committed = true;
 
         self.counters.finish_holds(&paid_requests).await?;
         self.counters.release_stock(&to_release).await?;
@@ -368,6 +376,40 @@ impl Decide for OrderLogic {
             reconcile::load_products(&self.db, &self.counters, true).await?;
         }
         Ok(results)
+    }
+}
+
+#[async_trait]
+impl Decide for OrderLogic {
+    type Request = OrderRequest;
+    type Result = OrderResult;
+
+    fn flow(&self) -> Flow {
+        Flow::Order
+    }
+
+    async fn decide(
+        &self,
+        requests: &[&OrderRequest],
+        traces: &[Option<&str>],
+    ) -> Result<Vec<NewResult>, WorkerError> {
+        let mut fresh = Vec::new();
+        let mut committed = false;
+        let outcome = self
+            .decide_batch(requests, traces, &mut fresh, &mut committed)
+            .await;
+        if outcome.is_err() && !committed && !fresh.is_empty() {
+            // Nothing of this attempt is durable: the stock it took goes back.
+            // (Holds of earlier attempts stay: their owner may commit them.)
+            // Were it kept, a worker that lost the race for these requests to
+            // another, which has committed and finished them, would leave
+            // stock reserved for orders that are already paid.
+            let ids: Vec<&str> = fresh.iter().map(String::as_str).collect();
+            if let Err(e) = self.counters.release_stock(&ids).await {
+                tracing::warn!(error = %e, holds = ids.len(), "could not give back the holds of a failed batch; reconcile repairs them");
+            }
+        }
+        outcome
     }
 
     async fn abandon(&self, request: &OrderRequest) -> Result<(), WorkerError> {

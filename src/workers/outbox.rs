@@ -18,8 +18,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::kafka::tail::{read_to_end, reader, Start};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use crate::kafka::tail::{read_to_end, reader, Start, TailConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -209,7 +209,7 @@ async fn recover(settings: &Settings, db: &PgPool, topic: &str) -> Result<usize,
         },
     )
     .await
-    .map_err(|e| WorkerError::Inconsistent(e.to_string()))??;
+    .map_err(|e| WorkerError::Invariant(e.to_string()))??;
     let unmarked: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM outbox WHERE id = ANY($1) AND published_at IS NULL",
     )
@@ -242,9 +242,9 @@ async fn partition_count(settings: &Settings, topic: &str) -> Result<i32, RelayE
             .unwrap_or(0))
     })
     .await
-    .map_err(|e| WorkerError::Inconsistent(e.to_string()))??;
+    .map_err(|e| WorkerError::Invariant(e.to_string()))??;
     if count == 0 {
-        return Err(WorkerError::Inconsistent(format!(
+        return Err(WorkerError::Invariant(format!(
             "topic {topic} not found; run `stampede topics create`",
             topic = Topics::new(settings.kafka.topic_prefix.clone()).stats()
         ))
@@ -253,7 +253,7 @@ async fn partition_count(settings: &Settings, topic: &str) -> Result<i32, RelayE
     Ok(count)
 }
 
-fn metadata_consumer(settings: &Settings) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+fn metadata_consumer(settings: &Settings) -> Result<TailConsumer, rdkafka::error::KafkaError> {
     reader(
         &settings.kafka,
         &format!("{}.outbox-reader", settings.kafka.group_id),

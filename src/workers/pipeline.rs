@@ -237,7 +237,14 @@ impl<D: Decide> RequestPipeline<D> {
                     warn!(request_id = %request.request_id(), %reason, "poison request sent to the DLQ");
                     metrics::dead_lettered(self.logic.flow().kind());
                     out.push(dead_letter(&batch[*index], &reason));
-                    self.logic.abandon(request).await?;
+                    match self.logic.abandon(request).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_retryable() => return Err(e),
+                        // Nothing more can be given back; reconciliation repairs the counter.
+                        Err(e) => {
+                            warn!(request_id = %request.request_id(), error = %e, "could not give back the counters of a dead-lettered request")
+                        }
+                    }
                     results.push(None);
                 }
             }

@@ -1,0 +1,59 @@
+//! Two workers holding the same batch: when the group hands a partition to a
+//! second worker while the first still decides it (a dependency outage past
+//! `max.poll.interval.ms`, a process paused past its session timeout), the
+//! one that loses the race must leave no trace in the counters.
+
+mod common;
+
+use common::TestEnv;
+use serde_json::json;
+use stampede::app::Roles;
+use stampede::domain::messages::OrderRequest;
+use stampede::kafka::Flow;
+use stampede::store::{products, users};
+use stampede::workers::order::OrderLogic;
+use stampede::workers::pipeline::Decide;
+use stampede::workers::WorkerKind;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_worker_that_loses_the_race_gives_its_stock_back() {
+    let env = TestEnv::new().await;
+    users::create(&env.db, Some(1), 100_000).await.unwrap();
+    products::create(&env.db, Some(1), "shoe", 10_000, 10)
+        .await
+        .unwrap();
+    env.counters.load_products(&[(1, 10)], true).await.unwrap();
+    let order =
+        json!({"request_id": "o-raced", "user_id": 1, "items": [{"product_id": 1, "quantity": 2}]});
+
+    // The first worker decides the order and finishes it.
+    let winner = env.start(Roles::workers(vec![WorkerKind::Order])).await;
+    env.publish(Flow::Order, 1, &order).await;
+    assert_eq!(
+        env.result_of(Flow::Order, "o-raced").await["status"],
+        "succeeded"
+    );
+    winner.stop().await;
+
+    // The second worker looked the request up before the first committed, so
+    // it decides it too: its commit must fail, and the redelivery that
+    // follows is answered from the stored result.
+    let loser = OrderLogic {
+        db: env.db.clone(),
+        counters: env.counters.clone(),
+    };
+    let request: OrderRequest = serde_json::from_value(order).unwrap();
+    let attempt = loser.decide(&[&request], &[None]).await;
+    assert!(attempt.is_err(), "a second commit of the same request");
+    loser.replayed(&["o-raced"]).await.unwrap();
+
+    let pg_stock = products::all_stock(&env.db).await.unwrap();
+    assert_eq!(pg_stock, vec![(1, 8)]);
+    assert_eq!(
+        env.counters.product_stock(1).await.unwrap(),
+        Some(8),
+        "Redis stock matches PostgreSQL's: nothing reserved twice"
+    );
+    assert!(env.audit().await.passed());
+    env.cleanup().await;
+}
