@@ -53,7 +53,7 @@ proptest! {
     ) {
         runtime().block_on(async {
             let (counters, prefix) = counters().await;
-            counters.load_coupon(1, stock, &[], true).await.unwrap();
+            counters.load_coupon(1, stock, &[], &[], true).await.unwrap();
             // request index → (request id, user); the same id may repeat (a redelivery).
             let asks: Vec<(String, i64)> = requests.iter().map(|(id, user)| (format!("r{id}"), user + (*id as i64 % 3) * 100)).collect();
             let mut first_user: HashMap<String, i64> = HashMap::new();
@@ -91,7 +91,7 @@ proptest! {
         runtime().block_on(async {
             let (counters, prefix) = counters().await;
             let products: Vec<(i64, i64)> = stocks.iter().enumerate().map(|(i, s)| (i as i64 + 1, *s)).collect();
-            counters.load_products(&products, true).await.unwrap();
+            counters.load_products(&products, &[], true).await.unwrap();
             let mut expected: Vec<i64> = stocks.clone();
             let mut holds: Vec<(String, Vec<(usize, i64)>)> = Vec::new();
             for (n, order) in orders.iter().enumerate() {
@@ -154,7 +154,10 @@ fn coupons_spread_over_a_redis_cluster_and_keep_their_rules() {
             .expect("the Redis Cluster of scripts/services.sh");
         let mut slots = HashSet::new();
         for coupon in 1..=12i64 {
-            counters.load_coupon(coupon, 2, &[], true).await.unwrap();
+            counters
+                .load_coupon(coupon, 2, &[], &[], true)
+                .await
+                .unwrap();
             let decisions = counters
                 .issue_coupons(coupon, &[("a", 1), ("b", 1), ("c", 2), ("d", 3)])
                 .await
@@ -180,7 +183,7 @@ fn coupons_spread_over_a_redis_cluster_and_keep_their_rules() {
             slots.insert(slot / 5_462);
         }
         assert!(slots.len() > 1, "coupons landed on more than one shard");
-        counters.load_products(&[(1, 3)], true).await.unwrap();
+        counters.load_products(&[(1, 3)], &[], true).await.unwrap();
         let answer = counters
             .reserve_stock(&[StockRequest {
                 request_id: "o1".into(),

@@ -19,7 +19,7 @@ async fn product(env: &TestEnv, id: i64, price: i64, stock: i64) {
         .await
         .unwrap();
     env.counters
-        .load_products(&[(id, stock)], true)
+        .load_products(&[(id, stock)], &[], true)
         .await
         .unwrap();
 }

@@ -22,7 +22,10 @@ async fn the_order_worker_that_loses_the_race_gives_its_stock_back() {
     products::create(&env.db, Some(1), "shoe", 10_000, 10)
         .await
         .unwrap();
-    env.counters.load_products(&[(1, 10)], true).await.unwrap();
+    env.counters
+        .load_products(&[(1, 10)], &[], true)
+        .await
+        .unwrap();
     let order =
         json!({"request_id": "o-raced", "user_id": 1, "items": [{"product_id": 1, "quantity": 2}]});
 
@@ -54,6 +57,76 @@ async fn the_order_worker_that_loses_the_race_gives_its_stock_back() {
         Some(8),
         "Redis stock matches PostgreSQL's: nothing reserved twice"
     );
+    assert!(env.audit().await.passed());
+    env.cleanup().await;
+}
+
+/// Grants and holds whose requests PostgreSQL has already decided — left by a
+/// Redis restored from an older snapshot, or by a clean-up cut short after a
+/// commit — are spent: a reload drops them instead of subtracting them again
+/// (forever), and `stampede reconcile` repairs the counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spent_grants_and_holds_are_dropped_not_subtracted_again() {
+    let env = TestEnv::new().await;
+    users::seed(&env.db, 1, 3, 100_000).await.unwrap();
+    env.create_coupon(5, 10).await;
+    products::create(&env.db, Some(1), "shoe", 1_000, 10)
+        .await
+        .unwrap();
+    env.counters
+        .load_products(&[(1, 10)], &[], true)
+        .await
+        .unwrap();
+    let app = env
+        .start(Roles::workers(vec![WorkerKind::Coupon, WorkerKind::Order]))
+        .await;
+    for user in 1..=3 {
+        env.publish(
+            Flow::Coupon,
+            user,
+            &json!({"request_id": format!("k-{user}"), "user_id": user, "coupon_id": 5}),
+        )
+        .await;
+    }
+    env.publish(
+        Flow::Order,
+        1,
+        &json!({"request_id": "o-1", "user_id": 1, "items": [{"product_id": 1, "quantity": 2}]}),
+    )
+    .await;
+    let ids = common::ids((1..=3).map(|u| format!("k-{u}")));
+    for results in env.wait_results(Flow::Coupon, &ids).await.values() {
+        assert_eq!(results[0]["status"], "succeeded");
+    }
+    assert_eq!(
+        env.result_of(Flow::Order, "o-1").await["status"],
+        "succeeded"
+    );
+    app.stop().await;
+
+    // Redis as a snapshot taken between those commits and their clean-up.
+    let mut redis = env.counters.connection();
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(env.counters.key("{coupon:5}:grants"))
+        .arg(&["k-1", "1", "k-2", "2", "k-3", "3"][..])
+        .cmd("SET")
+        .arg(env.counters.key("{coupon:5}:stock"))
+        .arg(7)
+        .cmd("HSET")
+        .arg(env.counters.key("{inventory}:holds"))
+        .arg(&["o-1", "1:2"][..])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    stampede::workers::reconcile::reconcile_all(&env.db, &env.counters, true)
+        .await
+        .unwrap();
+    assert_eq!(env.counters.coupon_stock(5).await.unwrap(), Some(7));
+    assert_eq!(env.counters.product_stock(1).await.unwrap(), Some(8));
+    assert!(env.counters.grant_ids(5).await.unwrap().is_empty());
+    assert!(env.counters.hold_ids().await.unwrap().is_empty());
     assert!(env.audit().await.passed());
     env.cleanup().await;
 }

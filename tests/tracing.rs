@@ -138,7 +138,10 @@ async fn an_order_keeps_its_trace_from_http_to_the_stats_consumer_and_exports_ev
     products::create(&env.db, Some(7), "lamp", 2_500, 10)
         .await
         .unwrap();
-    env.counters.load_products(&[(7, 10)], true).await.unwrap();
+    env.counters
+        .load_products(&[(7, 10)], &[], true)
+        .await
+        .unwrap();
     // The gateway and the stats consumer here; the order worker in its own
     // process, exporting on its own.
     let app = env

@@ -182,13 +182,15 @@ impl Counters {
         Ok(())
     }
 
-    /// Loads a coupon from PostgreSQL's figures. With `force == false` a
-    /// coupon Redis already holds is left alone. Returns the stock Redis held
-    /// before (`None` when it held none), or `Some(None)`-like `Ok(None)`.
+    /// Loads a coupon from PostgreSQL's figures: `left` units, `holders`;
+    /// the grants of `decided` requests are dropped as spent. With `force ==
+    /// false` a coupon Redis already holds is left alone. The caller holds
+    /// the coupon's row lock (see `load_coupon.lua`).
     pub async fn load_coupon(
         &self,
         coupon_id: i64,
         left: i64,
+        decided: &[String],
         holders: &[i64],
         force: bool,
     ) -> Result<LoadOutcome> {
@@ -198,7 +200,9 @@ impl Counters {
             .key(&keys[1])
             .key(&keys[2])
             .arg(if force { "force" } else { "if_missing" })
-            .arg(left);
+            .arg(left)
+            .arg(decided.len())
+            .arg(decided);
         for user in holders {
             invocation.arg(*user);
         }
@@ -209,6 +213,20 @@ impl Counters {
             -1 => LoadOutcome::Loaded { previous: None },
             p => LoadOutcome::Loaded { previous: Some(p) },
         })
+    }
+
+    /// The request ids holding a grant of this coupon.
+    pub async fn grant_ids(&self, coupon_id: i64) -> Result<Vec<String>> {
+        let keys = self.coupon_keys(coupon_id);
+        let mut conn = self.conn.clone();
+        Ok(conn.hkeys(&keys[2]).await?)
+    }
+
+    /// The request ids holding product stock.
+    pub async fn hold_ids(&self) -> Result<Vec<String>> {
+        let keys = self.inventory_keys();
+        let mut conn = self.conn.clone();
+        Ok(conn.hkeys(&keys[1]).await?)
     }
 
     /// Units of a coupon Redis still hands out, if loaded.
@@ -283,7 +301,14 @@ impl Counters {
     }
 
     /// Loads product stock from PostgreSQL's figures; returns (written, drift).
-    pub async fn load_products(&self, products: &[(i64, i64)], force: bool) -> Result<(i64, i64)> {
+    /// The holds of `decided` requests are dropped as spent; the caller holds
+    /// the products' row locks (see `load_products.lua`).
+    pub async fn load_products(
+        &self,
+        products: &[(i64, i64)],
+        decided: &[String],
+        force: bool,
+    ) -> Result<(i64, i64)> {
         if products.is_empty() {
             return Ok((0, 0));
         }
@@ -291,7 +316,9 @@ impl Counters {
         let mut invocation = LOAD_PRODUCTS.key(&keys[0]);
         invocation
             .key(&keys[1])
-            .arg(if force { "force" } else { "if_missing" });
+            .arg(if force { "force" } else { "if_missing" })
+            .arg(decided.len())
+            .arg(decided);
         for (id, stock) in products {
             invocation.arg(*id).arg(*stock);
         }

@@ -483,7 +483,7 @@ pub async fn admin_create_product(
     .await?;
     state
         .counters
-        .load_products(&[(product.id, product.stock)], true)
+        .load_products(&[(product.id, product.stock)], &[], true)
         .await?;
     Ok((StatusCode::CREATED, Json(product)).into_response())
 }

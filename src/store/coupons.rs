@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::{users::bump_id_sequence, Result, StoreError};
 use crate::domain::coupon::Discount;
@@ -86,13 +86,24 @@ pub async fn all(db: &PgPool) -> Result<Vec<CouponRow>> {
 }
 
 /// Users holding a coupon.
-pub async fn holders(db: &PgPool, coupon_id: i64) -> Result<Vec<i64>> {
+pub async fn holders<'e>(db: impl sqlx::PgExecutor<'e>, coupon_id: i64) -> Result<Vec<i64>> {
     Ok(
         sqlx::query_scalar("SELECT user_id FROM user_coupons WHERE coupon_id = $1")
             .bind(coupon_id)
             .fetch_all(db)
             .await?,
     )
+}
+
+/// Locks one coupon's row for a counter reload: no issue of it commits
+/// until the transaction ends. Issuing batches take the same lock.
+pub async fn lock_one(conn: &mut PgConnection, id: i64) -> Result<Option<CouponRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM coupons WHERE id = $1 FOR NO KEY UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// One request that Redis granted a unit of a coupon.
@@ -129,7 +140,7 @@ pub async fn issue(
     coupon_ids.sort_unstable();
     coupon_ids.dedup();
     let available: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(
-        "SELECT id, total_quantity - issued FROM coupons WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        "SELECT id, total_quantity - issued FROM coupons WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
     )
     .bind(&coupon_ids)
     .fetch_all(&mut **tx)

@@ -1,7 +1,16 @@
 //! PostgreSQL, the ledger and source of truth (sqlx). Statements here are
 //! multi-row (`UNNEST`) so a micro-batch costs a fixed number of round trips.
-//! Lock order is always users → products → coupons, each by ascending id, so
-//! concurrent batches never deadlock.
+//!
+//! Locks: a batch locks the rows whose figures it changes (users' balances,
+//! products' stock, coupons' issued count), each kind by ascending id, with
+//! `FOR NO KEY UPDATE`: that never conflicts with the `KEY SHARE` locks that
+//! foreign-key checks take when another batch inserts a row referring to
+//! them (an issued coupon refers to its user, an order to its coupon). So a
+//! charge batch holding users does not stall a coupon drop for them, and an
+//! order batch (users, then products, then the coupon it uses) and a drop
+//! (the coupon, then its new rows referring to users) wait on no common lock
+//! in opposite orders. Counter reloads take the same row locks as the
+//! batches that commit those figures (see `workers::reconcile`).
 
 pub mod coupons;
 pub mod orders;

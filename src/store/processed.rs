@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::Result;
 
@@ -39,6 +39,19 @@ pub async fn lookup(db: &PgPool, request_ids: &[String]) -> Result<HashMap<Strin
         .into_iter()
         .map(|r| (r.request_id.clone(), r))
         .collect())
+}
+
+/// Which of `request_ids` PostgreSQL has decided (a stored result exists).
+pub async fn decided(conn: &mut PgConnection, request_ids: &[String]) -> Result<Vec<String>> {
+    if request_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(
+        sqlx::query_scalar("SELECT request_id FROM processed_requests WHERE request_id = ANY($1)")
+            .bind(request_ids)
+            .fetch_all(conn)
+            .await?,
+    )
 }
 
 /// One stored result.

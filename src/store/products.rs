@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::{users::bump_id_sequence, Result, StoreError};
 
@@ -79,13 +79,26 @@ pub async fn all_stock(db: &PgPool) -> Result<Vec<(i64, i64)>> {
         .await?)
 }
 
+/// Locks the stock of `ids` (every product when `None`) for a counter
+/// reload, ascending id: no order of them commits until the transaction
+/// ends. Returns (id, stock).
+pub async fn lock_stock(conn: &mut PgConnection, ids: Option<&[i64]>) -> Result<Vec<(i64, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT id, stock FROM products WHERE $1::int8[] IS NULL OR id = ANY($1)
+         ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Locks the products' rows (ascending id) and returns (price, stock) by id.
 pub async fn lock(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[i64],
 ) -> Result<HashMap<i64, (i64, i64)>> {
     let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT id, price, stock FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        "SELECT id, price, stock FROM products WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
     )
     .bind(ids)
     .fetch_all(&mut **tx)

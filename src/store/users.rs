@@ -35,11 +35,12 @@ pub async fn lock_balances(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[i64],
 ) -> Result<HashMap<i64, i64>> {
-    let rows: Vec<(i64, i64)> =
-        sqlx::query_as("SELECT id, balance FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(ids)
-            .fetch_all(&mut **tx)
-            .await?;
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT id, balance FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await?;
     Ok(rows.into_iter().collect())
 }
 

@@ -23,7 +23,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::pipeline::{stored, Decide, ResultMessage};
 use super::{reconcile, WorkerError};
@@ -64,8 +64,10 @@ struct Candidate {
 impl OrderLogic {
     /// Reserves a round; the requests whose stock this call took (not an
     /// earlier attempt's) are added to `fresh`.
+    /// `batch` is the batch's transaction, which holds the products' locks.
     async fn reserve_round(
         &self,
+        batch: &mut PgConnection,
         round: &[StockRequest],
         fresh: &mut Vec<String>,
     ) -> Result<Vec<StockAnswer>, WorkerError> {
@@ -90,7 +92,7 @@ impl OrderLogic {
             }
             // Orders of this round already reserved answer "reserved earlier" on the rerun.
             let ids: Vec<i64> = missing.into_iter().collect();
-            reconcile::load_missing_products(&self.db, &self.counters, &ids).await?;
+            reconcile::load_missing_products_in(batch, &self.counters, &ids).await?;
         }
         Err(WorkerError::NotLoaded(
             "products could not be loaded into Redis".into(),
@@ -208,7 +210,7 @@ impl OrderLogic {
                     items: c.items.iter().map(|i| (i.product_id, i.quantity)).collect(),
                 })
                 .collect();
-            let answers = self.reserve_round(&asks, fresh).await?;
+            let answers = self.reserve_round(&mut tx, &asks, fresh).await?;
             for (candidate, answer) in candidates.into_iter().zip(answers) {
                 let r = requests[candidate.index];
                 let verdict = match (answer, candidate.priced) {

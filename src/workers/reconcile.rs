@@ -6,13 +6,21 @@
 //! the drift it found. Loading never oversells: it writes PostgreSQL's
 //! remaining stock minus what pending (not yet committed) requests hold, and
 //! PostgreSQL's own checks reject anything Redis still gets wrong.
+//!
+//! "Pending" is decided by PostgreSQL, not by what Redis happens to hold: a
+//! grant or hold whose request already has a stored result is spent (its
+//! clean-up after commit failed, Redis came back from an older snapshot, or
+//! the request id was used on another topic) and is deleted, never
+//! subtracted again. A reload holds the row locks of what it loads, the same
+//! locks an issuing or ordering batch takes to commit, so no batch commits
+//! between reading PostgreSQL's figures and writing Redis's.
 
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::WorkerError;
 use crate::counters::{Counters, LoadOutcome};
-use crate::store::{coupons, products};
+use crate::store::{coupons, processed, products, StoreError};
 use crate::telemetry::metrics;
 
 /// What reconciling one coupon found.
@@ -52,13 +60,24 @@ pub async fn load_coupon(
     coupon_id: i64,
     force: bool,
 ) -> Result<Option<CouponReport>, WorkerError> {
-    let Some(row) = coupons::get(db, coupon_id).await? else {
+    let mut tx = db.begin().await.map_err(StoreError::from)?;
+    let Some(row) = coupons::lock_one(&mut tx, coupon_id).await? else {
         return Ok(None);
     };
-    let holders = coupons::holders(db, coupon_id).await?;
+    let holders = coupons::holders(&mut *tx, coupon_id).await?;
+    let grants = counters.grant_ids(coupon_id).await?;
+    let decided = processed::decided(&mut tx, &grants).await?;
     let outcome = counters
-        .load_coupon(coupon_id, row.left(), &holders, force)
+        .load_coupon(coupon_id, row.left(), &decided, &holders, force)
         .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    if !decided.is_empty() {
+        tracing::info!(
+            coupon_id,
+            spent = decided.len(),
+            "grants of requests already decided were dropped from Redis"
+        );
+    }
     let report = match outcome {
         LoadOutcome::AlreadyLoaded => CouponReport {
             coupon_id,
@@ -94,18 +113,13 @@ pub async fn load_products(
     counters: &Counters,
     force: bool,
 ) -> Result<(i64, i64, i64), WorkerError> {
-    let stock = products::all_stock(db).await?;
-    let mut written = 0;
-    let mut drift = 0;
-    for chunk in stock.chunks(5_000) {
-        let (w, d) = counters.load_products(chunk, force).await?;
-        written += w;
-        drift += d;
-    }
+    let mut tx = db.begin().await.map_err(StoreError::from)?;
+    let (count, written, drift) = load_locked_products(&mut tx, counters, None, force).await?;
+    tx.commit().await.map_err(StoreError::from)?;
     if force {
         metrics::drift("product", drift);
     }
-    Ok((stock.len() as i64, written, drift))
+    Ok((count, written, drift))
 }
 
 /// Loads the given products only if Redis lacks them.
@@ -114,13 +128,43 @@ pub async fn load_missing_products(
     counters: &Counters,
     ids: &[i64],
 ) -> Result<(), WorkerError> {
-    let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT id, stock FROM products WHERE id = ANY($1)")
-        .bind(ids)
-        .fetch_all(db)
-        .await
-        .map_err(crate::store::StoreError::from)?;
-    counters.load_products(&rows, false).await?;
+    let mut tx = db.begin().await.map_err(StoreError::from)?;
+    load_locked_products(&mut tx, counters, Some(ids), false).await?;
+    tx.commit().await.map_err(StoreError::from)?;
     Ok(())
+}
+
+/// [`load_missing_products`] inside an order batch's transaction, which
+/// holds the products' row locks already.
+pub async fn load_missing_products_in(
+    batch: &mut PgConnection,
+    counters: &Counters,
+    ids: &[i64],
+) -> Result<(), WorkerError> {
+    load_locked_products(batch, counters, Some(ids), false).await?;
+    Ok(())
+}
+
+async fn load_locked_products(
+    conn: &mut PgConnection,
+    counters: &Counters,
+    ids: Option<&[i64]>,
+    force: bool,
+) -> Result<(i64, i64, i64), WorkerError> {
+    let stock = products::lock_stock(conn, ids).await?;
+    let holds = counters.hold_ids().await?;
+    let decided = processed::decided(conn, &holds).await?;
+    let mut written = 0;
+    let mut drift = 0;
+    // The first call drops the decided holds; later chunks need not repeat them.
+    let mut spent: &[String] = &decided;
+    for chunk in stock.chunks(5_000) {
+        let (w, d) = counters.load_products(chunk, spent, force).await?;
+        spent = &[];
+        written += w;
+        drift += d;
+    }
+    Ok((stock.len() as i64, written, drift))
 }
 
 /// Every coupon and product: loaded where missing, or forced to PostgreSQL's figures.

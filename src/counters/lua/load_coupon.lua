@@ -2,18 +2,28 @@
 -- KEYS[1]: {coupon:<id>}:stock    KEYS[2]: {coupon:<id>}:holders    KEYS[3]: {coupon:<id>}:grants
 -- ARGV[1]: 'if_missing' (leave a loaded coupon alone) or 'force' (replace it)
 -- ARGV[2]: units left per PostgreSQL (total_quantity - issued)
--- ARGV[3..]: user ids holding the coupon per PostgreSQL
--- Grants still in KEYS[3] belong to requests not yet committed (workers delete
--- a grant once its issue is durable), so they stay taken: the stock written is
--- ARGV[2] minus the pending grants, and their users stay holders.
+-- ARGV[3]: k, how many decided request ids follow
+-- ARGV[4 .. 3+k]: request ids PostgreSQL has already decided (their grants are
+--          spent: an issued coupon is in ARGV[2] already, a rejected one took
+--          nothing); their grants are deleted, never counted
+-- ARGV[4+k ..]: user ids holding the coupon per PostgreSQL
+-- The caller holds the coupon's row lock, so no issue commits meanwhile: every
+-- grant left after the decided ones go belongs to a request not yet committed,
+-- and stays taken: the stock written is ARGV[2] minus those grants, and their
+-- users stay holders.
 -- Returns: the stock Redis held before (-1 when it held none), or -2 when
 --          'if_missing' found the coupon loaded and left it.
 local previous = redis.call('GET', KEYS[1])
 if previous and ARGV[1] == 'if_missing' then
   return -2
 end
+local decided = tonumber(ARGV[3])
+for i = 4, 3 + decided do
+  redis.call('HDEL', KEYS[3], ARGV[i])
+end
 redis.call('DEL', KEYS[2])
-for i = 3, #ARGV, 5000 do
+-- SADD in chunks: Lua's unpack() has a stack limit of a few thousand values.
+for i = 4 + decided, #ARGV, 5000 do
   local last = math.min(i + 4999, #ARGV)
   redis.call('SADD', KEYS[2], unpack(ARGV, i, last))
 end

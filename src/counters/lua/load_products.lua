@@ -2,11 +2,19 @@
 -- KEYS[1]: {inventory}:stock  hash product_id -> units available
 -- KEYS[2]: {inventory}:holds  hash request_id -> "product_id:quantity,..."
 -- ARGV[1]: 'if_missing' (only products Redis does not hold) or 'force'
--- ARGV[2..]: product_id, stock per PostgreSQL, product_id, stock, ...
--- Holds still in KEYS[2] belong to orders not yet committed (workers delete a
--- hold once its order is durable), so they stay reserved: the stock written is
--- PostgreSQL's minus what pending holds take of that product.
+-- ARGV[2]: k, how many decided request ids follow
+-- ARGV[3 .. 2+k]: request ids PostgreSQL has already decided: their holds are
+--          spent (a paid order's stock is out of PostgreSQL's figure already, a
+--          rejected one took nothing) and are deleted, never counted
+-- ARGV[3+k ..]: product_id, stock per PostgreSQL, product_id, stock, ...
+-- The caller holds these products' row locks, so no order commits meanwhile:
+-- every hold left belongs to an order not yet committed and stays reserved:
+-- the stock written is PostgreSQL's minus what those holds take of it.
 -- Returns: {written, drift} where drift sums |previous - new| over forced products.
+local decided = tonumber(ARGV[2])
+for i = 3, 2 + decided do
+  redis.call('HDEL', KEYS[2], ARGV[i])
+end
 local held = {}
 for _, items in ipairs(redis.call('HVALS', KEYS[2])) do
   for pid, qty in string.gmatch(items, '(%d+):(%d+)') do
@@ -14,7 +22,7 @@ for _, items in ipairs(redis.call('HVALS', KEYS[2])) do
   end
 end
 local written, drift = 0, 0
-for i = 2, #ARGV, 2 do
+for i = 3 + decided, #ARGV, 2 do
   local pid = ARGV[i]
   local stock = tonumber(ARGV[i + 1]) - (held[pid] or 0)
   if stock < 0 then
