@@ -7,22 +7,28 @@
 # shared ones: a Redis on CHAOS_REDIS_PORT, a PostgreSQL cluster on
 # CHAOS_PG_PORT (initdb'd under the run's folder), and Apache Kafka: a
 # single node of its own (CHAOS_KAFKA=single, default; data under the run's
-# folder, so it survives its restarts) or the three-broker cluster of
-# `scripts/services.sh cluster up` (CHAOS_KAFKA=cluster).
+# folder, so it survives its restarts) or three brokers of its own like
+# `scripts/services.sh cluster up` (CHAOS_KAFKA=cluster; 127.0.0.1:19092-19094,
+# so not beside a running `services.sh cluster`).
 #
-# Faults, each named in CHAOS_FAULTS (default: all that apply), per round:
+# Faults, each named in CHAOS_FAULTS (default: all), per round:
 #   kill     SIGKILL a worker process CHAOS_KILLS times, restarting it each time
-#   scale    scale the worker processes from CHAOS_WORKERS up by two and back (SIGTERM)
-#   redis    restart Redis empty (counters are rebuilt from PostgreSQL)
-#   postgres pause PostgreSQL (SIGSTOP) for CHAOS_PG_PAUSE seconds
 #   broker   single: restart the broker (SIGTERM); cluster: SIGKILL the
 #            leader of a coupon request partition mid-drop, start it again later
+#   stall    SIGSTOP a worker past its session timeout (6 s), then SIGCONT: the
+#            group hands its partitions over while it still holds a batch
+#   scale    scale the worker processes from CHAOS_WORKERS up by two and back (SIGTERM)
+#   redis    restart Redis empty (counters are rebuilt from PostgreSQL)
+#   snapshot restart Redis from an RDB snapshot taken a few seconds earlier
+#            (grants, holds and stock as they were then)
+#   postgres pause PostgreSQL (SIGSTOP) for CHAOS_PG_PAUSE seconds, longer than
+#            the workers' max.poll.interval.ms (10 s here)
 #
 # Environment: CHAOS_ROUNDS (3), CHAOS_REQUESTS per round (30000), CHAOS_RATE
 # (2000/s), CHAOS_WORKERS (2 processes, each running every flow), CHAOS_KILLS
-# (3), CHAOS_PG_PAUSE (5), CHAOS_KAFKA (single|cluster), CHAOS_FAULTS
-# ("kill scale redis postgres broker"), CHAOS_REDIS_PORT (6391), CHAOS_PG_PORT
-# (5439), CHAOS_KAFKA_PORT (19392, single node only).
+# (3), CHAOS_PG_PAUSE (12), CHAOS_KAFKA (single|cluster), CHAOS_FAULTS
+# ("kill broker stall scale redis snapshot postgres"), CHAOS_REDIS_PORT
+# (6391), CHAOS_PG_PORT (5439), CHAOS_KAFKA_PORT (19392, single node only).
 # Figures: bench/results/chaos-<time>/chaos.csv, one line per round.
 # The sleeps below space the faults out in time; they synchronise nothing.
 set -euo pipefail
@@ -33,9 +39,9 @@ requests=${CHAOS_REQUESTS:-30000}
 rate=${CHAOS_RATE:-2000}
 nworkers=${CHAOS_WORKERS:-2}
 kills=${CHAOS_KILLS:-3}
-pg_pause=${CHAOS_PG_PAUSE:-5}
+pg_pause=${CHAOS_PG_PAUSE:-12}
 kafka_mode=${CHAOS_KAFKA:-single}
-faults_wanted=${CHAOS_FAULTS:-kill scale redis postgres broker}
+faults_wanted=${CHAOS_FAULTS:-kill broker stall scale redis snapshot postgres}
 redis_port=${CHAOS_REDIS_PORT:-6391}
 pg_port=${CHAOS_PG_PORT:-5439}
 kafka_port=${CHAOS_KAFKA_PORT:-19392}
@@ -46,12 +52,12 @@ wants() { [[ " $faults_wanted " == *" $1 "* ]]; }
 tag=chaos-$(date -u +%Y%m%dT%H%M%SZ)
 out=$here/bench/results/$tag
 mkdir -p "$out"
+bash scripts/services.sh up >/dev/null # installs PostgreSQL, Redis, Java, Kafka's jars when missing
+# From here on, Kafka's data, logs and pids are the run's own.
 export STAMPEDE_SERVICES_DIR=$out/services
 mkdir -p "$STAMPEDE_SERVICES_DIR"
 # shellcheck source=kafka.sh
 source "$here/scripts/kafka.sh"
-
-bash scripts/services.sh up >/dev/null # installs PostgreSQL, Redis, Java, Kafka's jars when missing
 cargo build --release --locked
 bin=$here/target/release/stampede
 
@@ -64,6 +70,8 @@ redis_start() {
   until [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ]; do sleep 0.1; done
 }
 redis_stop() { redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; while redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done; }
+# Redis loads $redis_dir/dump.rdb at start when there is one.
+redis_restart_empty() { redis_stop; rm -f "$redis_dir/dump.rdb"; redis_start; }
 
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 pg_dir=$out/postgres
@@ -106,6 +114,11 @@ replication_factor = $replication
 session_timeout_ms = 6000
 heartbeat_interval_ms = 500
 
+[kafka.client]
+# Below the PostgreSQL pause, so a worker retrying one batch in place outlives
+# its place in the group and another worker takes the partition over.
+"max.poll.interval.ms" = "10000"
+
 [database]
 url = "postgres://postgres@127.0.0.1:$pg_port/stampede"
 max_connections = 8
@@ -134,7 +147,7 @@ finish() {
   stop_all
   redis_stop
   pg_stop
-  if [ "$kafka_mode" = cluster ]; then bash scripts/services.sh cluster up >/dev/null 2>&1 || true; else kafka_node_stop "$chaos_kafka_dir" TERM; fi
+  if [ "$kafka_mode" = cluster ]; then kafka_cluster_down >/dev/null; else kafka_node_stop "$chaos_kafka_dir" TERM; fi
 }
 trap finish EXIT
 
@@ -177,9 +190,18 @@ for round in $(seq 1 "$rounds"); do
     for p in "${workers[@]:$nworkers}"; do kill -TERM "$p"; wait "$p" 2>/dev/null || true; done
     workers=("${workers[@]:0:$nworkers}"); faults=$((faults + 1))
   fi
+  if wants stall; then
+    sleep 2; say "round $round: SIGSTOP a worker for 10 s (past its 6 s session timeout)"
+    kill -STOP "${workers[0]}"; sleep 10; kill -CONT "${workers[0]}"; faults=$((faults + 1))
+  fi
   if wants redis; then
     sleep 3; say "round $round: restart Redis empty"
-    redis_stop; redis_start; faults=$((faults + 1))
+    redis_restart_empty; faults=$((faults + 1))
+  fi
+  if wants snapshot; then
+    sleep 2; say "round $round: snapshot Redis, then 4 s later restart it from that snapshot"
+    redis-cli -p "$redis_port" save >/dev/null
+    sleep 4; redis_stop; redis_start; faults=$((faults + 1))
   fi
   if wants postgres; then
     sleep 3; say "round $round: pause PostgreSQL for $pg_pause s"

@@ -14,6 +14,8 @@
 # Environment:
 #   STAMPEDE_SERVICES_DIR  where data, logs and pid files go (default .services)
 #   STAMPEDE_CACHE_DIR     where the jars are cached (default ~/.cache/stampede)
+#   STAMPEDE_KAFKA_PORT    the single node's port (default 9092; its controller
+#                          listens on the next one)
 #   KAFKA_HEAP             single node heap (default 768m); cluster nodes use 320m
 #
 # Data lives under $STAMPEDE_SERVICES_DIR/kafka (single node) and
@@ -215,30 +217,31 @@ kafka_node_stop() { # dir, signal
 # --- single node on 9092 -----------------------------------------------------
 
 single_dir=$kafka_state/kafka
+single_port=${STAMPEDE_KAFKA_PORT:-9092}
 
 kafka_up() {
-  if kafka_running "$single_dir" && kafka_answers 9092; then ksay "Apache Kafka already running on 127.0.0.1:9092"; return; fi
-  if ! kafka_running "$single_dir" && kafka_port_open 9092; then
-    if kafka_answers 9092; then ksay "a Kafka broker (not started here) already answers on 127.0.0.1:9092: using it"; return; fi
-    kfail "port 9092 is held by something else ($(port_holder 9092 || true)), which does not answer as a Kafka broker; stop it or free the port"
+  if kafka_running "$single_dir" && kafka_answers $single_port; then ksay "Apache Kafka already running on 127.0.0.1:$single_port"; return; fi
+  if ! kafka_running "$single_dir" && kafka_port_open $single_port; then
+    if kafka_answers $single_port; then ksay "a Kafka broker (not started here) already answers on 127.0.0.1:$single_port: using it"; return; fi
+    kfail "port $single_port is held by something else ($(port_holder $single_port || true)), which does not answer as a Kafka broker; stop it or free the port"
   fi
   kafka_need_java
   kafka_jars
   mkdir -p "$single_dir"
-  kafka_node_start "$single_dir" 1 9092 9093 "1@127.0.0.1:9093" 1 1 "${KAFKA_HEAP:-768m}" "$single_dir/cluster.id"
-  kafka_wait 9092 1 120 "$single_dir/kafka.log"
-  ksay "Apache Kafka $kafka_version answers on 127.0.0.1:9092"
+  kafka_node_start "$single_dir" 1 $single_port $((single_port + 1)) "1@127.0.0.1:$((single_port + 1))" 1 1 "${KAFKA_HEAP:-768m}" "$single_dir/cluster.id"
+  kafka_wait $single_port 1 120 "$single_dir/kafka.log"
+  ksay "Apache Kafka $kafka_version answers on 127.0.0.1:$single_port"
 }
 
 kafka_down() {
-  if kafka_running "$single_dir"; then kafka_node_stop "$single_dir" TERM; ksay "stopped Apache Kafka (127.0.0.1:9092)"; fi
+  if kafka_running "$single_dir"; then kafka_node_stop "$single_dir" TERM; ksay "stopped Apache Kafka (127.0.0.1:$single_port)"; fi
 }
 
 kafka_status() {
-  if kafka_answers 9092; then
+  if kafka_answers $single_port; then
     local how="not started by this script"
     kafka_running "$single_dir" && how="kafka.Kafka, pid $(cat "$(kafka_pidfile "$single_dir")")"
-    ksay "Apache Kafka: up on 127.0.0.1:9092 ($how)"
+    ksay "Apache Kafka: up on 127.0.0.1:$single_port ($how)"
   else
     ksay "Apache Kafka: down"
     return 1

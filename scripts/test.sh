@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh up
+echo "[test] scripts/check-services.sh (plain errors where Kafka cannot start)"
+bash scripts/check-services.sh
 echo "[test] cargo fmt --check"
 cargo fmt --check
 echo "[test] cargo clippy"

@@ -9,6 +9,8 @@ pub mod idempotency;
 pub mod results;
 mod routes;
 
+pub use routes::{decode_body, ChargeBody, CouponIssueBody, OrderBody};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

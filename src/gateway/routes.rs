@@ -56,11 +56,17 @@ fn read_json<T: DeserializeOwned>(
             ApiError::Malformed(rejection.body_text())
         }
     })?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::Malformed(format!("body is not valid JSON: {e}")))?;
-    let parsed = serde_json::from_value(value)
-        .map_err(|e| ApiError::Invalid(format!("body does not match the API: {e}")))?;
+    let parsed = decode_body(&bytes)?;
     Ok((parsed, bytes))
+}
+
+/// A POST body's shape: not JSON → `Malformed` (400), JSON of the wrong
+/// shape → `Invalid` (422). Pure, so it can be fuzzed on its own.
+pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::Malformed(format!("body is not valid JSON: {e}")))?;
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::Invalid(format!("body does not match the API: {e}")))
 }
 
 /// The request id: the `Idempotency-Key` header when given, else a fresh one.
