@@ -28,7 +28,8 @@
 # (2000/s), CHAOS_WORKERS (2 processes, each running every flow), CHAOS_KILLS
 # (3), CHAOS_PG_PAUSE (12), CHAOS_KAFKA (single|cluster), CHAOS_FAULTS
 # ("kill broker stall scale redis snapshot postgres"), CHAOS_REDIS_PORT
-# (6391), CHAOS_PG_PORT (5439), CHAOS_KAFKA_PORT (19392, single node only).
+# (6391), CHAOS_PG_PORT (5439), CHAOS_KAFKA_PORT (19392, single node only),
+# CHAOS_BIN (a stampede binary to use instead of building target/release).
 # Figures: bench/results/chaos-<time>/chaos.csv, one line per round.
 # The sleeps below space the faults out in time; they synchronise nothing.
 set -euo pipefail
@@ -58,8 +59,8 @@ export STAMPEDE_SERVICES_DIR=$out/services
 mkdir -p "$STAMPEDE_SERVICES_DIR"
 # shellcheck source=kafka.sh
 source "$here/scripts/kafka.sh"
-cargo build --release --locked
-bin=$here/target/release/stampede
+[ -n "${CHAOS_BIN:-}" ] || cargo build --release --locked
+bin=${CHAOS_BIN:-$here/target/release/stampede}
 
 # --- the run's own services ----------------------------------------------------
 redis_dir=$out/redis
@@ -113,11 +114,9 @@ group_id = "$tag"
 replication_factor = $replication
 session_timeout_ms = 6000
 heartbeat_interval_ms = 500
-
-[kafka.client]
 # Below the PostgreSQL pause, so a worker retrying one batch in place outlives
 # its place in the group and another worker takes the partition over.
-"max.poll.interval.ms" = "10000"
+max_poll_interval_ms = 10000
 
 [database]
 url = "postgres://postgres@127.0.0.1:$pg_port/stampede"

@@ -98,6 +98,9 @@ pub struct KafkaSettings {
     pub group_id: String,
     pub session_timeout_ms: u32,
     pub heartbeat_interval_ms: u32,
+    /// Longest a worker may spend on one batch (retries included) before the
+    /// group gives its partitions to another worker.
+    pub max_poll_interval_ms: u32,
     /// How long a produce may take before it counts as failed.
     pub delivery_timeout_ms: u32,
     /// Largest request message a worker accepts; larger ones go to the DLQ.
@@ -203,6 +206,7 @@ impl Default for KafkaSettings {
             group_id: "stampede".into(),
             session_timeout_ms: 10_000,
             heartbeat_interval_ms: 1_000,
+            max_poll_interval_ms: 300_000,
             delivery_timeout_ms: 30_000,
             max_message_bytes: 64 * 1024,
             client: BTreeMap::new(),
@@ -348,6 +352,12 @@ impl Settings {
         }
         if self.kafka.group_id.is_empty() {
             problems.push("kafka.group_id must not be empty".into());
+        }
+        if self.kafka.max_poll_interval_ms < self.kafka.session_timeout_ms {
+            problems.push(format!(
+                "kafka.max_poll_interval_ms ({}) must be at least kafka.session_timeout_ms ({})",
+                self.kafka.max_poll_interval_ms, self.kafka.session_timeout_ms
+            ));
         }
         if self.kafka.heartbeat_interval_ms >= self.kafka.session_timeout_ms {
             problems.push(format!(

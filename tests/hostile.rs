@@ -64,9 +64,20 @@ async fn a_request_near_the_brokers_limit_is_answered_and_dead_lettered_cut_to_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_meets_corrupted_counters_is_isolated_and_the_partition_flows() {
     let env = TestEnv::new().await;
-    users::seed(&env.db, 1, 1, 0).await.unwrap();
+    users::seed(&env.db, 1, 2, 0).await.unwrap();
     env.create_coupon(7, 10).await;
     env.create_coupon(8, 10).await;
+    let app = env.start(Roles::workers(vec![WorkerKind::Coupon])).await;
+    env.publish(
+        Flow::Coupon,
+        2,
+        &json!({"request_id": "k-warm-up", "user_id": 2, "coupon_id": 8}),
+    )
+    .await;
+    assert_eq!(
+        env.result_of(Flow::Coupon, "k-warm-up").await["status"],
+        "succeeded"
+    );
     // Coupon 7's stock in Redis is no longer a number: its script fails on it
     // every time, which no retry can fix.
     let mut redis = env.counters.connection();
@@ -90,7 +101,6 @@ async fn a_request_that_meets_corrupted_counters_is_isolated_and_the_partition_f
     )
     .await;
 
-    let app = env.start(Roles::workers(vec![WorkerKind::Coupon])).await;
     let healthy = env.result_of(Flow::Coupon, "k-healthy").await;
     assert_eq!(healthy["status"], "succeeded", "{healthy}");
     let copy = env.dlq(Flow::Coupon).take(1).await.remove(0);

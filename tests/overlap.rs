@@ -130,3 +130,83 @@ async fn spent_grants_and_holds_are_dropped_not_subtracted_again() {
     assert!(env.audit().await.passed());
     env.cleanup().await;
 }
+
+/// A Redis restored from an older snapshot (or a replica promoted without the
+/// latest writes) holds figures from another time: units sold since are back
+/// in stock, holders are missing. Workers notice that Redis is not the server
+/// the counters were last loaded into and reload every counter first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_from_another_redis_are_reloaded_before_deciding() {
+    let env = TestEnv::new().await;
+    users::seed(&env.db, 1, 3, 100_000).await.unwrap();
+    env.create_coupon(5, 10).await;
+    products::create(&env.db, Some(1), "shoe", 1_000, 10)
+        .await
+        .unwrap();
+    env.counters
+        .load_products(&[(1, 10)], &[], true)
+        .await
+        .unwrap();
+    let app = env
+        .start(Roles::workers(vec![WorkerKind::Coupon, WorkerKind::Order]))
+        .await;
+    env.publish(
+        Flow::Coupon,
+        1,
+        &json!({"request_id": "k-1", "user_id": 1, "coupon_id": 5}),
+    )
+    .await;
+    env.publish(
+        Flow::Order,
+        1,
+        &json!({"request_id": "o-1", "user_id": 1, "items": [{"product_id": 1, "quantity": 2}]}),
+    )
+    .await;
+    assert_eq!(
+        env.result_of(Flow::Coupon, "k-1").await["status"],
+        "succeeded"
+    );
+    assert_eq!(
+        env.result_of(Flow::Order, "o-1").await["status"],
+        "succeeded"
+    );
+    app.stop().await;
+
+    // Redis as it was before those requests, and the record saying the
+    // counters were loaded into another server than the one answering now.
+    let mut redis = env.counters.connection();
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(env.counters.key("{coupon:5}:stock"))
+        .arg(10)
+        .cmd("DEL")
+        .arg(env.counters.key("{coupon:5}:holders"))
+        .cmd("HSET")
+        .arg(env.counters.key("{inventory}:stock"))
+        .arg(1)
+        .arg(10)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE counter_source SET redis_run_id = 'a-server-since-replaced'")
+        .execute(&env.db)
+        .await
+        .unwrap();
+
+    let app = env
+        .start(Roles::workers(vec![WorkerKind::Coupon, WorkerKind::Order]))
+        .await;
+    env.publish(
+        Flow::Coupon,
+        1,
+        &json!({"request_id": "k-1-again", "user_id": 1, "coupon_id": 5}),
+    )
+    .await;
+    let again = env.result_of(Flow::Coupon, "k-1-again").await;
+    assert_eq!(again["error"]["code"], "coupon_already_issued", "{again}");
+    app.stop().await;
+    assert_eq!(env.counters.coupon_stock(5).await.unwrap(), Some(9));
+    assert_eq!(env.counters.product_stock(1).await.unwrap(), Some(8));
+    assert!(env.audit().await.passed());
+    env.cleanup().await;
+}

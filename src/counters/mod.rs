@@ -87,6 +87,9 @@ pub enum StockAnswer {
 pub struct Counters {
     conn: RedisConn,
     prefix: String,
+    /// The Redis server (its `run_id`) whose counters this process last knew
+    /// to match PostgreSQL; shared by every clone.
+    known_server: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Counters {
@@ -94,6 +97,7 @@ impl Counters {
         Ok(Self {
             conn: RedisConn::connect(settings).await?,
             prefix: settings.key_prefix.clone(),
+            known_server: Default::default(),
         })
     }
 
@@ -117,6 +121,39 @@ impl Counters {
     fn inventory_keys(&self) -> [String; 2] {
         let tag = format!("{}:{{inventory}}", self.prefix);
         [format!("{tag}:stock"), format!("{tag}:holds")]
+    }
+
+    /// The identity of the Redis server process answering now: its `run_id`,
+    /// new at every start (after a restart, a restore from a snapshot, a
+    /// failover). `None` on a Redis Cluster, whose nodes each have their own.
+    pub async fn server_id(&self) -> Result<Option<String>> {
+        if matches!(self.conn, RedisConn::Cluster(_)) {
+            return Ok(None);
+        }
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await?;
+        Ok(info
+            .lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned()))
+    }
+
+    /// The server this process last knew to hold PostgreSQL's figures.
+    pub fn known_server(&self) -> Option<String> {
+        self.known_server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn remember_server(&self, id: String) {
+        *self
+            .known_server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id);
     }
 
     pub async fn ping(&self) -> Result<()> {

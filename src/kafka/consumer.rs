@@ -195,6 +195,10 @@ pub fn group_consumer(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
         .set(
+            "max.poll.interval.ms",
+            kafka.max_poll_interval_ms.to_string(),
+        )
+        .set(
             "heartbeat.interval.ms",
             kafka.heartbeat_interval_ms.to_string(),
         )

@@ -83,6 +83,7 @@ impl Decide for CouponLogic {
         requests: &[&CouponIssueRequest],
         _traces: &[Option<&str>],
     ) -> Result<Vec<NewResult>, WorkerError> {
+        reconcile::reload_if_redis_replaced(&self.db, &self.counters).await?;
         let user_ids: Vec<i64> = requests.iter().map(|r| r.user_id).collect();
         let coupon_ids: Vec<i64> = requests
             .iter()

@@ -108,6 +108,8 @@ impl OrderLogic {
         fresh: &mut Vec<String>,
         committed: &mut bool,
     ) -> Result<Vec<NewResult>, WorkerError> {
+        // Before the batch's own locks: a reload takes the products' locks.
+        reconcile::reload_if_redis_replaced(&self.db, &self.counters).await?;
         let now = Utc::now();
         let mut tx = self.db.begin().await.map_err(StoreError::from)?;
         let user_ids: Vec<i64> = sorted_unique(requests.iter().map(|r| r.user_id));

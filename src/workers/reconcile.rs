@@ -167,6 +167,45 @@ async fn load_locked_products(
     Ok((stock.len() as i64, written, drift))
 }
 
+/// Reloads every counter when Redis is not the server whose counters were
+/// last loaded from PostgreSQL: a Redis restarted, restored from an older
+/// snapshot or failed over to a replica holds figures from another time
+/// (stock sold since comes back, holders vanish), which no per-key check
+/// notices. The server last loaded is recorded in PostgreSQL, so a process
+/// started after such a change notices it too. Called by the coupon and
+/// order workers before each batch; costs one `INFO` when nothing changed.
+pub async fn reload_if_redis_replaced(db: &PgPool, counters: &Counters) -> Result<(), WorkerError> {
+    let Some(server) = counters.server_id().await? else {
+        return Ok(());
+    };
+    if counters.known_server().as_deref() == Some(server.as_str()) {
+        return Ok(());
+    }
+    let recorded: Option<String> =
+        sqlx::query_scalar("SELECT redis_run_id FROM counter_source WHERE id = 1")
+            .fetch_optional(db)
+            .await
+            .map_err(StoreError::from)?;
+    if recorded.as_deref() != Some(server.as_str()) {
+        tracing::warn!(
+            redis_run_id = %server,
+            previous = recorded.as_deref().unwrap_or("none"),
+            "Redis is not the server the counters were loaded into (restarted, restored from a snapshot, failed over): reloading every counter from PostgreSQL"
+        );
+        reconcile_all(db, counters, true).await?;
+        sqlx::query(
+            "INSERT INTO counter_source (id, redis_run_id) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE SET redis_run_id = EXCLUDED.redis_run_id, loaded_at = now()",
+        )
+        .bind(&server)
+        .execute(db)
+        .await
+        .map_err(StoreError::from)?;
+    }
+    counters.remember_server(server);
+    Ok(())
+}
+
 /// Every coupon and product: loaded where missing, or forced to PostgreSQL's figures.
 pub async fn reconcile_all(
     db: &PgPool,
