@@ -29,7 +29,8 @@
 # (3), CHAOS_PG_PAUSE (12), CHAOS_KAFKA (single|cluster), CHAOS_FAULTS
 # ("kill broker stall scale redis snapshot postgres"), CHAOS_REDIS_PORT
 # (6391), CHAOS_PG_PORT (5439), CHAOS_KAFKA_PORT (19392, single node only),
-# CHAOS_BIN (a stampede binary to use instead of building target/release).
+# CHAOS_BIN (a stampede binary to use instead of building target/release),
+# CHAOS_KEEP (set: keep the services' data in the run's folder afterwards).
 # Figures: bench/results/chaos-<time>/chaos.csv, one line per round.
 # The sleeps below space the faults out in time; they synchronise nothing.
 set -euo pipefail
@@ -147,6 +148,8 @@ finish() {
   redis_stop
   pg_stop
   if [ "$kafka_mode" = cluster ]; then kafka_cluster_down >/dev/null; else kafka_node_stop "$chaos_kafka_dir" TERM; fi
+  # The services' data (gigabytes after a long run) goes; figures and logs stay.
+  [ -n "${CHAOS_KEEP:-}" ] || rm -rf "$out/postgres" "$out/redis" "$out/kafka" "$out/services"
 }
 trap finish EXIT
 
