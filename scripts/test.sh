@@ -13,3 +13,14 @@ echo "[test] cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "[test] cargo test"
 cargo test --locked --all-targets -- --test-threads "${STAMPEDE_TEST_THREADS:-4}"
+echo "[test] a short chaos round on Apache Kafka: every fault kind once under load (scripts/chaos.sh)"
+chaos_log=$(mktemp)
+if CHAOS_ROUNDS=1 CHAOS_REQUESTS=60000 CHAOS_RATE=1000 CHAOS_KILLS=2 \
+    CHAOS_BIN="$PWD/target/debug/stampede" bash scripts/chaos.sh >"$chaos_log" 2>&1; then
+  grep '^\[chaos\]' "$chaos_log" | grep -v 'WARN\|ERROR'
+  echo "chaos: 1 passed, 0 failed"
+else
+  tail -n 60 "$chaos_log"
+  echo "chaos: 0 passed, 1 failed"
+  exit 1
+fi
