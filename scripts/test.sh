@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of stampede against real services (started or
 # installed here when missing): formatting, lints, contract files, unit,
-# property and integration tests.
+# property and integration tests, then a short chaos round (scripts/chaos.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh up
