@@ -327,7 +327,7 @@ async fn start_follower(
     config
         .set("group.id", format!("{}.loadgen", settings.kafka.group_id))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10");
+        .set("fetch.wait.max.ms", "500");
     let consumer: StreamConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
     for topic in topics {
