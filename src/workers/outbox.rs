@@ -22,7 +22,7 @@ use crate::kafka::tail::{read_to_end, reader, Start, TailConsumer};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use sqlx::postgres::PgListener;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -96,8 +96,10 @@ async fn relay_as_leader(
     }
     info!("outbox relay is the leader");
     let topic = Topics::new(settings.kafka.topic_prefix.clone()).stats();
-    let partitions = partition_count(settings, &topic).await?;
+    // Everything after taking the lock runs inside `result`, so that whatever
+    // fails, the lock goes with the connection below.
     let result = async {
+        let partitions = partition_count(settings, &topic).await?;
         let producer = Producer::transactional(
             &settings.kafka,
             &format!("{}.outbox-relay", settings.kafka.group_id),
@@ -137,10 +139,10 @@ async fn relay_as_leader(
         }
     }
     .await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(RELAY_LOCK)
-        .execute(&mut *conn)
-        .await;
+    // The lock belongs to this session: close it rather than hand a
+    // connection that may still hold the lock back to the pool, where no
+    // relay would ever release it.
+    let _ = conn.detach().close().await;
     result
 }
 
