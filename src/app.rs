@@ -124,6 +124,9 @@ pub async fn run(
         waiters: Waiters::default(),
         consumers: consumers.clone(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(settings.gateway.max_in_flight)),
+        limits: Arc::new(crate::gateway::limits::Limiters::new(
+            &settings.gateway.limits,
+        )),
     };
     let mut tasks = JoinSet::new();
 

@@ -149,6 +149,28 @@ pub struct GatewaySettings {
     /// gateway answers 503 `overloaded` at once instead of queueing, so its
     /// memory stays flat however hard it is pushed.
     pub max_in_flight: usize,
+    /// Token buckets per user and per client address, per flow.
+    pub limits: GatewayLimits,
+}
+
+/// Rate limits of the write endpoints, per flow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayLimits {
+    pub charge: FlowLimit,
+    pub coupon: FlowLimit,
+    pub order: FlowLimit,
+}
+
+/// Requests a second (fractions allowed) and bucket size, per user and per
+/// client address; a rate of 0 is no limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowLimit {
+    pub user_per_sec: f64,
+    pub user_burst: u32,
+    pub client_per_sec: f64,
+    pub client_burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -245,6 +267,7 @@ impl Default for GatewaySettings {
             max_wait_ms: 30_000,
             idempotency_ttl_secs: 24 * 3600,
             max_in_flight: 4_096,
+            limits: GatewayLimits::default(),
         }
     }
 }
@@ -415,6 +438,20 @@ impl Settings {
             problems.push(
                 "worker.retention_hours and worker.retention_sweep_secs must be positive".into(),
             );
+        }
+        for (flow, limit) in [
+            ("charge", &self.gateway.limits.charge),
+            ("coupon", &self.gateway.limits.coupon),
+            ("order", &self.gateway.limits.order),
+        ] {
+            if !(limit.user_per_sec >= 0.0 && limit.client_per_sec >= 0.0)
+                || !limit.user_per_sec.is_finite()
+                || !limit.client_per_sec.is_finite()
+            {
+                problems.push(format!(
+                    "gateway.limits.{flow}: user_per_sec and client_per_sec must be 0 (no limit) or positive"
+                ));
+            }
         }
         if self.gateway.body_limit_bytes < 256 {
             problems.push("gateway.body_limit_bytes must be at least 256".into());

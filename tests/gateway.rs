@@ -419,3 +419,114 @@ async fn trace_context_flows_from_http_through_kafka_to_the_result() {
     app.stop().await;
     env.cleanup().await;
 }
+
+/// Token buckets per user and per client address, per flow: 429 with
+/// `Retry-After` beyond them, counted in `/metrics`, and nothing over a limit
+/// reaches Kafka. One token per 100 s: no refill within the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_and_publish_nothing_over_them() {
+    let env = TestEnv::with(|s| {
+        s.gateway.limits.charge.user_per_sec = 0.01;
+        s.gateway.limits.charge.user_burst = 2;
+        s.gateway.limits.coupon.client_per_sec = 0.01;
+        s.gateway.limits.coupon.client_burst = 3;
+    })
+    .await;
+    let app = env.start(Roles::gateway_only()).await;
+    let http = app.http();
+    let c = reqwest::Client::new();
+    let mut accepted = std::collections::HashSet::new();
+
+    // Per user: the third charge of user 1 is over; user 2 has a bucket of its own.
+    for (user, expected) in [
+        (1, StatusCode::ACCEPTED),
+        (1, StatusCode::ACCEPTED),
+        (1, StatusCode::TOO_MANY_REQUESTS),
+        (2, StatusCode::ACCEPTED),
+    ] {
+        let response = c
+            .post(format!("{http}/v1/charges"))
+            .json(&json!({"user_id": user, "amount": 5_000}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "charge for user {user}");
+        let retry_after = response.headers().get("retry-after").cloned();
+        let body: Value = response.json().await.unwrap();
+        if expected == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(body["error"]["code"], "rate_limited");
+            let secs: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+            assert!((1..=100).contains(&secs), "Retry-After {secs}");
+        } else {
+            accepted.insert(body["request_id"].as_str().unwrap().to_owned());
+        }
+    }
+    // Per client address: the fourth coupon request from this address is
+    // over, whoever the user; charges from it are not limited by that bucket.
+    for (user, expected) in [
+        (1, StatusCode::ACCEPTED),
+        (2, StatusCode::ACCEPTED),
+        (3, StatusCode::ACCEPTED),
+        (4, StatusCode::TOO_MANY_REQUESTS),
+    ] {
+        let (status, _) = post(
+            &c,
+            format!("{http}/v1/coupons/9/issue"),
+            json!({"user_id": user}),
+            None,
+        )
+        .await;
+        assert_eq!(status, expected, "coupon request of user {user}");
+    }
+    let (status, marker) = post(
+        &c,
+        format!("{http}/v1/charges"),
+        json!({"user_id": 3, "amount": 5_000}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    accepted.insert(marker["request_id"].as_str().unwrap().to_owned());
+
+    // The charge topic holds exactly the accepted charges.
+    let published: std::collections::HashSet<String> = env
+        .reader(&env.topics.requests(stampede::kafka::Flow::Charge))
+        .take(accepted.len())
+        .await
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.payload).unwrap()["request_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(published, accepted);
+    // ... and nothing else: the partitions' ends add up to that many.
+    let consumer: rdkafka::consumer::BaseConsumer =
+        stampede::kafka::client_config(&env.settings.kafka)
+            .create()
+            .unwrap();
+    let topic = env.topics.requests(stampede::kafka::Flow::Charge);
+    let total: i64 = (0..env.settings.kafka.partitions)
+        .map(|p| {
+            use rdkafka::consumer::Consumer;
+            consumer
+                .fetch_watermarks(&topic, p, std::time::Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum();
+    assert_eq!(total, accepted.len() as i64);
+    let metrics = common::scrape(&format!("{http}/metrics")).await;
+    assert_eq!(
+        common::metric_sum(
+            &metrics,
+            "stampede_gateway_requests_total",
+            &["status=\"429\""]
+        ),
+        2.0
+    );
+    app.stop().await;
+    env.cleanup().await;
+}

@@ -32,6 +32,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("the gateway is handling {0} requests already; retry shortly")]
     Overloaded(usize),
+    #[error("too many requests; try again in {} ms", .0.as_millis())]
+    RateLimited(std::time::Duration),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -49,6 +51,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -64,6 +67,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Overloaded(_) => "overloaded",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -75,6 +79,17 @@ impl IntoResponse for ApiError {
             tracing::error!(%detail, "request failed");
         }
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        if let ApiError::RateLimited(wait) = &self {
+            // Whole seconds, rounded up: a client waiting that long finds a token.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let retry_after = secs.max(1).to_string();
+            return (
+                self.status(),
+                [(header::RETRY_AFTER, retry_after)],
+                Json(body),
+            )
+                .into_response();
+        }
         if matches!(self, ApiError::Overloaded(_)) {
             return (self.status(), [(header::RETRY_AFTER, "1")], Json(body)).into_response();
         }

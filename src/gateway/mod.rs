@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod error;
 pub mod idempotency;
+pub mod limits;
 pub mod results;
 mod routes;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub consumers: Vec<(String, Arc<std::sync::atomic::AtomicBool>)>,
     /// Permits for write requests being handled (`gateway.max_in_flight`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Rate limits per user and client address (`gateway.limits`).
+    pub limits: Arc<limits::Limiters>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -96,7 +99,18 @@ pub async fn serve(
         state.waiters.clone(),
         shutdown.clone(),
     ));
-    let app = router(state);
+    let limiters = state.limits.clone();
+    let idle = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = idle.cancelled() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => limiters.forget_idle(),
+            }
+        }
+    });
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let handle = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())

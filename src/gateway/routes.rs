@@ -1,14 +1,15 @@
 //! The gateway's handlers. Shape checks reuse the domain's validation, so the
 //! gateway and the workers refuse exactly the same inputs.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -167,7 +168,7 @@ impl Drop for Slot<'_> {
 /// publishes it: the same path for charges, coupon issues and orders.
 async fn accept<B: DeserializeOwned, R: RequestMessage + Serialize>(
     state: &AppState,
-    headers: &HeaderMap,
+    (headers, client): (&HeaderMap, Option<Extension<ConnectInfo<SocketAddr>>>),
     body: Result<Bytes, BytesRejection>,
     (endpoint, flow, route): (&'static str, Flow, &str),
     build: impl FnOnce(B, RequestId) -> R,
@@ -176,6 +177,11 @@ async fn accept<B: DeserializeOwned, R: RequestMessage + Serialize>(
         let limit = state.settings.gateway.max_in_flight;
         return counted(endpoint, Err(ApiError::Overloaded(limit)));
     };
+    if let Some(Extension(ConnectInfo(peer))) = client {
+        if let Err(wait) = state.limits.check_client(flow, peer.ip()) {
+            return counted(endpoint, Err(ApiError::RateLimited(wait)));
+        }
+    }
     let (span, traceparent) = accept_span(endpoint, headers);
     let accepted = async {
         let (body, raw): (B, _) = read_json(body, state.settings.gateway.body_limit_bytes)?;
@@ -188,6 +194,10 @@ async fn accept<B: DeserializeOwned, R: RequestMessage + Serialize>(
         Span::current().record("request_id", request_id.as_str());
         let request = build(body, request_id.clone());
         request.validate().map_err(ApiError::Invalid)?;
+        state
+            .limits
+            .check_user(flow, request.user_id())
+            .map_err(ApiError::RateLimited)?;
         let publication = Publication {
             endpoint,
             flow,
@@ -210,12 +220,13 @@ pub struct ChargeBody {
 
 pub async fn post_charge(
     State(state): State<AppState>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     accept(
         &state,
-        &headers,
+        (&headers, client),
         body,
         ("charges", Flow::Charge, "charges"),
         |b: ChargeBody, request_id| ChargeRequest {
@@ -235,6 +246,7 @@ pub struct CouponIssueBody {
 
 pub async fn post_coupon_issue(
     State(state): State<AppState>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     Path(coupon_id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -250,7 +262,7 @@ pub async fn post_coupon_issue(
     let route = format!("coupons/{coupon_id}");
     accept(
         &state,
-        &headers,
+        (&headers, client),
         body,
         ("coupon_issue", Flow::Coupon, &route),
         |b: CouponIssueBody, request_id| CouponIssueRequest {
@@ -273,12 +285,13 @@ pub struct OrderBody {
 
 pub async fn post_order(
     State(state): State<AppState>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     accept(
         &state,
-        &headers,
+        (&headers, client),
         body,
         ("orders", Flow::Order, "orders"),
         |b: OrderBody, request_id| OrderRequest {
