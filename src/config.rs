@@ -444,10 +444,8 @@ impl Settings {
             ("coupon", &self.gateway.limits.coupon),
             ("order", &self.gateway.limits.order),
         ] {
-            if !(limit.user_per_sec >= 0.0 && limit.client_per_sec >= 0.0)
-                || !limit.user_per_sec.is_finite()
-                || !limit.client_per_sec.is_finite()
-            {
+            let valid = |rate: f64| rate.is_finite() && rate >= 0.0;
+            if !(valid(limit.user_per_sec) && valid(limit.client_per_sec)) {
                 problems.push(format!(
                     "gateway.limits.{flow}: user_per_sec and client_per_sec must be 0 (no limit) or positive"
                 ));
