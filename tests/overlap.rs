@@ -61,13 +61,10 @@ async fn the_order_worker_that_loses_the_race_gives_its_stock_back() {
     env.cleanup().await;
 }
 
-/// Grants and holds whose requests PostgreSQL has already decided — left by a
-/// Redis restored from an older snapshot, or by a clean-up cut short after a
-/// commit — are spent: a reload drops them instead of subtracting them again
-/// (forever), and `stampede reconcile` repairs the counters.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spent_grants_and_holds_are_dropped_not_subtracted_again() {
-    let env = TestEnv::new().await;
+/// Users 1 to 3, coupon 5 (10 units), product 1 (10 units); users 1 to
+/// `coupon_users` are issued the coupon and user 1 orders 2 units (`o-1`),
+/// all decided by workers that are stopped again.
+async fn coupons_and_an_order_decided(env: &TestEnv, coupon_users: i64) {
     users::seed(&env.db, 1, 3, 100_000).await.unwrap();
     env.create_coupon(5, 10).await;
     products::create(&env.db, Some(1), "shoe", 1_000, 10)
@@ -80,7 +77,7 @@ async fn spent_grants_and_holds_are_dropped_not_subtracted_again() {
     let app = env
         .start(Roles::workers(vec![WorkerKind::Coupon, WorkerKind::Order]))
         .await;
-    for user in 1..=3 {
+    for user in 1..=coupon_users {
         env.publish(
             Flow::Coupon,
             user,
@@ -94,7 +91,7 @@ async fn spent_grants_and_holds_are_dropped_not_subtracted_again() {
         &json!({"request_id": "o-1", "user_id": 1, "items": [{"product_id": 1, "quantity": 2}]}),
     )
     .await;
-    let ids = common::ids((1..=3).map(|u| format!("k-{u}")));
+    let ids = common::ids((1..=coupon_users).map(|u| format!("k-{u}")));
     for results in env.wait_results(Flow::Coupon, &ids).await.values() {
         assert_eq!(results[0]["status"], "succeeded");
     }
@@ -103,6 +100,16 @@ async fn spent_grants_and_holds_are_dropped_not_subtracted_again() {
         "succeeded"
     );
     app.stop().await;
+}
+
+/// Grants and holds whose requests PostgreSQL has already decided — left by a
+/// Redis restored from an older snapshot, or by a clean-up cut short after a
+/// commit — are spent: a reload drops them instead of subtracting them again
+/// (forever), and `stampede reconcile` repairs the counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spent_grants_and_holds_are_dropped_not_subtracted_again() {
+    let env = TestEnv::new().await;
+    coupons_and_an_order_decided(&env, 3).await;
 
     // Redis as a snapshot taken between those commits and their clean-up.
     let mut redis = env.counters.connection();
@@ -138,39 +145,7 @@ async fn spent_grants_and_holds_are_dropped_not_subtracted_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_from_another_redis_are_reloaded_before_deciding() {
     let env = TestEnv::new().await;
-    users::seed(&env.db, 1, 3, 100_000).await.unwrap();
-    env.create_coupon(5, 10).await;
-    products::create(&env.db, Some(1), "shoe", 1_000, 10)
-        .await
-        .unwrap();
-    env.counters
-        .load_products(&[(1, 10)], &[], true)
-        .await
-        .unwrap();
-    let app = env
-        .start(Roles::workers(vec![WorkerKind::Coupon, WorkerKind::Order]))
-        .await;
-    env.publish(
-        Flow::Coupon,
-        1,
-        &json!({"request_id": "k-1", "user_id": 1, "coupon_id": 5}),
-    )
-    .await;
-    env.publish(
-        Flow::Order,
-        1,
-        &json!({"request_id": "o-1", "user_id": 1, "items": [{"product_id": 1, "quantity": 2}]}),
-    )
-    .await;
-    assert_eq!(
-        env.result_of(Flow::Coupon, "k-1").await["status"],
-        "succeeded"
-    );
-    assert_eq!(
-        env.result_of(Flow::Order, "o-1").await["status"],
-        "succeeded"
-    );
-    app.stop().await;
+    coupons_and_an_order_decided(&env, 1).await;
 
     // Redis as it was before those requests, and the record saying the
     // counters were loaded into another server than the one answering now.

@@ -69,6 +69,27 @@ pub struct OrderRequest {
     pub requested_at: Option<DateTime<Utc>>,
 }
 
+/// An order holds 1 to [`MAX_ORDER_ITEMS`] lines.
+fn order_lines(count: usize) -> Result<(), String> {
+    if count == 0 || count > MAX_ORDER_ITEMS {
+        return Err(format!(
+            "items must hold 1 to {MAX_ORDER_ITEMS} lines, got {count}"
+        ));
+    }
+    Ok(())
+}
+
+/// One order line: a product id and 1 to [`MAX_ITEM_QUANTITY`] units.
+fn order_line(product_id: i64, quantity: i64) -> Result<(), String> {
+    positive_id("product_id", product_id)?;
+    if !(1..=MAX_ITEM_QUANTITY).contains(&quantity) {
+        return Err(format!(
+            "quantity of product {product_id} must be 1 to {MAX_ITEM_QUANTITY}, got {quantity}"
+        ));
+    }
+    Ok(())
+}
+
 impl Validate for ChargeRequest {
     fn validate(&self) -> Result<(), String> {
         positive_id("user_id", self.user_id)?;
@@ -95,21 +116,10 @@ impl Validate for OrderRequest {
         if let Some(coupon_id) = self.coupon_id {
             positive_id("coupon_id", coupon_id)?;
         }
-        if self.items.is_empty() || self.items.len() > MAX_ORDER_ITEMS {
-            return Err(format!(
-                "items must hold 1 to {MAX_ORDER_ITEMS} lines, got {}",
-                self.items.len()
-            ));
-        }
+        order_lines(self.items.len())?;
         let mut seen = HashSet::with_capacity(self.items.len());
         for item in &self.items {
-            positive_id("product_id", item.product_id)?;
-            if !(1..=MAX_ITEM_QUANTITY).contains(&item.quantity) {
-                return Err(format!(
-                    "quantity of product {} must be 1 to {MAX_ITEM_QUANTITY}, got {}",
-                    item.product_id, item.quantity
-                ));
-            }
+            order_line(item.product_id, item.quantity)?;
             if !seen.insert(item.product_id) {
                 return Err(format!(
                     "product {} appears more than once in items",
@@ -214,20 +224,9 @@ impl Validate for OrderStats {
     fn validate(&self) -> Result<(), String> {
         positive_id("order_id", self.order_id)?;
         positive_id("user_id", self.user_id)?;
-        if self.items.is_empty() || self.items.len() > MAX_ORDER_ITEMS {
-            return Err(format!(
-                "items must hold 1 to {MAX_ORDER_ITEMS} lines, got {}",
-                self.items.len()
-            ));
-        }
+        order_lines(self.items.len())?;
         for item in &self.items {
-            positive_id("product_id", item.product_id)?;
-            if !(1..=MAX_ITEM_QUANTITY).contains(&item.quantity) {
-                return Err(format!(
-                    "quantity of product {} must be 1 to {MAX_ITEM_QUANTITY}, got {}",
-                    item.product_id, item.quantity
-                ));
-            }
+            order_line(item.product_id, item.quantity)?;
             if !(0..=MAX_PRICE).contains(&item.unit_price) {
                 return Err(format!(
                     "unit_price of product {} must be 0 to {MAX_PRICE}, got {}",

@@ -20,36 +20,38 @@ pub struct Swept {
 /// Deletes stored results decided before `before` and outbox rows published
 /// before it. Unpublished outbox rows are never touched.
 pub async fn sweep(db: &PgPool, before: DateTime<Utc>) -> Result<Swept> {
-    let mut swept = Swept::default();
-    loop {
-        let n = sqlx::query(
+    Ok(Swept {
+        results: delete_in_chunks(
+            db,
             "DELETE FROM processed_requests WHERE request_id IN (
                  SELECT request_id FROM processed_requests WHERE processed_at < $1 LIMIT $2)",
+            before,
         )
-        .bind(before)
-        .bind(CHUNK)
-        .execute(db)
-        .await?
-        .rows_affected();
-        swept.results += n;
-        if n < CHUNK as u64 {
-            break;
-        }
-    }
-    loop {
-        let n = sqlx::query(
+        .await?,
+        outbox: delete_in_chunks(
+            db,
             "DELETE FROM outbox WHERE id IN (
                  SELECT id FROM outbox WHERE published_at < $1 LIMIT $2)",
+            before,
         )
-        .bind(before)
-        .bind(CHUNK)
-        .execute(db)
-        .await?
-        .rows_affected();
-        swept.outbox += n;
+        .await?,
+    })
+}
+
+/// Runs `delete` (bound to `before` and a chunk size) until a chunk comes
+/// back short; returns the rows deleted.
+async fn delete_in_chunks(db: &PgPool, delete: &str, before: DateTime<Utc>) -> Result<u64> {
+    let mut deleted = 0;
+    loop {
+        let n = sqlx::query(delete)
+            .bind(before)
+            .bind(CHUNK)
+            .execute(db)
+            .await?
+            .rows_affected();
+        deleted += n;
         if n < CHUNK as u64 {
-            break;
+            return Ok(deleted);
         }
     }
-    Ok(swept)
 }
