@@ -30,7 +30,8 @@
 # ("kill broker stall scale redis snapshot postgres"), CHAOS_REDIS_PORT
 # (6391), CHAOS_PG_PORT (5439), CHAOS_KAFKA_PORT (19392, single node only),
 # CHAOS_BIN (a stampede binary to use instead of building target/release),
-# CHAOS_KEEP (set: keep the services' data in the run's folder afterwards).
+# CHAOS_KEEP (set: keep the services' data afterwards; PostgreSQL's is in
+# /tmp/stampede-chaos-pg.*).
 # Figures: bench/results/chaos-<time>/chaos.csv, one line per round.
 # The sleeps below space the faults out in time; they synchronise nothing.
 set -euo pipefail
@@ -76,11 +77,13 @@ redis_stop() { redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || tru
 redis_restart_empty() { redis_stop; rm -f "$redis_dir/dump.rdb"; redis_start; }
 
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-pg_dir=$out/postgres
+# The PostgreSQL cluster runs as the postgres user, which may not reach the
+# run's folder (a checkout under /root): its data lives under /tmp instead.
+pg_dir=$(mktemp -d /tmp/stampede-chaos-pg.XXXXXX)
+chown postgres:postgres "$pg_dir"
 pg_as() { runuser -u postgres -- "$@"; }
 pg_start() {
   if [ ! -f "$pg_dir/PG_VERSION" ]; then
-    install -d -o postgres -g postgres "$pg_dir"
     pg_as "$pg_bin/initdb" -D "$pg_dir" -A trust -U postgres >"$out/initdb.log"
   fi
   pg_as "$pg_bin/pg_ctl" -D "$pg_dir" -l "$pg_dir/server.log" -w \
@@ -149,7 +152,8 @@ finish() {
   pg_stop
   if [ "$kafka_mode" = cluster ]; then kafka_cluster_down >/dev/null; else kafka_node_stop "$chaos_kafka_dir" TERM; fi
   # The services' data (gigabytes after a long run) goes; figures and logs stay.
-  [ -n "${CHAOS_KEEP:-}" ] || rm -rf "$out/postgres" "$out/redis" "$out/kafka" "$out/services"
+  [ -f "$pg_dir/server.log" ] && cp "$pg_dir/server.log" "$out/postgres.log"
+  [ -n "${CHAOS_KEEP:-}" ] || rm -rf "$pg_dir" "$out/redis" "$out/kafka" "$out/services"
 }
 trap finish EXIT
 
