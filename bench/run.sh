@@ -6,6 +6,8 @@
 #   (c) the classic design: a PostgreSQL row-lock issue (SELECT … FOR UPDATE + insert, pgbench)
 #   (d) stampede: a coupon drop (200,000 requests, 10,000 stock) and orders, with worker peak memory
 #   (e) scale-out: the same drop with 1, 2 and 4 worker processes in one group
+#   CPU per request of the worker, broker, PostgreSQL, Redis and load generator
+#   over the drop and the orders run (cpu.txt)
 # Results: bench/results/<time>/ (JSON + SVG per run, summary.md); ratios printed at the end.
 #
 # Environment: BENCH_REQUESTS (200000), BENCH_STOCK (10000), BENCH_ORDERS (50000),
@@ -49,6 +51,32 @@ stop_workers() {
   for w in "${workers[@]}"; do kill -TERM "${w%%:*}" 2>/dev/null || true; done
   for w in "${workers[@]}"; do wait "${w%%:*}" 2>/dev/null || true; done
 }
+# CPU per request: each process's own CPU time (user + system, /proc/<pid>/stat)
+# over one loadgen run, divided by its requests. PostgreSQL is every postgres
+# process alive at the end (the workers' backends live through a run).
+tick=$(getconf CLK_TCK)
+kafka_pid=$(cat .services/kafka/kafka.pid 2>/dev/null || pgrep -f kafka.Kafka | head -n 1)
+redis_pid=$(pgrep -f 'redis-server 127.0.0.1:6379' | head -n 1)
+cpu_of() { local t=0 p; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+declare -A pg_before
+cpu_start() {
+  w0=$(cpu_of $(worker_pids)); k0=$(cpu_of "$kafka_pid"); r0=$(cpu_of "$redis_pid")
+  pg_before=(); local p; for p in $(pgrep -x postgres); do pg_before[$p]=$(cpu_of "$p"); done
+}
+worker_pids() { local w; for w in "${workers[@]}"; do echo "${w%%:*}"; done; }
+# Runs loadgen (arguments as given) and notes the CPU it used itself.
+loadgen_measured() {
+  bash -c '"$@"; status=$?; read -r -a f </proc/$$/stat; echo $((f[15] + f[16])) >"$LOADGEN_TICKS"; exit $status' _ "$bin" loadgen "$@"
+}
+export LOADGEN_TICKS=$out/.loadgen-ticks
+cpu_end() { # name, requests
+  local pg=0 p w1 k1 r1 lg
+  w1=$(cpu_of $(worker_pids)); k1=$(cpu_of "$kafka_pid"); r1=$(cpu_of "$redis_pid")
+  for p in $(pgrep -x postgres); do pg=$((pg + $(cpu_of "$p") - ${pg_before[$p]:-0})); done
+  lg=$(cat "$LOADGEN_TICKS")
+  us() { python3 -c "print(f'{$1 * 1e6 / $tick / $2:.1f}')"; }
+  echo "$1: stampede worker $(us $((w1 - w0)) "$2") µs, broker $(us $((k1 - k0)) "$2") µs, PostgreSQL $(us "$pg" "$2") µs, Redis $(us $((r1 - r0)) "$2") µs, load generator $(us "$lg" "$2") µs of CPU per request" | tee -a "$out/cpu.txt"
+}
 peak_rss_mib() { local m=0; for w in "${workers[@]}"; do local v; v=$(awk '/VmHWM/{print $2}' "/proc/${w%%:*}/status" 2>/dev/null || echo 0); (( v > m )) && m=$v; done; echo $((m / 1024)); }
 
 echo "== (a) Kafka passthrough, $requests messages"
@@ -86,13 +114,17 @@ start_workers 1 coupon
 # Warm-up, not reported: the first drop after a start pays for cold caches
 # (PostgreSQL buffers and plans, connections, Redis scripts) once.
 "$bin" loadgen --scenario coupon-drop --requests $((requests / 10)) --stock "$stock" --quiet --no-verify --json "$out/warmup.json" >/dev/null
-"$bin" loadgen --scenario coupon-drop --requests "$requests" --stock "$stock" --quiet --json "$out/drop-1.json" | sed -n 2,3p
+cpu_start
+loadgen_measured --scenario coupon-drop --requests "$requests" --stock "$stock" --quiet --json "$out/drop-1.json" | sed -n 2,3p
+cpu_end "coupon drop" "$requests"
 echo "worker peak RSS: $(peak_rss_mib) MiB" | tee "$out/drop-1-memory.txt"
 stop_workers
 
 echo "== (d) stampede orders: $orders orders of 1-3 products, 1 worker process"
 start_workers 1 order
-"$bin" loadgen --scenario orders --requests "$orders" --users 20000 --stock 1000000 --quiet --json "$out/orders.json" | sed -n 2,3p
+cpu_start
+loadgen_measured --scenario orders --requests "$orders" --users 20000 --stock 1000000 --quiet --json "$out/orders.json" | sed -n 2,3p
+cpu_end "orders" "$orders"
 echo "worker peak RSS: $(peak_rss_mib) MiB" | tee "$out/orders-memory.txt"
 stop_workers
 

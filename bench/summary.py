@@ -26,6 +26,7 @@ lines = [
     f"- stampede / passthrough: **{drop / passthrough:.2f}**",
     f"- stampede / row-lock: **{drop / rowlock:.1f}×**",
     f"- worker peak memory: drop {(out / 'drop-1-memory.txt').read_text().split(':')[1].strip()}, orders {(out / 'orders-memory.txt').read_text().split(':')[1].strip()}",
+    *(["", "CPU time per request, each process's own (/proc/<pid>/stat):", ""] + [f"- {l}" for l in (out / "cpu.txt").read_text().splitlines()] if (out / "cpu.txt").exists() else []),
     "", "| workers | drop per second | verdict |", "|---|---|---|",
 ]
 for f in sorted(out.glob("scale-*.json"), key=lambda p: int(p.stem.split("-")[1])):
