@@ -569,7 +569,8 @@ mod tests {
             jail.set_env("STAMPEDE_RULES__MIN_CHARGE", "700");
             jail.set_env("STAMPEDE_KAFKA__TOPIC_PREFIX", "staging.");
             jail.set_env("STAMPEDE_CONFIG", "stampede.toml");
-            jail.set_env("STAMPEDE_BROKER_STORAGE", "sqlite://tansu.db");
+            // A variable of the scripts, not a setting: ignored.
+            jail.set_env("STAMPEDE_SERVICES_DIR", "/tmp/services");
             let s = Settings::load(Some(Path::new("stampede.toml"))).expect("valid");
             assert_eq!(s.kafka.partitions, 3);
             assert_eq!(s.rules.min_charge, 700);
