@@ -19,8 +19,6 @@ use crate::config::KafkaSettings;
 pub enum Start {
     /// The earliest message.
     Earliest,
-    /// The last message.
-    Last,
     /// These offsets (the earliest message where a partition is missing or
     /// its offset is no longer kept).
     At(HashMap<i32, i64>),
@@ -73,7 +71,6 @@ pub fn read_to_end(
             consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(10))?;
         let from = match start {
             Start::Earliest => low,
-            Start::Last => (high - 1).max(low),
             Start::At(offsets) => offsets
                 .get(&partition.id())
                 .copied()
