@@ -107,11 +107,22 @@ kafka_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 kafka_answers() { python3 "$kafka_here/scripts/kafka/metadata.py" brokers "127.0.0.1:$1" "${2:-1}" >/dev/null 2>&1; }
 
 kafka_wait() { # port, brokers, seconds, log
-  local deadline=$((SECONDS + $3))
+  # A broker with many partitions spends minutes loading them; while its log
+  # grows it is making progress, so the deadline moves (up to 15 minutes).
+  local deadline=$((SECONDS + $3)) cap=$((SECONDS + 900)) size=0 now told=$SECONDS
   until kafka_answers "$1" "$2"; do
+    now=$(stat -c %s "$4" 2>/dev/null || echo 0)
+    if (( now != size )); then
+      size=$now
+      deadline=$((SECONDS + $3 < cap ? SECONDS + $3 : cap))
+    fi
     if (( SECONDS >= deadline )); then
       [ -f "$4" ] && tail -n 30 "$4" >&2
-      kfail "no Kafka metadata answer with $2 broker(s) on 127.0.0.1:$1 within $3 s (log: $4)"
+      kfail "no Kafka metadata answer with $2 broker(s) on 127.0.0.1:$1 within $3 s of its last log line (log: $4)"
+    fi
+    if (( SECONDS - told >= 30 )); then
+      told=$SECONDS
+      ksay "still starting on 127.0.0.1:$1 (loading its partitions; log: $4)"
     fi
     sleep 0.5
   done

@@ -194,10 +194,7 @@ pub async fn run(
                 max_bytes,
             )),
             WorkerKind::Coupon => Box::new(RequestPipeline::new(
-                CouponLogic {
-                    db: db.clone(),
-                    counters: counters.clone(),
-                },
+                CouponLogic::new(db.clone(), counters.clone()),
                 db.clone(),
                 topics.clone(),
                 max_bytes,

@@ -155,7 +155,10 @@ pub async fn audit(
 
     let mut redis_drift = 0i64;
     for coupon in coupons::all(db).await? {
-        if let Some(stock) = counters.coupon_stock(coupon.id).await? {
+        if let Some(stock) = counters
+            .coupon_stock_total(coupon.id, coupon.shards())
+            .await?
+        {
             if stock != coupon.left() {
                 redis_drift += 1;
             }
@@ -164,7 +167,7 @@ pub async fn audit(
     r.add(
         "redis coupon stock",
         redis_drift,
-        "Redis coupon stock equals PostgreSQL's total - issued (when idle)",
+        "Redis coupon stock (summed over a split coupon's sub-counters) equals PostgreSQL's total - issued (when idle)",
     );
     let mut product_drift = 0i64;
     for (id, stock) in products::all_stock(db).await? {

@@ -85,6 +85,7 @@ pub async fn seed(
             discount: plan.discount,
             total_quantity: plan.coupon_stock,
             expires_at: Utc::now() + Duration::days(plan.coupon_valid_days),
+            shards: 1,
         };
         match coupons::create(db, Some(id), &spec).await {
             Ok(_) => {

@@ -15,6 +15,7 @@ fn options(scenario: Scenario, requests: usize, via: Via, http: String) -> Loadg
         requests,
         users: requests / 2,
         stock: 100,
+        coupon_shards: 1,
         products: 5,
         rate: None,
         via,

@@ -30,6 +30,7 @@ async fn coupon(env: &TestEnv, id: i64, discount: Discount, expires_in: chrono::
         discount,
         total_quantity: 100,
         expires_at: chrono::Utc::now() + expires_in,
+        shards: 1,
     };
     coupons::create(&env.db, Some(id), &spec).await.unwrap();
     reconcile::load_coupon(&env.db, &env.counters, id, true)

@@ -147,6 +147,10 @@ pub struct LoadgenArgs {
     /// Coupon stock (coupon-drop, mixed) or stock of each product (orders, mixed).
     #[arg(long, default_value_t = 10_000)]
     pub stock: i64,
+    /// Split the drop's coupon stock over this many Redis sub-counters (1 to
+    /// 64): one mega-drop spread over the shards of a Redis Cluster.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub coupon_shards: u32,
     /// Products to order from.
     #[arg(long, default_value_t = 100)]
     pub products: usize,
@@ -433,6 +437,7 @@ async fn dispatch(command: Command, mut settings: Settings) -> anyhow::Result<Ex
                 requests: args.requests,
                 users: args.users.unwrap_or(args.requests).max(1),
                 stock: args.stock,
+                coupon_shards: args.coupon_shards,
                 products: args.products.max(1),
                 rate: args.rate.filter(|r| *r > 0),
                 via: args.via,

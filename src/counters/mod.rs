@@ -6,6 +6,9 @@
 //! [`Counters::load_products`]). Every key one script touches shares a hash
 //! tag (`{coupon:<id>}` or `{inventory}`), so with `redis.cluster = true`
 //! coupons spread over the shards of a Redis Cluster by configuration alone.
+//! One coupon's stock can be split over several sub-counters
+//! ([`CouponShard`], `{coupon:<id>#<k>}`), each its own hash tag and so its
+//! own slot: one mega-drop then spreads over the shards too.
 
 mod connection;
 
@@ -16,7 +19,7 @@ use redis::{AsyncCommands, Script};
 pub use connection::RedisConn;
 
 use crate::config::RedisSettings;
-use crate::domain::coupon::IssueDecision;
+use crate::domain::coupon::{home_shard, IssueDecision};
 
 static ISSUE_COUPONS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/issue_coupons.lua")));
@@ -28,6 +31,10 @@ static RESERVE_STOCK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/reserve_stock.lua")));
 static RELEASE_STOCK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/release_stock.lua")));
+static TAKE_STOCK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/take_stock.lua")));
+static GIVE_STOCK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/give_stock.lua")));
 static LOAD_PRODUCTS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/load_products.lua")));
 
@@ -63,6 +70,64 @@ pub type Result<T> = std::result::Result<T, CounterError>;
 /// The counter state of one coupon is missing from Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotLoaded;
+
+/// One counter of a coupon's stock: the whole coupon (`shards == 1`, keys
+/// `{coupon:<id>}`), or sub-counter `index` of a coupon split over `shards`
+/// (keys `{coupon:<id>#<index>}`). A user's requests always go to the same
+/// sub-counter ([`home_shard`]), which holds the user's holder entry and
+/// grants; only stock moves between sub-counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CouponShard {
+    pub coupon_id: i64,
+    pub index: u32,
+    pub shards: u32,
+}
+
+impl CouponShard {
+    /// The sub-counter of `coupon_id` (split over `shards`) `user_id` belongs to.
+    pub fn of_user(coupon_id: i64, shards: u32, user_id: i64) -> Self {
+        let shards = shards.max(1);
+        Self {
+            coupon_id,
+            index: home_shard(user_id, shards),
+            shards,
+        }
+    }
+
+    /// Every sub-counter of a coupon split over `shards`, in index order.
+    pub fn all(coupon_id: i64, shards: u32) -> impl Iterator<Item = Self> {
+        let shards = shards.max(1);
+        (0..shards).map(move |index| Self {
+            coupon_id,
+            index,
+            shards,
+        })
+    }
+
+    /// Sub-counter `index` of the same coupon.
+    pub fn sibling(self, index: u32) -> Self {
+        Self { index, ..self }
+    }
+
+    fn tag(&self) -> String {
+        if self.shards <= 1 {
+            format!("{{coupon:{}}}", self.coupon_id)
+        } else {
+            format!("{{coupon:{}#{}}}", self.coupon_id, self.index)
+        }
+    }
+}
+
+/// A coupon kept whole, in one counter.
+impl From<i64> for CouponShard {
+    fn from(coupon_id: i64) -> Self {
+        Self {
+            coupon_id,
+            index: 0,
+            shards: 1,
+        }
+    }
+}
 
 /// One order of a reservation round.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,8 +174,8 @@ impl Counters {
         format!("{}:{rest}", self.prefix)
     }
 
-    fn coupon_keys(&self, coupon_id: i64) -> [String; 3] {
-        let tag = format!("{}:{{coupon:{coupon_id}}}", self.prefix);
+    fn coupon_keys(&self, shard: impl Into<CouponShard>) -> [String; 3] {
+        let tag = format!("{}:{}", self.prefix, shard.into().tag());
         [
             format!("{tag}:stock"),
             format!("{tag}:holders"),
@@ -162,13 +227,14 @@ impl Counters {
         Ok(())
     }
 
-    /// Decides issue requests for one coupon in one atomic call.
+    /// Decides issue requests for one coupon (or one sub-counter of it) in
+    /// one atomic call.
     pub async fn issue_coupons(
         &self,
-        coupon_id: i64,
+        shard: impl Into<CouponShard>,
         requests: &[(&str, i64)],
     ) -> Result<std::result::Result<Vec<IssueDecision>, NotLoaded>> {
-        let keys = self.coupon_keys(coupon_id);
+        let keys = self.coupon_keys(shard);
         let mut invocation = ISSUE_COUPONS.key(&keys[0]);
         invocation.key(&keys[1]).key(&keys[2]);
         for (request_id, user_id) in requests {
@@ -199,8 +265,12 @@ impl Counters {
     }
 
     /// Gives back the grant of a request that will never be issued.
-    pub async fn release_grant_of(&self, coupon_id: i64, request_id: &str) -> Result<bool> {
-        let keys = self.coupon_keys(coupon_id);
+    pub async fn release_grant_of(
+        &self,
+        shard: impl Into<CouponShard>,
+        request_id: &str,
+    ) -> Result<bool> {
+        let keys = self.coupon_keys(shard);
         let mut invocation = RELEASE_GRANT.key(&keys[0]);
         invocation.key(&keys[1]).key(&keys[2]).arg(request_id);
         let mut conn = self.conn.clone();
@@ -209,11 +279,15 @@ impl Counters {
     }
 
     /// Forgets the grants of requests whose issue is durable in PostgreSQL.
-    pub async fn finish_grants(&self, coupon_id: i64, request_ids: &[&str]) -> Result<()> {
+    pub async fn finish_grants(
+        &self,
+        shard: impl Into<CouponShard>,
+        request_ids: &[&str],
+    ) -> Result<()> {
         if request_ids.is_empty() {
             return Ok(());
         }
-        let keys = self.coupon_keys(coupon_id);
+        let keys = self.coupon_keys(shard);
         let mut conn = self.conn.clone();
         let _: i64 = conn.hdel(&keys[2], request_ids).await?;
         Ok(())
@@ -225,13 +299,13 @@ impl Counters {
     /// the coupon's row lock (see `load_coupon.lua`).
     pub async fn load_coupon(
         &self,
-        coupon_id: i64,
+        shard: impl Into<CouponShard>,
         left: i64,
         decided: &[String],
         holders: &[i64],
         force: bool,
     ) -> Result<LoadOutcome> {
-        let keys = self.coupon_keys(coupon_id);
+        let keys = self.coupon_keys(shard);
         let mut invocation = LOAD_COUPON.key(&keys[0]);
         invocation
             .key(&keys[1])
@@ -244,17 +318,57 @@ impl Counters {
             invocation.arg(*user);
         }
         let mut conn = self.conn.clone();
-        let previous: i64 = invocation.invoke_async(&mut conn).await?;
+        let (previous, pending): (i64, i64) = invocation.invoke_async(&mut conn).await?;
         Ok(match previous {
             -2 => LoadOutcome::AlreadyLoaded,
-            -1 => LoadOutcome::Loaded { previous: None },
-            p => LoadOutcome::Loaded { previous: Some(p) },
+            -1 => LoadOutcome::Loaded {
+                previous: None,
+                pending,
+            },
+            p => LoadOutcome::Loaded {
+                previous: Some(p),
+                pending,
+            },
         })
     }
 
+    /// Takes up to `want` units out of a sub-counter's stock (to hand them to
+    /// another); returns how many it took (0 when none is left or it is not
+    /// loaded).
+    pub async fn take_stock(&self, shard: CouponShard, want: i64) -> Result<i64> {
+        let keys = self.coupon_keys(shard);
+        let mut conn = self.conn.clone();
+        Ok(TAKE_STOCK
+            .key(&keys[0])
+            .arg(want)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    /// Adds `units` to a sub-counter's stock; `false` (nothing added) when it
+    /// is not loaded.
+    pub async fn give_stock(&self, shard: CouponShard, units: i64) -> Result<bool> {
+        let keys = self.coupon_keys(shard);
+        let mut conn = self.conn.clone();
+        let added: i64 = GIVE_STOCK
+            .key(&keys[0])
+            .arg(units)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(added == 1)
+    }
+
+    /// How many grants (units taken by requests not yet cleaned up) a
+    /// coupon's counter holds.
+    pub async fn grant_count(&self, shard: impl Into<CouponShard>) -> Result<i64> {
+        let keys = self.coupon_keys(shard);
+        let mut conn = self.conn.clone();
+        Ok(conn.hlen(&keys[2]).await?)
+    }
+
     /// The request ids holding a grant of this coupon.
-    pub async fn grant_ids(&self, coupon_id: i64) -> Result<Vec<String>> {
-        let keys = self.coupon_keys(coupon_id);
+    pub async fn grant_ids(&self, shard: impl Into<CouponShard>) -> Result<Vec<String>> {
+        let keys = self.coupon_keys(shard);
         let mut conn = self.conn.clone();
         Ok(conn.hkeys(&keys[2]).await?)
     }
@@ -266,11 +380,23 @@ impl Counters {
         Ok(conn.hkeys(&keys[1]).await?)
     }
 
-    /// Units of a coupon Redis still hands out, if loaded.
-    pub async fn coupon_stock(&self, coupon_id: i64) -> Result<Option<i64>> {
-        let keys = self.coupon_keys(coupon_id);
+    /// Units of a coupon (or one sub-counter) Redis still hands out, if loaded.
+    pub async fn coupon_stock(&self, shard: impl Into<CouponShard>) -> Result<Option<i64>> {
+        let keys = self.coupon_keys(shard);
         let mut conn = self.conn.clone();
         Ok(conn.get(&keys[0]).await?)
+    }
+
+    /// Units of a coupon split over `shards` Redis still hands out, summed
+    /// over the sub-counters that are loaded; `None` when none is.
+    pub async fn coupon_stock_total(&self, coupon_id: i64, shards: u32) -> Result<Option<i64>> {
+        let mut total = None;
+        for shard in CouponShard::all(coupon_id, shards) {
+            if let Some(left) = self.coupon_stock(shard).await? {
+                total = Some(total.unwrap_or(0) + left);
+            }
+        }
+        Ok(total)
     }
 
     /// One atomic round of all-or-nothing reservations, in order.
@@ -376,5 +502,10 @@ impl Counters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadOutcome {
     AlreadyLoaded,
-    Loaded { previous: Option<i64> },
+    /// `previous`: the stock Redis held before; `pending`: grants of
+    /// requests not yet decided, which stay taken.
+    Loaded {
+        previous: Option<i64>,
+        pending: i64,
+    },
 }

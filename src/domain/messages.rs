@@ -254,6 +254,15 @@ pub struct CouponSpec {
     pub discount: Discount,
     pub total_quantity: i64,
     pub expires_at: DateTime<Utc>,
+    /// Redis sub-counters the stock is split over (1: kept whole); see
+    /// [`crate::counters::CouponShard`].
+    #[serde(default = "one_shard")]
+    #[schemars(range(min = 1, max = 64))]
+    pub shards: u32,
+}
+
+fn one_shard() -> u32 {
+    1
 }
 
 /// Either side of a result: what a worker decided for one request.

@@ -515,6 +515,8 @@ pub struct NewCoupon {
     discount: Discount,
     total_quantity: i64,
     expires_at: DateTime<Utc>,
+    #[serde(default)]
+    shards: Option<u32>,
 }
 
 pub async fn admin_create_coupon(
@@ -534,11 +536,19 @@ pub async fn admin_create_coupon(
             "total_quantity must not be negative".into(),
         ));
     }
+    let shards = body.shards.unwrap_or(1);
+    if !(1..=crate::domain::coupon::MAX_SHARDS).contains(&shards) {
+        return Err(ApiError::Invalid(format!(
+            "shards must be 1 to {}, got {shards}",
+            crate::domain::coupon::MAX_SHARDS
+        )));
+    }
     let spec = CouponSpec {
         name: body.name,
         discount: body.discount,
         total_quantity: body.total_quantity,
         expires_at: body.expires_at,
+        shards,
     };
     let coupon = coupons::create(&state.db, body.coupon_id, &spec).await?;
     reconcile::load_coupon(&state.db, &state.counters, coupon.id, true).await?;
@@ -551,6 +561,7 @@ pub async fn admin_create_coupon(
             "total_quantity": coupon.total_quantity,
             "issued": coupon.issued,
             "expires_at": coupon.expires_at,
+            "shards": coupon.shards,
         })),
     )
         .into_response())

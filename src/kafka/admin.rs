@@ -1,4 +1,5 @@
 //! `topics create`: makes every contract topic; running it again is harmless.
+//! [`delete_topics`] removes them again (isolated test runs clean up with it).
 
 use std::time::Duration;
 
@@ -53,4 +54,22 @@ pub async fn create_topics(settings: &KafkaSettings) -> Result<Vec<TopicOutcome>
         }
     }
     Ok(outcomes)
+}
+
+/// Deletes every contract topic under the settings' prefix; topics that do
+/// not exist are skipped. Returns the topics deleted.
+pub async fn delete_topics(settings: &KafkaSettings) -> Result<Vec<String>, AdminError> {
+    let admin: AdminClient<DefaultClientContext> = super::client_config(settings).create()?;
+    let topics = Topics::new(settings.topic_prefix.clone()).all();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let mut deleted = Vec::new();
+    for answer in admin.delete_topics(&names, &options).await? {
+        match answer {
+            Ok(topic) => deleted.push(topic),
+            Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => return Err(AdminError::Topic { topic, code }),
+        }
+    }
+    Ok(deleted)
 }

@@ -61,6 +61,8 @@ pub struct LoadgenOptions {
     /// Distinct users; fewer than requests means repeats.
     pub users: usize,
     pub stock: i64,
+    /// Redis sub-counters the drop's coupon is split over (1: kept whole).
+    pub coupon_shards: u32,
     pub products: usize,
     pub rate: Option<u64>,
     pub via: Via,

@@ -80,6 +80,7 @@ pub async fn setup(
             discount: Discount::Fixed { amount: 1_000 },
             total_quantity: o.stock,
             expires_at: chrono::Utc::now() + chrono::Duration::days(7),
+            shards: o.coupon_shards,
         };
         coupons::create(db, Some(id), &spec).await?;
         reconcile::load_coupon(db, counters, id, true).await?;

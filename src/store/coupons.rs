@@ -20,6 +20,8 @@ pub struct CouponRow {
     pub total_quantity: i64,
     pub issued: i64,
     pub expires_at: DateTime<Utc>,
+    /// Redis sub-counters the stock is split over (1: kept whole).
+    pub shards: i32,
 }
 
 impl CouponRow {
@@ -31,16 +33,22 @@ impl CouponRow {
     pub fn left(&self) -> i64 {
         self.total_quantity - self.issued
     }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
+            .clamp(1, crate::domain::coupon::MAX_SHARDS as i32) as u32
+    }
 }
 
-const COLUMNS: &str = "id, name, discount_kind, discount_value, total_quantity, issued, expires_at";
+const COLUMNS: &str =
+    "id, name, discount_kind, discount_value, total_quantity, issued, expires_at, shards";
 
 pub async fn create(db: &PgPool, id: Option<i64>, spec: &CouponSpec) -> Result<CouponRow> {
     let (kind, value) = spec.discount.to_columns();
     let mut tx = db.begin().await?;
     let row: Option<CouponRow> = sqlx::query_as(&format!(
-        "INSERT INTO coupons (id, name, discount_kind, discount_value, total_quantity, expires_at)
-         VALUES (COALESCE($1, nextval(pg_get_serial_sequence('coupons', 'id'))), $2, $3, $4, $5, $6)
+        "INSERT INTO coupons (id, name, discount_kind, discount_value, total_quantity, expires_at, shards)
+         VALUES (COALESCE($1, nextval(pg_get_serial_sequence('coupons', 'id'))), $2, $3, $4, $5, $6, $7)
          ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}"
     ))
     .bind(id)
@@ -49,6 +57,7 @@ pub async fn create(db: &PgPool, id: Option<i64>, spec: &CouponSpec) -> Result<C
     .bind(value)
     .bind(spec.total_quantity)
     .bind(spec.expires_at)
+    .bind(spec.shards.clamp(1, crate::domain::coupon::MAX_SHARDS) as i32)
     .fetch_optional(&mut *tx)
     .await?;
     let row = row.ok_or_else(|| {
@@ -200,6 +209,27 @@ pub async fn issue(
         .await?;
     }
     Ok(outcomes)
+}
+
+/// One issued coupon found by the request that issued it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct IssuedBy {
+    pub request_id: String,
+    pub user_id: i64,
+    pub coupon_id: i64,
+    pub shards: i32,
+}
+
+/// The coupons issued by these requests, with how their coupon is split.
+pub async fn issued_by(db: &PgPool, request_ids: &[&str]) -> Result<Vec<IssuedBy>> {
+    Ok(sqlx::query_as(
+        "SELECT uc.request_id, uc.user_id, uc.coupon_id, c.shards
+         FROM user_coupons uc JOIN coupons c ON c.id = uc.coupon_id
+         WHERE uc.request_id = ANY($1)",
+    )
+    .bind(request_ids)
+    .fetch_all(db)
+    .await?)
 }
 
 /// A coupon as its holder sees it.

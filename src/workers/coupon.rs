@@ -22,16 +22,33 @@
 //! finds the stored result and republishes it byte for byte, and the stale
 //! grant is deleted then. A reload subtracts pending grants, so a reload never
 //! hands out a unit a pending request already holds.
+//!
+//! # A coupon split over several Redis sub-counters
+//!
+//! A coupon created with `shards = N > 1` keeps its stock in N sub-counters,
+//! each with its own hash tag (so on a Redis Cluster they spread over the
+//! shards). A user's requests always go to the same sub-counter, their
+//! *home* ([`crate::domain::coupon::home_shard`]), which holds the user's holder entry and grants:
+//! "one coupon per user" stays one atomic check. When a home runs out, units
+//! are moved to it from the other sub-counters in ring order
+//! (`take_stock.lua`, then `give_stock.lua`) and its sold-out requests are
+//! asked again, so the coupon sells out only when every sub-counter has.
+//! Units taken but not yet given when a process dies are missing from Redis
+//! until [`reconcile::repair_if_short`] notices (every sub-counter empty
+//! while PostgreSQL has units left) and reloads; PostgreSQL's `issued ≤
+//! total_quantity` stays the final guard against any unit counted twice.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::PgPool;
 
 use super::pipeline::{stored, Decide, ResultMessage};
 use super::{reconcile, WorkerError};
-use crate::counters::Counters;
-use crate::domain::coupon::IssueDecision;
+use crate::counters::{Counters, CouponShard};
+use crate::domain::coupon::{donors, IssueDecision};
 use crate::domain::messages::{CouponIssueRequest, CouponIssueResult, Status};
 use crate::domain::{ErrorCode, Rejection};
 use crate::kafka::Flow;
@@ -40,9 +57,20 @@ use crate::store::processed::{self, NewResult};
 use crate::store::{users, StoreError};
 
 pub struct CouponLogic {
-    pub db: PgPool,
-    pub counters: Counters,
+    db: PgPool,
+    counters: Counters,
+    /// Split coupons whose every sub-counter was found empty, and when: for
+    /// a second after, a home that runs out does not ask the others again
+    /// (after a sell-out that would be N calls per batch for nothing).
+    exhausted: Arc<Mutex<HashMap<i64, Instant>>>,
 }
+
+/// How long a split coupon found empty everywhere is not searched again.
+const EXHAUSTED_FOR: Duration = Duration::from_secs(1);
+
+/// Rounds of moving stock to a home and asking again, when other processes
+/// take the units moved before this one's requests get them.
+const HAND_OVER_ROUNDS: usize = 3;
 
 enum Verdict {
     Rejected(Rejection),
@@ -50,22 +78,104 @@ enum Verdict {
 }
 
 impl CouponLogic {
+    pub fn new(db: PgPool, counters: Counters) -> Self {
+        Self {
+            db,
+            counters,
+            exhausted: Arc::default(),
+        }
+    }
+
     async fn issue_in_redis(
         &self,
-        coupon_id: i64,
+        shard: CouponShard,
         requests: &[(&str, i64)],
     ) -> Result<Vec<IssueDecision>, WorkerError> {
         for _ in 0..3 {
-            match self.counters.issue_coupons(coupon_id, requests).await? {
+            match self.counters.issue_coupons(shard, requests).await? {
                 Ok(decisions) => return Ok(decisions),
                 Err(_not_loaded) => {
-                    reconcile::load_coupon(&self.db, &self.counters, coupon_id, false).await?;
+                    reconcile::load_coupon(&self.db, &self.counters, shard.coupon_id, false)
+                        .await?;
                 }
             }
         }
         Err(WorkerError::NotLoaded(format!(
-            "coupon {coupon_id} could not be loaded into Redis"
+            "coupon {} could not be loaded into Redis",
+            shard.coupon_id
         )))
+    }
+
+    /// Decides requests homed on one sub-counter; on a split coupon, the
+    /// ones it has no stock for are asked again after stock is moved to it.
+    async fn issue_at_home(
+        &self,
+        home: CouponShard,
+        requests: &[(&str, i64)],
+    ) -> Result<Vec<IssueDecision>, WorkerError> {
+        let mut decisions = self.issue_in_redis(home, requests).await?;
+        if home.shards <= 1 {
+            return Ok(decisions);
+        }
+        for _ in 0..HAND_OVER_ROUNDS {
+            let short: Vec<usize> = (0..decisions.len())
+                .filter(|&i| decisions[i] == IssueDecision::SoldOut)
+                .collect();
+            if short.is_empty() || self.recently_exhausted(home.coupon_id) {
+                break;
+            }
+            if self.move_stock_to(home, short.len() as i64).await? == 0
+                && !reconcile::repair_if_short(&self.db, &self.counters, home.coupon_id).await?
+            {
+                self.mark_exhausted(home.coupon_id);
+                break;
+            }
+            let again: Vec<(&str, i64)> = short.iter().map(|&i| requests[i]).collect();
+            for (i, decision) in short
+                .into_iter()
+                .zip(self.issue_in_redis(home, &again).await?)
+            {
+                decisions[i] = decision;
+            }
+        }
+        Ok(decisions)
+    }
+
+    /// Moves up to `want` units from the other sub-counters to `home`, in
+    /// ring order; returns how many it moved.
+    async fn move_stock_to(&self, home: CouponShard, want: i64) -> Result<i64, WorkerError> {
+        let mut moved = 0;
+        for donor in donors(home.index, home.shards) {
+            if moved >= want {
+                break;
+            }
+            moved += self
+                .counters
+                .take_stock(home.sibling(donor), want - moved)
+                .await?;
+        }
+        if moved > 0 && !self.counters.give_stock(home, moved).await? {
+            return Err(WorkerError::NotLoaded(format!(
+                "coupon {} sub-counter {} vanished from Redis while stock moved to it",
+                home.coupon_id, home.index
+            )));
+        }
+        Ok(moved)
+    }
+
+    fn recently_exhausted(&self, coupon_id: i64) -> bool {
+        self.exhausted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&coupon_id)
+            .is_some_and(|at| at.elapsed() < EXHAUSTED_FOR)
+    }
+
+    fn mark_exhausted(&self, coupon_id: i64) {
+        self.exhausted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(coupon_id, Instant::now());
     }
 }
 
@@ -97,7 +207,7 @@ impl Decide for CouponLogic {
         )?;
 
         let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(requests.len());
-        let mut by_coupon: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<CouponShard, Vec<usize>> = BTreeMap::new();
         for (i, r) in requests.iter().enumerate() {
             if !known_users.contains(&r.user_id) {
                 verdicts.push(Some(Verdict::Rejected(Rejection::new(
@@ -111,17 +221,22 @@ impl Decide for CouponLogic {
                 ))));
             } else {
                 verdicts.push(None);
-                by_coupon.entry(r.coupon_id).or_default().push(i);
+                let shards = known_coupons[&r.coupon_id].shards();
+                by_shard
+                    .entry(CouponShard::of_user(r.coupon_id, shards, r.user_id))
+                    .or_default()
+                    .push(i);
             }
         }
         let mut grants = Vec::new();
         let mut granted_index = Vec::new();
-        for (&coupon_id, indexes) in &by_coupon {
+        for (&shard, indexes) in &by_shard {
+            let coupon_id = shard.coupon_id;
             let asks: Vec<(&str, i64)> = indexes
                 .iter()
                 .map(|&i| (requests[i].request_id.as_str(), requests[i].user_id))
                 .collect();
-            let decisions = self.issue_in_redis(coupon_id, &asks).await?;
+            let decisions = self.issue_at_home(shard, &asks).await?;
             for (&i, decision) in indexes.iter().zip(decisions) {
                 verdicts[i] = Some(match decision.rejection(coupon_id, requests[i].user_id) {
                     Some(rejection) => Verdict::Rejected(rejection),
@@ -192,15 +307,21 @@ impl Decide for CouponLogic {
         tx.commit().await.map_err(StoreError::from)?;
 
         let granted: HashSet<usize> = granted_index.iter().copied().collect();
-        for (&coupon_id, indexes) in &by_coupon {
+        for (&shard, indexes) in &by_shard {
             let done: Vec<&str> = indexes
                 .iter()
                 .filter(|i| granted.contains(i))
                 .map(|&i| requests[i].request_id.as_str())
                 .collect();
-            self.counters.finish_grants(coupon_id, &done).await?;
-            if let Some(left) = self.counters.coupon_stock(coupon_id).await? {
-                crate::telemetry::metrics::coupon_stock(coupon_id, left);
+            self.counters.finish_grants(shard, &done).await?;
+        }
+        for coupon in by_shard
+            .keys()
+            .map(|s| (s.coupon_id, s.shards))
+            .collect::<HashSet<_>>()
+        {
+            if let Some(left) = self.counters.coupon_stock_total(coupon.0, coupon.1).await? {
+                crate::telemetry::metrics::coupon_stock(coupon.0, left);
             }
         }
         for coupon_id in drifted.keys() {
@@ -214,30 +335,29 @@ impl Decide for CouponLogic {
     }
 
     async fn abandon(&self, request: &CouponIssueRequest) -> Result<(), WorkerError> {
+        let shards = coupons::get(&self.db, request.coupon_id)
+            .await?
+            .map_or(1, |c| c.shards());
+        let home = CouponShard::of_user(request.coupon_id, shards, request.user_id);
         self.counters
-            .release_grant_of(request.coupon_id, request.request_id.as_str())
+            .release_grant_of(home, request.request_id.as_str())
             .await?;
         Ok(())
     }
 
     async fn replayed(&self, request_ids: &[&str]) -> Result<(), WorkerError> {
         // Grants left by a crash after commit: the requests are durable, forget them.
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT request_id, coupon_id FROM user_coupons WHERE request_id = ANY($1)",
-        )
-        .bind(request_ids)
-        .fetch_all(&self.db)
-        .await
-        .map_err(StoreError::from)?;
-        let mut by_coupon: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
-        for (request_id, coupon_id) in &rows {
-            by_coupon
-                .entry(*coupon_id)
+        let mut by_shard: BTreeMap<CouponShard, Vec<&str>> = BTreeMap::new();
+        let issued = coupons::issued_by(&self.db, request_ids).await?;
+        for row in &issued {
+            let shards = u32::try_from(row.shards).unwrap_or(1);
+            by_shard
+                .entry(CouponShard::of_user(row.coupon_id, shards, row.user_id))
                 .or_default()
-                .push(request_id.as_str());
+                .push(row.request_id.as_str());
         }
-        for (coupon_id, ids) in by_coupon {
-            self.counters.finish_grants(coupon_id, &ids).await?;
+        for (shard, ids) in by_shard {
+            self.counters.finish_grants(shard, &ids).await?;
         }
         Ok(())
     }

@@ -19,7 +19,9 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
 use super::WorkerError;
-use crate::counters::{Counters, LoadOutcome};
+use crate::counters::{Counters, CouponShard, LoadOutcome};
+use crate::domain::{self, coupon::home_shard};
+use crate::store::coupons::CouponRow;
 use crate::store::{coupons, processed, products, StoreError};
 use crate::telemetry::metrics;
 
@@ -27,6 +29,8 @@ use crate::telemetry::metrics;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CouponReport {
     pub coupon_id: i64,
+    /// Redis sub-counters its stock is split over (1: kept whole).
+    pub shards: u32,
     /// Units Redis handed out before, `None` when it held nothing.
     pub redis_before: Option<i64>,
     /// Units left per PostgreSQL (total - issued).
@@ -54,6 +58,12 @@ impl ReconcileReport {
 }
 
 /// Loads one coupon; `Ok(None)` when it does not exist in PostgreSQL.
+///
+/// A coupon split over several sub-counters is loaded as a whole: its
+/// remaining stock is dealt over them evenly (each keeps its own pending
+/// grants and the holders whose home it is), and when any sub-counter is
+/// missing every one is reloaded, since one part's share only follows from
+/// all of them.
 pub async fn load_coupon(
     db: &PgPool,
     counters: &Counters,
@@ -64,47 +74,135 @@ pub async fn load_coupon(
     let Some(row) = coupons::lock_one(&mut tx, coupon_id).await? else {
         return Ok(None);
     };
-    let holders = coupons::holders(&mut *tx, coupon_id).await?;
-    let grants = counters.grant_ids(coupon_id).await?;
-    let decided = processed::decided(&mut tx, &grants).await?;
-    let outcome = counters
-        .load_coupon(coupon_id, row.left(), &decided, &holders, force)
-        .await?;
+    let report = load_locked_coupon(&mut tx, counters, &row, force).await?;
     tx.commit().await.map_err(StoreError::from)?;
-    if !decided.is_empty() {
+    Ok(Some(report))
+}
+
+/// [`load_coupon`] for a coupon whose row lock `conn` holds.
+async fn load_locked_coupon(
+    conn: &mut PgConnection,
+    counters: &Counters,
+    row: &CouponRow,
+    mut force: bool,
+) -> Result<CouponReport, WorkerError> {
+    let shards = row.shards();
+    let unloaded = CouponReport {
+        coupon_id: row.id,
+        shards,
+        redis_before: None,
+        left: row.left(),
+        loaded: false,
+    };
+    if !force && shards > 1 {
+        let mut missing = false;
+        for shard in CouponShard::all(row.id, shards) {
+            missing |= counters.coupon_stock(shard).await?.is_none();
+        }
+        if !missing {
+            return Ok(unloaded);
+        }
+        force = true;
+    }
+    let mut homes: Vec<Vec<i64>> = vec![Vec::new(); shards as usize];
+    for user in coupons::holders(&mut *conn, row.id).await? {
+        homes[home_shard(user, shards) as usize].push(user);
+    }
+    let mut previous_total: Option<i64> = None;
+    let mut carry = 0;
+    let mut spent = 0;
+    let mut loaded = false;
+    for ((shard, share), holders) in CouponShard::all(row.id, shards)
+        .zip(domain::coupon::shares(row.left(), shards))
+        .zip(&homes)
+    {
+        let grants = counters.grant_ids(shard).await?;
+        let decided = processed::decided(&mut *conn, &grants).await?;
+        spent += decided.len();
+        match counters
+            .load_coupon(shard, share - carry, &decided, holders, force)
+            .await?
+        {
+            LoadOutcome::AlreadyLoaded => {}
+            LoadOutcome::Loaded { previous, pending } => {
+                loaded = true;
+                carry = domain::coupon::settle_share(share - carry, pending).1;
+                if let Some(p) = previous {
+                    previous_total = Some(previous_total.unwrap_or(0) + p);
+                }
+            }
+        }
+    }
+    // Pending grants of the last sub-counters that the stock dealt to them
+    // could not cover come out of the stock written to the others.
+    for shard in CouponShard::all(row.id, shards) {
+        if carry <= 0 {
+            break;
+        }
+        carry -= counters.take_stock(shard, carry).await?;
+    }
+    if spent > 0 {
         tracing::info!(
-            coupon_id,
-            spent = decided.len(),
+            coupon_id = row.id,
+            spent,
             "grants of requests already decided were dropped from Redis"
         );
     }
-    let report = match outcome {
-        LoadOutcome::AlreadyLoaded => CouponReport {
-            coupon_id,
-            redis_before: None,
-            left: row.left(),
-            loaded: false,
-        },
-        LoadOutcome::Loaded { previous } => {
-            tracing::info!(
-                coupon_id,
-                left = row.left(),
-                ?previous,
-                force,
-                "coupon counter loaded from PostgreSQL"
-            );
-            if let Some(before) = previous {
-                metrics::drift("coupon", (before - row.left()).abs());
-            }
-            CouponReport {
-                coupon_id,
-                redis_before: previous,
-                left: row.left(),
-                loaded: true,
-            }
-        }
+    if !loaded {
+        return Ok(unloaded);
+    }
+    tracing::info!(
+        coupon_id = row.id,
+        shards,
+        left = row.left(),
+        previous = ?previous_total,
+        force,
+        "coupon counter loaded from PostgreSQL"
+    );
+    if let Some(before) = previous_total {
+        metrics::drift("coupon", (before - row.left()).abs());
+    }
+    Ok(CouponReport {
+        redis_before: previous_total,
+        loaded: true,
+        ..unloaded
+    })
+}
+
+/// Reloads a split coupon whose sub-counters together hold less than
+/// PostgreSQL has left: units taken from one sub-counter for another by a
+/// process that died before adding them (see the coupon worker's hand-over)
+/// are otherwise missing until the next reload. Called when every
+/// sub-counter answered sold out; returns whether it reloaded.
+pub async fn repair_if_short(
+    db: &PgPool,
+    counters: &Counters,
+    coupon_id: i64,
+) -> Result<bool, WorkerError> {
+    let mut tx = db.begin().await.map_err(StoreError::from)?;
+    let Some(row) = coupons::lock_one(&mut tx, coupon_id).await? else {
+        return Ok(false);
     };
-    Ok(Some(report))
+    if row.shards() <= 1 {
+        return Ok(false);
+    }
+    let mut held = 0;
+    for shard in CouponShard::all(row.id, row.shards()) {
+        held += counters.coupon_stock(shard).await?.unwrap_or(0);
+        held += counters.grant_count(shard).await?;
+    }
+    let short = held < row.left();
+    if short {
+        tracing::warn!(
+            coupon_id,
+            held,
+            left = row.left(),
+            "the sub-counters of a split coupon hold less than PostgreSQL has left: reloading it"
+        );
+        load_locked_coupon(&mut tx, counters, &row, true).await?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(short)
 }
 
 /// Loads every product; returns (products, written, drift).

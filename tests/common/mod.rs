@@ -141,11 +141,18 @@ impl TestEnv {
     /// A coupon of `stock` (1,000 off, valid for a day), its stock loaded
     /// into Redis as the admin API would.
     pub async fn create_coupon(&self, id: i64, stock: i64) {
+        self.create_split_coupon(id, stock, 1).await;
+    }
+
+    /// [`Self::create_coupon`] with its stock split over `shards` Redis
+    /// sub-counters.
+    pub async fn create_split_coupon(&self, id: i64, stock: i64, shards: u32) {
         let spec = stampede::domain::messages::CouponSpec {
             name: format!("coupon-{id}"),
             discount: stampede::domain::coupon::Discount::Fixed { amount: 1_000 },
             total_quantity: stock,
             expires_at: chrono::Utc::now() + chrono::Duration::days(1),
+            shards,
         };
         stampede::store::coupons::create(&self.db, Some(id), &spec)
             .await
@@ -344,6 +351,7 @@ impl TestEnv {
             .await;
         }
         self.wipe_redis().await;
+        let _ = stampede::kafka::admin::delete_topics(&self.settings.kafka).await;
     }
 }
 

@@ -11,11 +11,14 @@
 -- grant left after the decided ones go belongs to a request not yet committed,
 -- and stays taken: the stock written is ARGV[2] minus those grants, and their
 -- users stay holders.
--- Returns: the stock Redis held before (-1 when it held none), or -2 when
---          'if_missing' found the coupon loaded and left it.
+-- ARGV[2] may be negative: a sub-counter of a split coupon is dealt its share
+-- minus what the sub-counters loaded before it could not cover.
+-- Returns: {previous, pending}: the stock Redis held before (-1 when it held
+--          none; -2 when 'if_missing' found the coupon loaded and left it) and
+--          the number of pending grants kept.
 local previous = redis.call('GET', KEYS[1])
 if previous and ARGV[1] == 'if_missing' then
-  return -2
+  return {-2, 0}
 end
 local decided = tonumber(ARGV[3])
 for i = 4, 3 + decided do
@@ -37,6 +40,6 @@ if stock < 0 then
 end
 redis.call('SET', KEYS[1], stock)
 if previous then
-  return tonumber(previous)
+  return {tonumber(previous), #pending}
 end
-return -1
+return {-1, #pending}
