@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod contracts;
 pub mod counters;
+pub mod dlq;
 pub mod domain;
 pub mod gateway;
 pub mod kafka;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+pub mod dlq;
 pub mod top;
 
 use anyhow::{bail, Context};
@@ -59,6 +60,9 @@ pub enum Command {
     Top(TopArgs),
     /// Generate load against a running stampede and measure it end to end, with a correctness verdict.
     Loadgen(LoadgenArgs),
+    /// Inspect and replay the request topics' dead-letter queues.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
 }
 
 #[derive(Debug, Args)]
@@ -272,6 +276,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn dispatch(command: Command, mut settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run => serve(settings, Roles::everything()).await,
+        Command::Dlq(command) => dlq::run(command, settings).await,
         Command::Gateway => serve(settings, Roles::gateway_only()).await,
         Command::Worker(args) => {
             if args.metrics_addr.is_some() {

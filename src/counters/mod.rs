@@ -55,7 +55,9 @@ impl CounterError {
         match self {
             CounterError::Protocol(_) => false,
             CounterError::Redis(e) => match e.kind() {
-                ErrorKind::UnexpectedReturnType => false,
+                // An answer of the wrong shape (a script's reply that does
+                // not parse as expected) comes back the same way again.
+                ErrorKind::UnexpectedReturnType | ErrorKind::Parse => false,
                 ErrorKind::Server(ServerErrorKind::ResponseError) => {
                     !e.detail().is_some_and(|d| d.contains("script"))
                 }

@@ -12,6 +12,12 @@ pub const HEADER_SOURCE_TOPIC: &str = "source.topic";
 pub const HEADER_SOURCE_PARTITION: &str = "source.partition";
 pub const HEADER_SOURCE_OFFSET: &str = "source.offset";
 pub const HEADER_TRUNCATED: &str = "truncated";
+/// On a message `stampede dlq replay` published: the replay's id in its record.
+pub const HEADER_REPLAY_ID: &str = "replay.id";
+/// On a message `stampede dlq replay` published: the dead letter it came
+/// from, `<dlq topic>:<partition>:<offset>`. A replayed message dead-lettered
+/// again keeps both replay headers.
+pub const HEADER_REPLAY_OF: &str = "replay.of";
 
 /// Payload bytes a copy keeps: half the producers' default limit
 /// (`message.max.bytes`, 1,000,000), leaving room for key and headers.
@@ -35,6 +41,14 @@ pub fn dead_letter(message: &Incoming, reason: &str) -> OutMessage {
     .header(HEADER_SOURCE_TOPIC, message.topic.as_str())
     .header(HEADER_SOURCE_PARTITION, message.partition.to_string())
     .header(HEADER_SOURCE_OFFSET, message.offset.to_string());
+    for (name, value) in &message.headers {
+        if name == HEADER_REPLAY_ID || name == HEADER_REPLAY_OF {
+            copy = copy.header(
+                name,
+                value.iter().take(MAX_REASON).copied().collect::<Vec<u8>>(),
+            );
+        }
+    }
     if key.len() > MAX_COPY_KEY || payload.len() > MAX_COPY_PAYLOAD {
         copy = copy.header(
             HEADER_TRUNCATED,

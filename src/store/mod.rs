@@ -16,6 +16,7 @@ pub mod coupons;
 pub mod orders;
 pub mod processed;
 pub mod products;
+pub mod replays;
 pub mod retention;
 pub mod stats;
 pub mod users;

@@ -39,7 +39,5 @@ if stock < 0 then
   stock = 0
 end
 redis.call('SET', KEYS[1], stock)
-if previous then
-  return {tonumber(previous), #pending}
-end
-return {-1, #pending}
+-- A previous value that is not a number (a corrupted key) counts as none.
+return {tonumber(previous or '') or -1, #pending}
