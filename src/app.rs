@@ -116,6 +116,7 @@ pub async fn run(
         .map(|k| (k.name().to_owned(), Arc::new(AtomicBool::new(false))))
         .collect();
     let state = AppState {
+        line: Default::default(),
         settings: settings.clone(),
         db: db.clone(),
         counters: counters.clone(),

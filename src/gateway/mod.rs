@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 pub mod idempotency;
 pub mod limits;
+pub mod line;
 pub mod results;
 mod routes;
 
@@ -42,6 +43,8 @@ pub struct AppState {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Rate limits per user and client address (`gateway.limits`).
     pub limits: Arc<limits::Limiters>,
+    /// Where pending requests stand in their partition's line.
+    pub line: line::Line,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -97,6 +100,7 @@ pub async fn serve(
     tokio::spawn(results::follow_results(
         (*state.settings).clone(),
         state.waiters.clone(),
+        state.line.clone(),
         shutdown.clone(),
     ));
     let limiters = state.limits.clone();

@@ -11,14 +11,16 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::line::Line;
 use crate::config::Settings;
+use crate::kafka::dlq::{HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
 use crate::kafka::{Flow, Topics};
 
 /// Request ids clients are waiting for.
@@ -76,12 +78,35 @@ struct RequestIdOnly<'a> {
     request_id: &'a str,
 }
 
-/// Follows the result topics until shutdown, waking waiters.
-pub async fn follow_results(settings: Settings, waiters: Waiters, shutdown: CancellationToken) {
+/// The place of the request a result answers (headers `source.partition`,
+/// `source.offset`, set by the workers).
+fn source_of(message: &BorrowedMessage<'_>) -> Option<(i32, i64)> {
+    let headers = message.headers()?;
+    let value = |name: &str| -> Option<String> {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    Some((
+        value(HEADER_SOURCE_PARTITION)?.parse().ok()?,
+        value(HEADER_SOURCE_OFFSET)?.parse().ok()?,
+    ))
+}
+
+/// Follows the result topics until shutdown, waking waiters and moving the
+/// line forward.
+pub async fn follow_results(
+    settings: Settings,
+    waiters: Waiters,
+    line: Line,
+    shutdown: CancellationToken,
+) {
     let topics = Topics::new(settings.kafka.topic_prefix.clone());
-    let names: Vec<String> = Flow::ALL.iter().map(|f| topics.results(*f)).collect();
+    let names: HashMap<String, Flow> = Flow::ALL.iter().map(|f| (topics.results(*f), *f)).collect();
     loop {
-        match follow_once(&settings, &names, &waiters, &shutdown).await {
+        match follow_once(&settings, &names, &waiters, &line, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 warn!(error = %e, "result follower failed; retrying");
@@ -97,8 +122,9 @@ pub async fn follow_results(settings: Settings, waiters: Waiters, shutdown: Canc
 
 async fn follow_once(
     settings: &Settings,
-    names: &[String],
+    names: &HashMap<String, Flow>,
     waiters: &Waiters,
+    line: &Line,
     shutdown: &CancellationToken,
 ) -> Result<(), rdkafka::error::KafkaError> {
     let mut config = crate::kafka::client_config(&settings.kafka);
@@ -112,7 +138,7 @@ async fn follow_once(
         .set("fetch.wait.max.ms", "500");
     let consumer: StreamConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
-    for name in names {
+    for name in names.keys() {
         let metadata = consumer.fetch_metadata(Some(name), Duration::from_secs(10))?;
         for topic in metadata.topics() {
             for partition in topic.partitions() {
@@ -133,11 +159,21 @@ async fn follow_once(
             return Ok(());
         };
         let message = message?;
-        if let Some(Ok(parsed)) = message
+        let parsed = message
             .payload()
-            .map(serde_json::from_slice::<RequestIdOnly<'_>>)
-        {
+            .and_then(|p| serde_json::from_slice::<RequestIdOnly<'_>>(p).ok());
+        if let Some(parsed) = &parsed {
             waiters.wake(parsed.request_id);
+        }
+        if let (Some(flow), Some((partition, offset))) =
+            (names.get(message.topic()), source_of(&message))
+        {
+            line.decided(
+                flow.to_owned(),
+                partition,
+                offset,
+                parsed.map(|p| p.request_id),
+            );
         }
     }
 }

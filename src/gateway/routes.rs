@@ -17,6 +17,7 @@ use serde_json::json;
 use tracing::{info_span, Instrument, Span};
 
 use super::error::ApiError;
+use super::line::Place;
 use super::{idempotency, AppState};
 use crate::domain::coupon::Discount;
 use crate::domain::messages::{
@@ -120,14 +121,24 @@ async fn publish<T: Serialize>(state: &AppState, p: Publication<'_>, request: &T
     let payload = serde_json::to_vec(request).map_err(|e| ApiError::Internal(e.to_string()))?;
     let message = OutMessage::new(state.topics.requests(flow), user_id.to_string(), payload)
         .header(trace_context::HEADER, traceparent);
-    if let Err(e) = state.producer.send(&message).await {
-        if keyed {
-            idempotency::release(&state.counters, request_id.as_str()).await;
+    match state.producer.send(&message).await {
+        Ok((partition, offset)) => state.line.placed(
+            request_id.as_str(),
+            Place {
+                flow,
+                partition,
+                offset,
+            },
+        ),
+        Err(e) => {
+            if keyed {
+                idempotency::release(&state.counters, request_id.as_str()).await;
+            }
+            metrics::gateway_request(endpoint, 503, "unavailable");
+            return Err(ApiError::Unavailable(format!(
+                "the broker did not take the request: {e}"
+            )));
         }
-        metrics::gateway_request(endpoint, 503, "unavailable");
-        return Err(ApiError::Unavailable(format!(
-            "the broker did not take the request: {e}"
-        )));
     }
     metrics::gateway_request(endpoint, 202, "accepted");
     Ok((
@@ -335,11 +346,19 @@ pub async fn get_request(
         }
         let now = Instant::now();
         if now >= deadline {
-            return Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({"request_id": request_id, "status": "pending"})),
-            )
-                .into_response());
+            let mut pending = json!({"request_id": request_id, "status": "pending"});
+            if let Some(place) = state.line.place_of(request_id.as_str()) {
+                state
+                    .line
+                    .refresh_from_committed(&state.settings, place)
+                    .await;
+                let standing = state.line.standing(place);
+                pending["position"] = standing.position.into();
+                if let Some(eta) = standing.eta_ms {
+                    pending["eta_ms"] = eta.into();
+                }
+            }
+            return Ok((StatusCode::ACCEPTED, Json(pending)).into_response());
         }
         // Woken by the result follower; the periodic re-check covers a result
         // that was stored before we started following.

@@ -25,7 +25,7 @@ use crate::domain::messages::{
 use crate::domain::validate::{decode, salvage, Validate};
 use crate::domain::{ErrorCode, Rejection, RequestId};
 use crate::kafka::consumer::{BatchHandler, HandlerError, Incoming};
-use crate::kafka::dlq::dead_letter;
+use crate::kafka::dlq::{dead_letter, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
 use crate::kafka::{Flow, OutMessage, Topics};
 use crate::store::processed::{self, NewResult};
 use crate::telemetry::{metrics, trace_context};
@@ -176,7 +176,9 @@ impl<D: Decide> RequestPipeline<D> {
             Some(id) => id.to_string().into_bytes(),
             None => message.key.clone().unwrap_or_default(),
         };
-        let mut out = OutMessage::new(self.topics.results(self.logic.flow()), key, json);
+        let mut out = OutMessage::new(self.topics.results(self.logic.flow()), key, json)
+            .header(HEADER_SOURCE_PARTITION, message.partition.to_string())
+            .header(HEADER_SOURCE_OFFSET, message.offset.to_string());
         if let Some(traceparent) = traceparent {
             out = out.header(trace_context::HEADER, traceparent);
         }
