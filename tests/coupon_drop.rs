@@ -380,3 +380,35 @@ async fn admin_coupons_load_their_stock_and_issue_over_http() {
     app.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_decided_in_the_order_its_requests_were_accepted() {
+    let env = TestEnv::new().await;
+    users::seed(&env.db, 1, 2, 0).await.unwrap();
+    env.create_coupon(COUPON, 1).await;
+    let now = chrono::Utc::now();
+    // The later request lands first in the partition; the earlier one,
+    // accepted half a second before, right behind it. One unit of stock.
+    for (user, accepted) in [(2, now), (1, now - chrono::Duration::milliseconds(500))] {
+        let mut message = stampede::kafka::OutMessage::new(
+            env.topics.requests(Flow::Coupon),
+            user.to_string(),
+            json!({"request_id": format!("k-{user}"), "user_id": user, "coupon_id": COUPON,
+                   "requested_at": accepted.to_rfc3339()})
+            .to_string(),
+        );
+        message.partition = Some(0);
+        env.producer.send(&message).await.unwrap();
+    }
+    let app = env.start(Roles::workers(vec![WorkerKind::Coupon])).await;
+    assert_eq!(
+        env.result_of(Flow::Coupon, "k-1").await["status"],
+        "succeeded"
+    );
+    assert_eq!(
+        env.result_of(Flow::Coupon, "k-2").await["error"]["code"],
+        "coupon_sold_out"
+    );
+    app.stop().await;
+    env.cleanup().await;
+}

@@ -24,6 +24,7 @@ fn options(scenario: Scenario, requests: usize, via: Via, http: String) -> Loadg
         timeout: Duration::from_secs(120),
         verify: true,
         progress: false,
+        max_inversion_ms: None,
     }
 }
 
@@ -45,8 +46,27 @@ async fn a_mixed_run_over_kafka_and_a_drop_over_http_pass_their_verdicts() {
 
     let mut drop = options(Scenario::CouponDrop, 400, Via::Http, app.http());
     drop.rate = Some(2_000);
+    drop.max_inversion_ms = Some(60_000.0);
     let report = loadgen::run(&env.settings, &drop).await.unwrap();
     assert!(report.passed(), "{}", report.summary());
+    let fair = report.fairness.clone().expect("FCFS figures of a drop");
+    assert_eq!(fair.winners, 100);
+    assert_eq!(
+        Some(&fair.losers),
+        report.outcomes.get("coupon_sold_out"),
+        "every sold-out answer is a loser"
+    );
+    assert!(fair.inverted_winners <= fair.winners && fair.max_inversion_ms >= 0.0);
+    let check = report
+        .checks
+        .iter()
+        .find(|c| c.name == "FCFS inversion")
+        .expect("the threshold is a check");
+    assert_eq!(check.passed, fair.max_inversion_ms <= 60_000.0);
+    assert!(report.summary().contains("first come, first served"));
+    assert!(serde_json::to_string(&report)
+        .unwrap()
+        .contains("max_inversion_ms"));
     assert_eq!(
         report.outcomes.get("succeeded"),
         Some(&100),

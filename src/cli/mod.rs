@@ -177,6 +177,10 @@ pub struct LoadgenArgs {
     /// Skip the correctness verdict.
     #[arg(long)]
     pub no_verify: bool,
+    /// Fail the run (exit 1) when a coupon winner was accepted more than
+    /// this many ms after a sold-out loser (the largest FCFS inversion).
+    #[arg(long)]
+    pub max_inversion_ms: Option<f64>,
     /// Write the JSON report here (an SVG chart is written next to it);
     /// default bench/results/loadgen-<scenario>-<time>.json.
     #[arg(long)]
@@ -453,6 +457,7 @@ async fn dispatch(command: Command, mut settings: Settings) -> anyhow::Result<Ex
                 timeout: std::time::Duration::from_secs(args.timeout_secs),
                 verify: !args.no_verify,
                 progress: !args.quiet,
+                max_inversion_ms: args.max_inversion_ms,
             };
             let report = loadgen::run(&settings, &options).await?;
             print!("{}", report.summary());

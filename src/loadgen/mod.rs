@@ -72,6 +72,9 @@ pub struct LoadgenOptions {
     pub timeout: Duration,
     pub verify: bool,
     pub progress: bool,
+    /// Fail the run when a coupon winner was accepted more than this many
+    /// ms after a loser (the largest FCFS inversion).
+    pub max_inversion_ms: Option<f64>,
 }
 
 /// One planned request.
@@ -87,6 +90,8 @@ struct Seen {
     request_id: String,
     at: Instant,
     outcome: String,
+    /// A coupon issued (the result names the issued coupon).
+    coupon_won: bool,
     payload: Vec<u8>,
 }
 
@@ -210,6 +215,16 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
     let sent_at = std::mem::take(&mut *sent_at.lock().unwrap_or_else(|p| p.into_inner()));
     let mut report = report::build(options, &setup, started, &sent_at, &results);
     report.turned_away = turned_away;
+    if let (Some(limit), Some(f)) = (options.max_inversion_ms, &report.fairness) {
+        report.check(
+            "FCFS inversion",
+            f.max_inversion_ms <= limit,
+            format!(
+                "largest {:.1} ms (limit {limit} ms), {} of {} winners accepted after a loser",
+                f.max_inversion_ms, f.inverted_winners, f.winners
+            ),
+        );
+    }
     if options.verify && options.scenario != Scenario::Passthrough {
         scenario::verify(
             &db,
@@ -287,10 +302,15 @@ async fn publish_all(
         // posted by a task of its own.
         let sent: BoxFuture<'static, Result<u64, LoadgenError>> = match via {
             Via::Kafka => {
+                // Stamped as the gateway stamps what it accepts.
+                let mut body = request.body;
+                body["requested_at"] = chrono::Utc::now()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                    .into();
                 let message = OutMessage::new(
                     topic,
                     request.user_id.to_string(),
-                    serde_json::to_vec(&request.body).unwrap_or_default(),
+                    serde_json::to_vec(&body).unwrap_or_default(),
                 );
                 producer
                     .start(&message)
@@ -377,6 +397,7 @@ async fn start_follower(
                 request_id: id.to_owned(),
                 at: Instant::now(),
                 outcome: outcome.to_owned(),
+                coupon_won: value.get("user_coupon_id").is_some(),
                 payload: payload.to_vec(),
             };
             if tx.send(seen).await.is_err() {

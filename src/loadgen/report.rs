@@ -51,6 +51,67 @@ pub struct Report {
     /// HTTP answers of 503 (gateway overloaded or broker away) that the
     /// load generator waited out and retried, as a well-behaved client does.
     pub turned_away: u64,
+    /// First come, first served, as the coupon results show it (absent when
+    /// the run had no coupon winners and sold-out losers).
+    pub fairness: Option<Fairness>,
+}
+
+/// How first-come the coupon drop was: a winner accepted (handed to Kafka
+/// or to the gateway) later than some loser (`coupon_sold_out`) is an
+/// inversion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fairness {
+    pub winners: usize,
+    pub losers: usize,
+    /// Winners accepted after the earliest loser.
+    pub inverted_winners: usize,
+    /// `inverted_winners / winners`.
+    pub inversion_rate: f64,
+    /// The largest gap between a winner and a loser accepted before it:
+    /// requests accepted further apart than this were decided in order.
+    pub max_inversion_ms: f64,
+}
+
+/// FCFS figures from when each request was accepted and whether it won.
+pub fn fairness(accepted: impl IntoIterator<Item = (Instant, Won)>) -> Option<Fairness> {
+    let mut winners = Vec::new();
+    let mut first_loser: Option<Instant> = None;
+    let mut losers = 0;
+    for (at, won) in accepted {
+        match won {
+            Won::Yes => winners.push(at),
+            Won::SoldOut => {
+                losers += 1;
+                first_loser = Some(first_loser.map_or(at, |f| f.min(at)));
+            }
+            Won::Other => {}
+        }
+    }
+    let first_loser = first_loser?;
+    if winners.is_empty() {
+        return None;
+    }
+    let inverted: Vec<f64> = winners
+        .iter()
+        .filter(|w| **w > first_loser)
+        .map(|w| w.duration_since(first_loser).as_secs_f64() * 1_000.0)
+        .collect();
+    Some(Fairness {
+        winners: winners.len(),
+        losers,
+        inverted_winners: inverted.len(),
+        inversion_rate: inverted.len() as f64 / winners.len() as f64,
+        max_inversion_ms: inverted.iter().copied().fold(0.0, f64::max),
+    })
+}
+
+/// What a coupon request came to, for [`fairness`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Won {
+    Yes,
+    SoldOut,
+    /// Not a competition for stock (already issued, another flow, …).
+    Other,
 }
 
 const BUCKET_SECS: f64 = 0.25;
@@ -102,6 +163,16 @@ pub(super) fn build(
             mean_ms: all.mean() / 1000.0,
         }
     };
+    let fairness = fairness(results.iter().filter_map(|(id, seen)| {
+        let won = if seen[0].coupon_won {
+            Won::Yes
+        } else if seen[0].outcome == "coupon_sold_out" {
+            Won::SoldOut
+        } else {
+            Won::Other
+        };
+        sent_at.get(id).map(|at| (*at, won))
+    }));
     let timeline = per_bucket
         .into_iter()
         .map(|(b, (n, h))| Bucket {
@@ -123,6 +194,7 @@ pub(super) fn build(
         timeline,
         checks: Vec::new(),
         turned_away: 0,
+        fairness,
     }
 }
 
@@ -164,6 +236,17 @@ impl Report {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(s, "outcomes: {}", outcomes.join(", "));
+        if let Some(f) = &self.fairness {
+            let _ = writeln!(
+                s,
+                "first come, first served: {} of {} winners ({:.2}%) accepted after the earliest of {} sold-out losers; largest inversion {:.1} ms",
+                f.inverted_winners,
+                f.winners,
+                f.inversion_rate * 100.0,
+                f.losers,
+                f.max_inversion_ms
+            );
+        }
         if self.turned_away > 0 {
             let _ = writeln!(
                 s,
@@ -244,5 +327,42 @@ impl Report {
             legend = h - 10.0,
             axis = h - pad + 15.0,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn an_inversion_is_a_winner_accepted_after_a_loser() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let in_order =
+            fairness([(at(0), Won::Yes), (at(1), Won::Yes), (at(2), Won::SoldOut)]).unwrap();
+        assert_eq!(
+            (in_order.inverted_winners, in_order.max_inversion_ms),
+            (0, 0.0)
+        );
+        let inverted = fairness([
+            (at(0), Won::Yes),
+            (at(10), Won::SoldOut),
+            (at(15), Won::Yes),
+            (at(40), Won::Yes),
+            (at(50), Won::SoldOut),
+            (at(60), Won::Other),
+        ])
+        .unwrap();
+        assert_eq!(inverted.winners, 3);
+        assert_eq!(inverted.losers, 2);
+        assert_eq!(inverted.inverted_winners, 2);
+        assert!((inverted.inversion_rate - 2.0 / 3.0).abs() < 1e-9);
+        assert!((inverted.max_inversion_ms - 30.0).abs() < 1e-6);
+        assert_eq!(
+            fairness([(at(0), Won::Yes)]),
+            None,
+            "no loser, nothing to compare"
+        );
     }
 }

@@ -34,6 +34,25 @@ use crate::telemetry::{metrics, trace_context};
 pub trait RequestMessage: DeserializeOwned + Validate + Send + Sync {
     fn request_id(&self) -> &RequestId;
     fn user_id(&self) -> i64;
+    /// When the gateway (or a direct producer) accepted the request.
+    fn requested_at(&self) -> Option<chrono::DateTime<chrono::Utc>>;
+}
+
+/// How far before its Kafka timestamp a request's own `requested_at` is
+/// believed: a producer that claims to be earlier than that gains no more.
+const MAX_STAMP_LEAD_MS: i64 = 1_000;
+
+/// The moment a request counts as accepted, for deciding a batch first come
+/// first served: its `requested_at` (the gateway's stamp), kept within
+/// [`MAX_STAMP_LEAD_MS`] before the broker-side timestamp and never after
+/// it; whichever exists when only one does; unstamped requests go last.
+fn accepted_ms(requested_at: Option<chrono::DateTime<chrono::Utc>>, kafka_ms: Option<i64>) -> i64 {
+    match (requested_at.map(|t| t.timestamp_millis()), kafka_ms) {
+        (Some(stamp), Some(ts)) => stamp.clamp(ts.saturating_sub(MAX_STAMP_LEAD_MS), ts),
+        (Some(stamp), None) => stamp,
+        (None, Some(ts)) => ts,
+        (None, None) => i64::MAX,
+    }
 }
 
 /// A result message of one flow.
@@ -49,6 +68,9 @@ macro_rules! request_message {
             }
             fn user_id(&self) -> i64 {
                 self.user_id
+            }
+            fn requested_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+                self.requested_at
             }
         }
     };
@@ -301,6 +323,10 @@ impl<D: Decide> RequestPipeline<D> {
             }
         }
 
+        // First come, first served inside the batch: a batch holds several
+        // partitions, each in offset order, but interleaved as the broker's
+        // fetches arrived; decide in the order the requests were accepted.
+        decoded.sort_by_key(|(index, r)| accepted_ms(r.requested_at(), batch[*index].timestamp_ms));
         let ids: Vec<String> = decoded
             .iter()
             .map(|(_, r)| r.request_id().as_str().to_owned())
@@ -404,4 +430,29 @@ fn request_span<R: RequestMessage>(request: &R, message: &Incoming) -> (Span, Op
     trace_context::adopt(&span, incoming);
     let traceparent = trace_context::outgoing(&span).or_else(|| incoming.map(str::to_owned));
     (span, traceparent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_stamp_counts_within_a_second_before_the_broker_timestamp() {
+        let at = |ms: i64| chrono::Utc.timestamp_millis_opt(ms).single();
+        assert_eq!(accepted_ms(at(9_500), Some(10_000)), 9_500);
+        assert_eq!(
+            accepted_ms(at(1), Some(10_000)),
+            9_000,
+            "no earlier than 1 s before"
+        );
+        assert_eq!(
+            accepted_ms(at(12_000), Some(10_000)),
+            10_000,
+            "never after the broker"
+        );
+        assert_eq!(accepted_ms(at(7), None), 7);
+        assert_eq!(accepted_ms(None, Some(10_000)), 10_000);
+        assert_eq!(accepted_ms(None, None), i64::MAX, "unstamped goes last");
+    }
 }
