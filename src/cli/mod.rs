@@ -79,6 +79,12 @@ pub struct WorkerArgs {
 pub enum TopicsCommand {
     /// Create every request, result, stats and DLQ topic (existing ones are left alone).
     Create,
+    /// Delete every contract topic under the configured prefix, with everything on it.
+    Delete {
+        /// Confirm: the topics and every message on them are gone for good.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Write or check the JSON Schemas and AsyncAPI document generated from the message types.
     Schemas {
         /// Folder holding the contract files.
@@ -312,6 +318,18 @@ async fn dispatch(command: Command, mut settings: Settings) -> anyhow::Result<Ex
                     }
                     TopicOutcome::Existed(t) => println!("exists  {t}"),
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topics(TopicsCommand::Delete { yes }) => {
+            if !yes {
+                bail!(
+                    "this deletes every topic under the prefix {:?} and all their messages; add --yes to confirm",
+                    settings.kafka.topic_prefix
+                );
+            }
+            for topic in crate::kafka::admin::delete_topics(&settings.kafka).await? {
+                println!("deleted {topic}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# First come, first served, measured: coupon drops against one and two coupon
+# worker processes, at full speed and offered at a steady rate, each reporting
+# the FCFS inversion rate (winners accepted after some sold-out loser) and the
+# largest inversion window. Results: bench/results/<time>-fairness/ (loadgen
+# JSON per run, summary.md).
+#
+# Environment: BENCH_REQUESTS (200000), BENCH_STOCK (10000), BENCH_RATE (20000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+requests=${BENCH_REQUESTS:-200000}
+stock=${BENCH_STOCK:-10000}
+rate=${BENCH_RATE:-20000}
+out=bench/results/$(date -u +%Y%m%dT%H%M%SZ)-fairness
+mkdir -p "$out"
+source bench/common.sh fair
+
+port=9400
+run_drop() { # name, workers, extra loadgen args...
+  local name=$1 n=$2; shift 2
+  local ws=()
+  for i in $(seq 1 "$n"); do
+    port=$((port + 1))
+    "$bin" worker --only coupon --metrics-addr "127.0.0.1:$port" >"$out/worker-$name-$i.log" 2>&1 &
+    pids+=($!); ws+=("$!:$port")
+  done
+  for w in "${ws[@]}"; do
+    local deadline=$((SECONDS + 60))
+    until curl -sf "http://127.0.0.1:${w#*:}/metrics" | grep -q '^stampede_consumer_assigned_partitions{.*} [1-9]'; do
+      (( SECONDS < deadline )) || { echo "worker never got partitions" >&2; exit 1; }
+      sleep 0.2
+    done
+  done
+  echo "== $name: $n coupon worker(s), $requests requests, $stock stock $*"
+  "$bin" loadgen --scenario coupon-drop --requests "$requests" --stock "$stock" --quiet \
+    --json "$out/$name.json" "$@" | tee "$out/$name.txt"
+  for w in "${ws[@]}"; do kill -TERM "${w%%:*}" 2>/dev/null || true; done
+  for w in "${ws[@]}"; do wait "${w%%:*}" 2>/dev/null || true; done
+}
+
+run_drop full-1 1
+run_drop rate-1 1 --rate "$rate"
+run_drop full-2 2
+run_drop rate-2 2 --rate "$rate"
+
+python3 - "$out" <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+rows = ["| run | workers | offered | results/s | p99 ms | winners | inverted winners | inversion rate | largest inversion ms |",
+        "|---|---|---|---|---|---|---|---|---|"]
+for name in ["full-1", "rate-1", "full-2", "rate-2"]:
+    r = json.loads((out / f"{name}.json").read_text())
+    f = r.get("fairness") or {}
+    rows.append(f"| {name} | {name[-1]} | {r['offered_rate'] or 'full speed'} | {r['throughput_per_sec']:.0f} | {r['latency']['p99_ms']:.1f} | "
+                f"{f.get('winners', 0)} | {f.get('inverted_winners', 0)} | {100 * f.get('inversion_rate', 0):.2f}% | {f.get('max_inversion_ms', 0):.1f} |")
+(out / "summary.md").write_text("\n".join(rows) + "\n")
+print("\n".join(rows))
+PY
