@@ -5,7 +5,9 @@
 # largest inversion window. Results: bench/results/<time>-fairness/ (loadgen
 # JSON per run, summary.md).
 #
-# Environment: BENCH_REQUESTS (200000), BENCH_STOCK (10000), BENCH_RATE (20000).
+# Environment: BENCH_REQUESTS (200000), BENCH_STOCK (10000), BENCH_RATE (20000),
+# BENCH_RUNS (default "full-1 rate-1 full-2 rate-2": full speed or offered at
+# BENCH_RATE, with 1 or 2 coupon worker processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${BENCH_REQUESTS:-200000}
@@ -38,17 +40,21 @@ run_drop() { # name, workers, extra loadgen args...
   for w in "${ws[@]}"; do wait "${w%%:*}" 2>/dev/null || true; done
 }
 
-run_drop full-1 1
-run_drop rate-1 1 --rate "$rate"
-run_drop full-2 2
-run_drop rate-2 2 --rate "$rate"
+runs=${BENCH_RUNS:-full-1 rate-1 full-2 rate-2}
+for run in $runs; do
+  case $run in
+    full-*) run_drop "$run" "${run#full-}" ;;
+    rate-*) run_drop "$run" "${run#rate-}" --rate "$rate" ;;
+    *) echo "unknown run $run (full-N or rate-N)" >&2; exit 2 ;;
+  esac
+done
 
-python3 - "$out" <<'PY'
+python3 - "$out" "$runs" <<'PY'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
 rows = ["| run | workers | offered | results/s | p99 ms | winners | inverted winners | inversion rate | largest inversion ms |",
         "|---|---|---|---|---|---|---|---|---|"]
-for name in ["full-1", "rate-1", "full-2", "rate-2"]:
+for name in sys.argv[2].split():
     r = json.loads((out / f"{name}.json").read_text())
     f = r.get("fairness") or {}
     rows.append(f"| {name} | {name[-1]} | {r['offered_rate'] or 'full speed'} | {r['throughput_per_sec']:.0f} | {r['latency']['p99_ms']:.1f} | "
