@@ -3,7 +3,7 @@
 # worker processes, at full speed and offered at a steady rate, each reporting
 # the FCFS inversion rate (winners accepted after some sold-out loser) and the
 # largest inversion window. Results: bench/results/<time>-fairness/ (loadgen
-# JSON per run, summary.md).
+# JSON and HTML per run, summary.md, index.html with the runs side by side).
 #
 # Environment: BENCH_REQUESTS (200000), BENCH_STOCK (10000), BENCH_RATE (20000),
 # BENCH_RUNS (default "full-1 rate-1 full-2 rate-2": full speed or offered at
@@ -62,3 +62,4 @@ for name in sys.argv[2].split():
 (out / "summary.md").write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
 PY
+"$bin" report $(for r in $runs; do echo "$out/$r.json"; done) --output "$out/index.html" --title "first come, first served: $requests requests, $stock stock"

@@ -8,7 +8,8 @@
 #   (e) scale-out: the same drop with 1, 2 and 4 worker processes in one group
 #   CPU per request of the worker, broker, PostgreSQL, Redis and load generator
 #   over the drop and the orders run (cpu.txt)
-# Results: bench/results/<time>/ (JSON + SVG per run, summary.md); ratios printed at the end.
+# Results: bench/results/<time>/ (JSON + HTML per run, summary.md, index.html
+# with every run side by side); ratios printed at the end.
 #
 # Environment: BENCH_REQUESTS (200000), BENCH_STOCK (10000), BENCH_ORDERS (50000),
 # BENCH_SCALE ("1 2 4"), BENCH_BATCH (2000).
@@ -141,3 +142,8 @@ for n in $scale; do
 done
 
 python3 bench/summary.py "$out"
+runs=()
+for name in passthrough passthrough-rate20k drop-1 drop-rate20k orders scale-1 scale-2 scale-4; do
+  [ -f "$out/$name.json" ] && runs+=("$out/$name.json")
+done
+"$bin" report "${runs[@]}" --output "$out/index.html" --title "stampede bench sitting $stamp"

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Runs every check and test of stampede against real services (started or
 # installed here when missing): formatting, lints, contract files, unit,
-# property and integration tests, then a short chaos round (scripts/chaos.sh).
+# property and integration tests (a real browser included: Chromium), then a
+# short chaos round (scripts/chaos.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh up
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "[test] installing Chromium and ChromeDriver (Debian packages) for tests/browser.rs"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 echo "[test] scripts/check-services.sh (plain errors where Kafka cannot start)"
 bash scripts/check-services.sh
 echo "[test] cargo fmt --check"

@@ -322,6 +322,44 @@ async fn credentials_separate_clients_from_admins() {
     .unwrap();
     assert_eq!(accepted.status(), StatusCode::ACCEPTED);
     let accepted: Value = accepted.json().await.unwrap();
+    // The live dashboard takes an admin key: a header, or ?key= for a browser.
+    let dashboard = |query: &str, key: Option<&str>| {
+        let mut r = c.get(format!("{http}/dashboard{query}"));
+        if let Some(key) = key {
+            r = r.bearer_auth(key);
+        }
+        r.send()
+    };
+    assert_eq!(
+        dashboard("", None).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        dashboard("?key=client-key-aaaaaaaaaaaa", None)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        dashboard("", Some("client-key-aaaaaaaaaaaa"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    let page = dashboard("?key=admin-key-bbbbbbbbbbbbbb", None)
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("stampede live"));
+    assert_eq!(
+        dashboard("", Some("admin-key-bbbbbbbbbbbbbb"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
     assert_eq!(
         c.get(format!("{http}/healthz"))
             .send()

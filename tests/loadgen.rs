@@ -24,7 +24,7 @@ fn options(scenario: Scenario, requests: usize, via: Via, http: String) -> Loadg
         timeout: Duration::from_secs(120),
         verify: true,
         progress: false,
-        max_inversion_ms: None,
+        thresholds: Default::default(),
     }
 }
 
@@ -42,11 +42,12 @@ async fn a_mixed_run_over_kafka_and_a_drop_over_http_pass_their_verdicts() {
     assert_eq!(report.answered, 900);
     assert_eq!(report.outcomes.values().sum::<usize>(), 900);
     assert!(report.throughput_per_sec > 0.0 && report.latency.p99_ms >= report.latency.p50_ms);
-    assert!(report.svg().starts_with("<svg"));
+    let page = stampede::loadgen::html::page("mixed", &[("mixed".into(), report.clone())]);
+    assert!(page.contains("uPlot") && page.contains("\"scenario\":\"mixed\""));
 
     let mut drop = options(Scenario::CouponDrop, 400, Via::Http, app.http());
     drop.rate = Some(2_000);
-    drop.max_inversion_ms = Some(60_000.0);
+    drop.thresholds.max_inversion_ms = Some(60_000.0);
     let report = loadgen::run(&env.settings, &drop).await.unwrap();
     assert!(report.passed(), "{}", report.summary());
     let fair = report.fairness.clone().expect("FCFS figures of a drop");
@@ -67,6 +68,58 @@ async fn a_mixed_run_over_kafka_and_a_drop_over_http_pass_their_verdicts() {
     assert!(serde_json::to_string(&report)
         .unwrap()
         .contains("max_inversion_ms"));
+
+    // Thresholds: each one given is a check; missing one fails the run.
+    let mut strict = report.clone();
+    loadgen::Thresholds {
+        max_p99_ms: Some(0.0),
+        max_p999_ms: None,
+        min_throughput: Some(1e12),
+        max_inversion_ms: None,
+    }
+    .check(&mut strict);
+    assert!(!strict.passed());
+    assert!(
+        strict.summary().contains("FAIL p99 latency")
+            && strict.summary().contains("FAIL throughput")
+    );
+    let mut lenient = report.clone();
+    loadgen::Thresholds {
+        max_p99_ms: Some(600_000.0),
+        max_p999_ms: Some(600_000.0),
+        min_throughput: Some(0.1),
+        max_inversion_ms: None,
+    }
+    .check(&mut lenient);
+    assert!(lenient.passed(), "{}", lenient.summary());
+
+    // `stampede report` puts saved runs side by side in one page.
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("drop-http.json");
+    std::fs::write(&a, serde_json::to_string(&report).unwrap()).unwrap();
+    let b = dir.path().join("not-a-report.json");
+    std::fs::write(&b, "{\"hello\": 1}").unwrap();
+    let page = dir.path().join("index.html");
+    let run = |files: &[&std::path::Path]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_stampede"))
+            .arg("report")
+            .args(files)
+            .arg("--output")
+            .arg(&page)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[&a, &a]);
+    assert!(out.status.success());
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(
+        html.matches("\"label\":\"drop-http\"").count(),
+        2,
+        "both runs embedded"
+    );
+    let refused = run(&[&a, &b]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a stampede loadgen JSON report"));
     assert_eq!(
         report.outcomes.get("succeeded"),
         Some(&100),

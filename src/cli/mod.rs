@@ -60,6 +60,8 @@ pub enum Command {
     Top(TopArgs),
     /// Generate load against a running stampede and measure it end to end, with a correctness verdict.
     Loadgen(LoadgenArgs),
+    /// Render loadgen JSON reports as one HTML page, side by side (e.g. before/after, stampede vs passthrough).
+    Report(ReportArgs),
     /// Inspect and replay the request topics' dead-letter queues.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -183,8 +185,17 @@ pub struct LoadgenArgs {
     /// Skip the correctness verdict.
     #[arg(long)]
     pub no_verify: bool,
-    /// Fail the run (exit 1) when a coupon winner was accepted more than
-    /// this many ms after a sold-out loser (the largest FCFS inversion).
+    /// Fail the run (exit 1) when its p99 publish → result latency is above this (ms).
+    #[arg(long)]
+    pub max_p99_ms: Option<f64>,
+    /// Fail the run when its p99.9 latency is above this (ms).
+    #[arg(long)]
+    pub max_p999_ms: Option<f64>,
+    /// Fail the run when fewer results per second than this came back (first request → last result).
+    #[arg(long)]
+    pub min_throughput: Option<f64>,
+    /// Fail the run when a coupon winner was accepted more than this many
+    /// ms after a sold-out loser (the largest FCFS inversion).
     #[arg(long)]
     pub max_inversion_ms: Option<f64>,
     /// Write the JSON report here (an SVG chart is written next to it);
@@ -194,6 +205,19 @@ pub struct LoadgenArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Loadgen JSON reports (`stampede loadgen --json …`), shown in this order.
+    #[arg(required = true)]
+    pub reports: Vec<PathBuf>,
+    /// Where to write the page.
+    #[arg(long, short, default_value = "report.html")]
+    pub output: PathBuf,
+    /// The page's title.
+    #[arg(long, default_value = "stampede loadgen runs")]
+    pub title: String,
 }
 
 #[derive(Debug, Args)]
@@ -287,6 +311,27 @@ async fn dispatch(command: Command, mut settings: Settings) -> anyhow::Result<Ex
     match command {
         Command::Run => serve(settings, Roles::everything()).await,
         Command::Dlq(command) => dlq::run(command, settings).await,
+        Command::Report(args) => {
+            let mut runs = Vec::with_capacity(args.reports.len());
+            for path in &args.reports {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let report: loadgen::Report = serde_json::from_str(&text).with_context(|| {
+                    format!("{} is not a stampede loadgen JSON report", path.display())
+                })?;
+                let label = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| path.display().to_string());
+                runs.push((label, report));
+            }
+            if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&args.output, loadgen::html::page(&args.title, &runs))?;
+            println!("wrote {} ({} runs)", args.output.display(), runs.len());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Gateway => serve(settings, Roles::gateway_only()).await,
         Command::Worker(args) => {
             if args.metrics_addr.is_some() {
@@ -475,7 +520,12 @@ async fn dispatch(command: Command, mut settings: Settings) -> anyhow::Result<Ex
                 timeout: std::time::Duration::from_secs(args.timeout_secs),
                 verify: !args.no_verify,
                 progress: !args.quiet,
-                max_inversion_ms: args.max_inversion_ms,
+                thresholds: loadgen::Thresholds {
+                    max_p99_ms: args.max_p99_ms,
+                    max_p999_ms: args.max_p999_ms,
+                    min_throughput: args.min_throughput,
+                    max_inversion_ms: args.max_inversion_ms,
+                },
             };
             let report = loadgen::run(&settings, &options).await?;
             print!("{}", report.summary());
@@ -486,9 +536,23 @@ async fn dispatch(command: Command, mut settings: Settings) -> anyhow::Result<Ex
                 std::fs::create_dir_all(dir)?;
             }
             std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
-            let svg_path = json_path.with_extension("svg");
-            std::fs::write(&svg_path, report.svg())?;
-            println!("report: {} and {}", json_path.display(), svg_path.display());
+            let html_path = json_path.with_extension("html");
+            let label = json_path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
+            std::fs::write(
+                &html_path,
+                loadgen::html::page(
+                    &format!("stampede loadgen: {label}"),
+                    &[(label, report.clone())],
+                ),
+            )?;
+            println!(
+                "report: {} and {}",
+                json_path.display(),
+                html_path.display()
+            );
             Ok(if report.passed() {
                 ExitCode::SUCCESS
             } else {

@@ -40,7 +40,8 @@ pub fn role_of(presented: &str, clients: &[Secret], admins: &[Secret]) -> Option
 pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let gateway = &state.settings.gateway;
     let path = request.uri().path();
-    if !path.starts_with("/v1/")
+    let dashboard = path == "/dashboard";
+    if !(path.starts_with("/v1/") || dashboard)
         || (gateway.client_keys.is_empty() && gateway.admin_keys.is_empty())
     {
         return next.run(request).await;
@@ -50,15 +51,30 @@ pub async fn require_key(State(state): State<AppState>, request: Request, next: 
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let role = presented.and_then(|key| role_of(key, &gateway.client_keys, &gateway.admin_keys));
+        .map(|k| k.trim().to_owned())
+        // A browser opening the dashboard cannot send a header: `?key=`.
+        .or_else(|| {
+            dashboard
+                .then(|| query_key(request.uri().query().unwrap_or_default()))
+                .flatten()
+        });
+    let role = presented
+        .as_deref()
+        .and_then(|key| role_of(key, &gateway.client_keys, &gateway.admin_keys));
     match role {
         None => ApiError::Unauthorized.into_response(),
-        Some(Role::Client) if path.starts_with("/v1/admin/") => {
+        Some(Role::Client) if path.starts_with("/v1/admin/") || dashboard => {
             ApiError::Forbidden(path.to_owned()).into_response()
         }
         Some(_) => next.run(request).await,
     }
+}
+
+/// The `key` parameter of a query string, percent-decoded.
+fn query_key(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "key")
+        .map(|(_, v)| v.into_owned())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! reads from PostgreSQL, admin writes, health and metrics.
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod idempotency;
 pub mod limits;
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
+        .route("/dashboard", get(dashboard::page))
         .fallback(routes::not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -9,6 +9,7 @@
 //! Every run ends with a correctness verdict checked against PostgreSQL,
 //! Redis and the topics; a run that breaks an invariant fails.
 
+pub mod html;
 mod report;
 mod scenario;
 
@@ -25,7 +26,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-pub use report::Report;
+pub use report::{Fairness, Report};
 pub use scenario::Scenario;
 
 use crate::config::Settings;
@@ -72,9 +73,64 @@ pub struct LoadgenOptions {
     pub timeout: Duration,
     pub verify: bool,
     pub progress: bool,
-    /// Fail the run when a coupon winner was accepted more than this many
-    /// ms after a loser (the largest FCFS inversion).
+    /// Limits the run must stay within, checked in its verdict.
+    pub thresholds: Thresholds,
+}
+
+/// Limits a run must meet (like k6 thresholds): each one given becomes a
+/// check in the verdict, so a run that misses it fails.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Thresholds {
+    pub max_p99_ms: Option<f64>,
+    pub max_p999_ms: Option<f64>,
+    /// Results per second, first request to last result.
+    pub min_throughput: Option<f64>,
+    /// The largest FCFS inversion (a coupon winner accepted this much later
+    /// than a sold-out loser).
     pub max_inversion_ms: Option<f64>,
+}
+
+impl Thresholds {
+    /// Adds one check per threshold given.
+    pub fn check(&self, report: &mut Report) {
+        if let Some(limit) = self.max_p99_ms {
+            let p99 = report.latency.p99_ms;
+            report.check(
+                "p99 latency",
+                p99 <= limit,
+                format!("{p99:.1} ms (limit {limit} ms)"),
+            );
+        }
+        if let Some(limit) = self.max_p999_ms {
+            let p999 = report.latency.p999_ms;
+            report.check(
+                "p99.9 latency",
+                p999 <= limit,
+                format!("{p999:.1} ms (limit {limit} ms)"),
+            );
+        }
+        if let Some(floor) = self.min_throughput {
+            let rate = report.throughput_per_sec;
+            report.check(
+                "throughput",
+                rate >= floor,
+                format!("{rate:.0} results/s (at least {floor}/s)"),
+            );
+        }
+        if let Some(limit) = self.max_inversion_ms {
+            let (passed, detail) = match &report.fairness {
+                Some(f) => (
+                    f.max_inversion_ms <= limit,
+                    format!(
+                        "largest {:.1} ms (limit {limit} ms), {} of {} winners accepted after a loser",
+                        f.max_inversion_ms, f.inverted_winners, f.winners
+                    ),
+                ),
+                None => (true, "no coupon winners and losers to compare".into()),
+            };
+            report.check("FCFS inversion", passed, detail);
+        }
+    }
 }
 
 /// One planned request.
@@ -215,16 +271,7 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
     let sent_at = std::mem::take(&mut *sent_at.lock().unwrap_or_else(|p| p.into_inner()));
     let mut report = report::build(options, &setup, started, &sent_at, &results);
     report.turned_away = turned_away;
-    if let (Some(limit), Some(f)) = (options.max_inversion_ms, &report.fairness) {
-        report.check(
-            "FCFS inversion",
-            f.max_inversion_ms <= limit,
-            format!(
-                "largest {:.1} ms (limit {limit} ms), {} of {} winners accepted after a loser",
-                f.max_inversion_ms, f.inverted_winners, f.winners
-            ),
-        );
-    }
+    options.thresholds.check(&mut report);
     if options.verify && options.scenario != Scenario::Passthrough {
         scenario::verify(
             &db,

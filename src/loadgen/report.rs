@@ -1,16 +1,17 @@
-//! What a load run measured, as a summary for people, JSON, and an SVG chart.
+//! What a load run measured, as a summary for people and JSON (the HTML
+//! page is drawn from the JSON, see `html.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::scenario::Setup;
 use super::{LoadgenOptions, Seen};
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Latency {
     pub p50_ms: f64,
     pub p90_ms: f64,
@@ -20,21 +21,38 @@ pub struct Latency {
     pub mean_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One 250 ms slice of the run, by when results arrived.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bucket {
     pub t_secs: f64,
     pub results_per_sec: f64,
+    /// Requests handed over (published or posted) per second in the slice.
+    #[serde(default)]
+    pub offered_per_sec: f64,
+    #[serde(default)]
+    pub p50_ms: f64,
+    #[serde(default)]
+    pub p90_ms: f64,
     pub p99_ms: f64,
+    #[serde(default)]
+    pub p999_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The latency at one percentile of the whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quantile {
+    pub percentile: f64,
+    pub ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckResult {
     pub name: String,
     pub passed: bool,
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: String,
     pub via: String,
@@ -53,13 +71,23 @@ pub struct Report {
     pub turned_away: u64,
     /// First come, first served, as the coupon results show it (absent when
     /// the run had no coupon winners and sold-out losers).
+    #[serde(default)]
     pub fairness: Option<Fairness>,
+    /// Latency by percentile over the whole run (from the HDR histogram).
+    #[serde(default)]
+    pub distribution: Vec<Quantile>,
+    /// How the run was set up.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    /// Where it ran.
+    #[serde(default)]
+    pub machine: BTreeMap<String, String>,
 }
 
 /// How first-come the coupon drop was: a winner accepted (handed to Kafka
 /// or to the gateway) later than some loser (`coupon_sold_out`) is an
 /// inversion.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fairness {
     pub winners: usize,
     pub losers: usize,
@@ -127,6 +155,11 @@ pub(super) fn build(
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     let mut last = started;
     let mut per_bucket: BTreeMap<usize, (u64, Histogram<u64>)> = BTreeMap::new();
+    let mut offered: BTreeMap<usize, u64> = BTreeMap::new();
+    for sent in sent_at.values() {
+        let bucket = (sent.saturating_duration_since(started).as_secs_f64() / BUCKET_SECS) as usize;
+        *offered.entry(bucket).or_default() += 1;
+    }
     for (id, seen) in results {
         let first = &seen[0];
         *outcomes.entry(first.outcome.clone()).or_default() += 1;
@@ -173,14 +206,51 @@ pub(super) fn build(
         };
         sent_at.get(id).map(|at| (*at, won))
     }));
-    let timeline = per_bucket
-        .into_iter()
-        .map(|(b, (n, h))| Bucket {
-            t_secs: b as f64 * BUCKET_SECS,
-            results_per_sec: n as f64 / BUCKET_SECS,
-            p99_ms: ms(h.value_at_quantile(0.99)),
+    let last_bucket = per_bucket
+        .keys()
+        .chain(offered.keys())
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let timeline = (0..=last_bucket)
+        .filter(|b| per_bucket.contains_key(b) || offered.contains_key(b))
+        .map(|b| {
+            let sent = offered.get(&b).copied().unwrap_or(0) as f64 / BUCKET_SECS;
+            match per_bucket.get(&b) {
+                Some((n, h)) => Bucket {
+                    t_secs: b as f64 * BUCKET_SECS,
+                    results_per_sec: *n as f64 / BUCKET_SECS,
+                    offered_per_sec: sent,
+                    p50_ms: ms(h.value_at_quantile(0.5)),
+                    p90_ms: ms(h.value_at_quantile(0.9)),
+                    p99_ms: ms(h.value_at_quantile(0.99)),
+                    p999_ms: ms(h.value_at_quantile(0.999)),
+                },
+                None => Bucket {
+                    t_secs: b as f64 * BUCKET_SECS,
+                    results_per_sec: 0.0,
+                    offered_per_sec: sent,
+                    p50_ms: 0.0,
+                    p90_ms: 0.0,
+                    p99_ms: 0.0,
+                    p999_ms: 0.0,
+                },
+            }
         })
         .collect();
+    let distribution = if all.is_empty() {
+        Vec::new()
+    } else {
+        [
+            0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999,
+        ]
+        .into_iter()
+        .map(|p| Quantile {
+            percentile: p,
+            ms: ms(all.value_at_quantile(p / 100.0)),
+        })
+        .collect()
+    };
     Report {
         scenario: o.scenario.name().to_owned(),
         via: format!("{:?}", o.via).to_lowercase(),
@@ -195,7 +265,76 @@ pub(super) fn build(
         checks: Vec::new(),
         turned_away: 0,
         fairness,
+        distribution,
+        settings: settings_of(o),
+        machine: machine(),
     }
+}
+
+fn settings_of(o: &LoadgenOptions) -> BTreeMap<String, String> {
+    let mut s = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        s.insert(k.to_owned(), v);
+    };
+    put("scenario", o.scenario.name().to_owned());
+    put("via", format!("{:?}", o.via).to_lowercase());
+    put("requests", o.requests.to_string());
+    put("users", o.users.to_string());
+    put("stock", o.stock.to_string());
+    put("coupon sub-counters", o.coupon_shards.to_string());
+    put("products", o.products.to_string());
+    put(
+        "offered rate",
+        o.rate.map_or("full speed".into(), |r| format!("{r}/s")),
+    );
+    put(
+        "concurrency",
+        o.concurrency.map_or("default".into(), |c| c.to_string()),
+    );
+    if o.via == super::Via::Http {
+        put("gateway", o.http_url.clone());
+    }
+    s
+}
+
+/// The machine a run is measured on, as `/proc` and the environment tell.
+fn machine() -> BTreeMap<String, String> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let mut m = BTreeMap::new();
+    m.insert("stampede".into(), env!("CARGO_PKG_VERSION").into());
+    m.insert(
+        "host".into(),
+        read("/proc/sys/kernel/hostname").trim().to_owned(),
+    );
+    m.insert(
+        "cores".into(),
+        std::thread::available_parallelism()
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+    );
+    if let Some(kb) = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    {
+        m.insert(
+            "memory".into(),
+            format!("{:.1} GiB", kb as f64 / 1_048_576.0),
+        );
+    }
+    if let Some(cpu) = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+    {
+        m.insert("cpu".into(), cpu.1.trim().to_owned());
+    }
+    m.insert(
+        "kernel".into(),
+        read("/proc/sys/kernel/osrelease").trim().to_owned(),
+    );
+    m.insert("measured at".into(), chrono::Utc::now().to_rfc3339());
+    m
 }
 
 impl Report {
@@ -273,60 +412,6 @@ impl Report {
             }
         );
         s
-    }
-
-    /// Throughput (results/s) and p99 latency over time.
-    pub fn svg(&self) -> String {
-        let (w, h, pad) = (900.0, 360.0, 50.0);
-        let t_max = self
-            .timeline
-            .last()
-            .map(|b| b.t_secs + BUCKET_SECS)
-            .unwrap_or(1.0)
-            .max(BUCKET_SECS);
-        let r_max = self
-            .timeline
-            .iter()
-            .map(|b| b.results_per_sec)
-            .fold(1.0, f64::max);
-        let l_max = self.timeline.iter().map(|b| b.p99_ms).fold(1.0, f64::max);
-        let x = |t: f64| pad + (w - 2.0 * pad) * t / t_max;
-        let y = |v: f64, max: f64| h - pad - (h - 2.0 * pad) * v / max;
-        let line = |f: &dyn Fn(&Bucket) -> (f64, f64)| {
-            self.timeline
-                .iter()
-                .map(|b| {
-                    let (px, py) = f(b);
-                    format!("{px:.1},{py:.1}")
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let throughput = line(&|b| (x(b.t_secs), y(b.results_per_sec, r_max)));
-        let latency = line(&|b| (x(b.t_secs), y(b.p99_ms, l_max)));
-        format!(
-            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{pad}" y="20" font-size="14">stampede loadgen: {scenario} via {via}, {req} requests, {tp:.0}/s, p99 {p99:.1} ms</text>
-<line x1="{pad}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>
-<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{bottom}" stroke="black"/>
-<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{throughput}"/>
-<polyline fill="none" stroke="#d62728" stroke-width="2" points="{latency}"/>
-<text x="{pad}" y="{legend}" fill="#1f77b4">results/s (max {r_max:.0})</text>
-<text x="300" y="{legend}" fill="#d62728">p99 latency per 250 ms (max {l_max:.1} ms)</text>
-<text x="{right}" y="{axis}" text-anchor="end">{t_max:.1} s</text>
-</svg>
-"##,
-            scenario = self.scenario,
-            via = self.via,
-            req = self.requests,
-            tp = self.throughput_per_sec,
-            p99 = self.latency.p99_ms,
-            bottom = h - pad,
-            right = w - pad,
-            legend = h - 10.0,
-            axis = h - pad + 15.0,
-        )
     }
 }
 
