@@ -120,3 +120,52 @@ async fn results_and_published_events_past_retention_are_swept_and_the_rest_kept
     assert_eq!(outbox, [2, 3], "only the event published long ago goes");
     env.cleanup().await;
 }
+
+/// A drop's batch lookups (stored results, known users) probe the primary
+/// key for each of its 2,000 ids, also while the tables hold a few hundred
+/// thousand rows: written as `= ANY($1)` and priced with the default
+/// random-read cost, PostgreSQL scanned the whole table for every batch
+/// instead (tens of ms a batch, most of its CPU in a drop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_lookups_probe_the_index_of_a_table_of_hundreds_of_thousands() {
+    let env = TestEnv::new().await;
+    for statement in [
+        "INSERT INTO processed_requests (request_id, kind, user_id, status, result)
+         SELECT 'lg' || md5(g::text) || '-' || g, 'coupon', g, 'succeeded', repeat('x', 150)
+         FROM generate_series(1, 250000) g",
+        "INSERT INTO users (id, balance) SELECT g, 0 FROM generate_series(1, 250000) g",
+        "ANALYZE processed_requests",
+        "ANALYZE users",
+    ] {
+        sqlx::query(statement).execute(&env.db).await.unwrap();
+    }
+    let results: Vec<String> =
+        sqlx::query(&format!("EXPLAIN {}", stampede::store::processed::LOOKUP))
+            .bind((1..=2_000).map(|i| format!("new-{i}")).collect::<Vec<_>>())
+            .fetch_all(&env.db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>(0))
+            .collect();
+    let results = results.join("\n");
+    assert!(
+        results.contains("processed_requests_pkey")
+            && !results.contains("Seq Scan on processed_requests"),
+        "{results}"
+    );
+    let users: Vec<String> = sqlx::query(&format!("EXPLAIN {}", stampede::store::users::EXISTING))
+        .bind((1..=2_000i64).map(|i| i * 97).collect::<Vec<_>>())
+        .fetch_all(&env.db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<String, _>(0))
+        .collect();
+    let users = users.join("\n");
+    assert!(
+        users.contains("users_pkey") && !users.contains("Seq Scan on users"),
+        "{users}"
+    );
+    env.cleanup().await;
+}

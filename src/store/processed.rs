@@ -24,17 +24,19 @@ pub struct NewResult {
     pub result: String,
 }
 
+/// The statement of [`lookup`] (`$1`: distinct request ids).
+pub const LOOKUP: &str = "SELECT p.request_id, p.kind, p.user_id, p.result
+     FROM unnest($1::text[]) AS k(id) JOIN processed_requests p ON p.request_id = k.id";
+
 /// The stored results among `request_ids`.
 pub async fn lookup(db: &PgPool, request_ids: &[String]) -> Result<HashMap<String, StoredResult>> {
     if request_ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<StoredResult> = sqlx::query_as(
-        "SELECT request_id, kind, user_id, result FROM processed_requests WHERE request_id = ANY($1)",
-    )
-    .bind(request_ids)
-    .fetch_all(db)
-    .await?;
+    let rows: Vec<StoredResult> = sqlx::query_as(LOOKUP)
+        .bind(super::distinct(request_ids))
+        .fetch_all(db)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| (r.request_id.clone(), r))
@@ -46,12 +48,13 @@ pub async fn decided(conn: &mut PgConnection, request_ids: &[String]) -> Result<
     if request_ids.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(
-        sqlx::query_scalar("SELECT request_id FROM processed_requests WHERE request_id = ANY($1)")
-            .bind(request_ids)
-            .fetch_all(conn)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "SELECT p.request_id FROM unnest($1::text[]) AS k(id)
+             JOIN processed_requests p ON p.request_id = k.id",
     )
+    .bind(super::distinct(request_ids))
+    .fetch_all(conn)
+    .await?)
 }
 
 /// One stored result.

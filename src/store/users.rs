@@ -18,13 +18,17 @@ pub struct HistoryRow {
     pub order_id: Option<i64>,
 }
 
+/// The statement of [`existing`] (`$1`: distinct user ids).
+pub const EXISTING: &str =
+    "SELECT u.id FROM unnest($1::int8[]) AS k(id) JOIN users u ON u.id = k.id";
+
 /// The users among `ids` that exist.
 pub async fn existing(db: &PgPool, ids: &[i64]) -> Result<HashSet<i64>> {
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
-    let rows: Vec<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1)")
-        .bind(ids)
+    let rows: Vec<i64> = sqlx::query_scalar(EXISTING)
+        .bind(super::distinct(ids))
         .fetch_all(db)
         .await?;
     Ok(rows.into_iter().collect())
@@ -36,9 +40,10 @@ pub async fn lock_balances(
     ids: &[i64],
 ) -> Result<HashMap<i64, i64>> {
     let rows: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT id, balance FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        "SELECT u.id, u.balance FROM unnest($1::int8[]) AS k(id) JOIN users u ON u.id = k.id
+         ORDER BY u.id FOR NO KEY UPDATE OF u",
     )
-    .bind(ids)
+    .bind(super::distinct(ids))
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows.into_iter().collect())
