@@ -6,18 +6,23 @@
 #   (c) the classic design: a PostgreSQL row-lock issue (SELECT … FOR UPDATE + insert, pgbench)
 #   (d) stampede: a coupon drop (200,000 requests, 10,000 stock) and orders, with worker peak memory
 #   (e) scale-out: the same drop with 1, 2 and 4 worker processes in one group
+#   (f) the HTTP path: a drop through `stampede gateway` against the same drop
+#       straight to Kafka, with the gateway's CPU per request; and the
+#       gateway's intake alone under wrk
 #   CPU per request of the worker, broker, PostgreSQL, Redis and load generator
 #   over the drop and the orders run (cpu.txt)
 # Results: bench/results/<time>/ (JSON + HTML per run, summary.md, index.html
 # with every run side by side); ratios printed at the end.
 #
 # Environment: BENCH_REQUESTS (200000), BENCH_STOCK (10000), BENCH_ORDERS (50000),
+# BENCH_HTTP_REQUESTS (50000),
 # BENCH_SCALE ("1 2 4"), BENCH_BATCH (2000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${BENCH_REQUESTS:-200000}
 stock=${BENCH_STOCK:-10000}
 orders=${BENCH_ORDERS:-50000}
+http_requests=${BENCH_HTTP_REQUESTS:-50000}
 scale=${BENCH_SCALE:-1 2 4}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=bench/results/$stamp
@@ -141,9 +146,52 @@ for n in $scale; do
   stop_workers
 done
 
+echo "== (f) the HTTP path: the same drop ($http_requests requests) through the gateway and straight to Kafka"
+gw_port=18080
+STAMPEDE_GATEWAY__LISTEN=127.0.0.1:$gw_port "$bin" gateway >"$out/gateway.log" 2>&1 &
+gateway_pid=$!
+pids+=("$gateway_pid")
+deadline=$((SECONDS + 60))
+until curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null; do
+  (( SECONDS < deadline )) || { echo "the gateway never answered" >&2; exit 1; }
+  sleep 0.2
+done
+start_workers 1 coupon
+cpu_start
+loadgen_measured --scenario coupon-drop --requests "$http_requests" --stock "$stock" --quiet --json "$out/drop-kafka.json" | sed -n 2,3p
+cpu_end "drop via Kafka" "$http_requests"
+g0=$(cpu_of "$gateway_pid"); cpu_start
+loadgen_measured --scenario coupon-drop --requests "$http_requests" --stock "$stock" --via http --http-url "http://127.0.0.1:$gw_port" --quiet --json "$out/drop-http.json" | sed -n 2,3p
+cpu_end "drop via HTTP" "$http_requests"
+g1=$(cpu_of "$gateway_pid")
+echo "drop via HTTP: gateway $(python3 -c "print(f'{($g1 - $g0) * 1e6 / $tick / $http_requests:.1f}')") µs of CPU per request" | tee -a "$out/cpu.txt"
+stop_workers
+# wrk: the gateway's own intake (202 answers) with a load generator that costs little.
+cat >"$out/wrk-issue.lua" <<'LUA'
+-- POST /v1/coupons/1/issue for users 1, 2, 3, … (one counter per wrk thread, interleaved)
+local n = 0
+function setup(thread) thread:set("offset", tonumber(thread.id or 0)) end
+function request()
+  n = n + 1
+  return wrk.format("POST", "/v1/coupons/1/issue", {["Content-Type"] = "application/json"},
+    '{"user_id": ' .. (n * 2 + (offset or 0)) .. '}')
+end
+LUA
+g0=$(cpu_of "$gateway_pid"); k0=$(cpu_of "$kafka_pid")
+wrk -t 2 -c 64 -d 10s -s "$out/wrk-issue.lua" "http://127.0.0.1:$gw_port" >"$out/wrk.txt" 2>&1 || true
+wrk_requests=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$out/wrk.txt")
+python3 - "$out" "$wrk_requests" "$(( $(cpu_of "$gateway_pid") - g0 ))" "$(( $(cpu_of "$kafka_pid") - k0 ))" "$tick" <<'PY' | tee -a "$out/cpu.txt"
+import sys
+out, n, g, k, tick = sys.argv[1], int(sys.argv[2] or 0), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+rate = open(f"{out}/wrk.txt").read().split("Requests/sec:")[1].split()[0] if n else "0"
+print(f"wrk intake: {float(rate):,.0f} requests/s accepted; gateway {g * 1e6 / tick / max(n, 1):.1f} µs, broker {k * 1e6 / tick / max(n, 1):.1f} µs of CPU per request")
+PY
+kill -TERM "$gateway_pid" 2>/dev/null || true
+wait "$gateway_pid" 2>/dev/null || true
+
 python3 bench/summary.py "$out"
 runs=()
-for name in passthrough passthrough-rate20k drop-1 drop-rate20k orders scale-1 scale-2 scale-4; do
+for name in passthrough passthrough-rate20k drop-1 drop-rate20k orders scale-1 scale-2 scale-4 drop-kafka drop-http; do
   [ -f "$out/$name.json" ] && runs+=("$out/$name.json")
 done
 "$bin" report "${runs[@]}" --output "$out/index.html" --title "stampede bench sitting $stamp"

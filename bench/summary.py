@@ -31,5 +31,11 @@ lines = [
 ]
 for f in sorted(out.glob("scale-*.json"), key=lambda p: int(p.stem.split("-")[1])):
     lines.append(f"| {f.stem.split('-')[1]} | {tp(f.name):,.0f} | {'pass' if ok(f.name) else 'FAIL'} |")
+if (out / "drop-http.json").exists() and (out / "drop-kafka.json").exists():
+    http, kafka = tp("drop-http.json"), tp("drop-kafka.json")
+    lines += ["", "| the same drop | per second | verdict |", "|---|---|---|",
+              f"| straight to Kafka | {kafka:,.0f} | {'pass' if ok('drop-kafka.json') else 'FAIL'} |",
+              f"| through the gateway (HTTP) | {http:,.0f} | {'pass' if ok('drop-http.json') else 'FAIL'} |",
+              "", f"- HTTP / Kafka: **{http / kafka:.2f}**"]
 (out / "summary.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
