@@ -135,7 +135,7 @@ async fn follow_once(
         )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "500");
+        .set("fetch.wait.max.ms", "1500");
     let consumer: StreamConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
     for name in names.keys() {

@@ -206,7 +206,7 @@ pub fn group_consumer(
         // The broker answers a fetch as soon as a message arrives; the wait
         // only bounds an idle fetch, so a long one costs no latency and
         // keeps an idle worker (and the broker) from polling 100 times a second.
-        .set("fetch.wait.max.ms", "500")
+        .set("fetch.wait.max.ms", "1500")
         // Prefetched messages held in memory: a backlog stays in the broker,
         // not in the worker, however far behind it is.
         .set("queued.max.messages.kbytes", "16384")
