@@ -14,6 +14,7 @@ use crate::counters::{CounterError, Counters};
 use crate::gateway::{self, AppState, Waiters};
 use crate::kafka::consumer::{run_batches, ConsumerOptions};
 use crate::kafka::{Flow, Producer, Topics};
+use crate::reconcile;
 use crate::store::{self, StoreError};
 use crate::telemetry::metrics;
 use crate::workers::charge::ChargeLogic;
@@ -21,7 +22,7 @@ use crate::workers::coupon::CouponLogic;
 use crate::workers::order::OrderLogic;
 use crate::workers::pipeline::RequestPipeline;
 use crate::workers::stats::StatsConsumer;
-use crate::workers::{outbox, reconcile, retention, WorkerKind};
+use crate::workers::{outbox, retention, WorkerKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

@@ -11,10 +11,22 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::config::Settings;
+use crate::counters::CounterError;
 use crate::counters::Counters;
 use crate::kafka::Topics;
+use crate::store::StoreError;
 use crate::store::{coupons, products};
-use crate::workers::WorkerError;
+
+/// Why the audit could not finish (a violation is a finding, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Counters(#[from] CounterError),
+    #[error("reading the stats topic: {0}")]
+    StatsTopic(String),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
@@ -69,7 +81,7 @@ impl AuditReport {
     }
 }
 
-async fn count(db: &PgPool, sql: &str) -> Result<i64, WorkerError> {
+async fn count(db: &PgPool, sql: &str) -> Result<i64, AuditError> {
     Ok(sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(db)
         .await
@@ -81,7 +93,7 @@ pub async fn audit(
     db: &PgPool,
     counters: &Counters,
     settings: Option<&Settings>,
-) -> Result<AuditReport, WorkerError> {
+) -> Result<AuditReport, AuditError> {
     let mut r = AuditReport::default();
     r.add(
         "coupon issued <= stock",
@@ -187,7 +199,7 @@ pub async fn audit(
         let pending = count(db, "SELECT count(*) FROM outbox WHERE published_at IS NULL").await?;
         let events = stats_events_per_order(settings)
             .await
-            .map_err(|e| WorkerError::Invariant(format!("reading the stats topic: {e}")))?;
+            .map_err(|e| AuditError::StatsTopic(e.to_string()))?;
         let paid: std::collections::HashSet<i64> = sqlx::query_scalar("SELECT o.id FROM orders o JOIN outbox x ON x.order_id = o.id WHERE x.published_at IS NOT NULL")
             .fetch_all(db)
             .await

@@ -9,8 +9,8 @@ use sqlx::PgPool;
 use crate::counters::Counters;
 use crate::domain::coupon::Discount;
 use crate::domain::messages::CouponSpec;
+use crate::reconcile::{self, ReconcileError};
 use crate::store::{coupons, products, users};
-use crate::workers::{reconcile, WorkerError};
 
 /// What to create. Zero counts create nothing of that kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub async fn seed(
     db: &PgPool,
     counters: &Counters,
     plan: &SeedPlan,
-) -> Result<SeedReport, WorkerError> {
+) -> Result<SeedReport, ReconcileError> {
     let mut report = SeedReport::default();
     if plan.users > 0 {
         report.users_created =

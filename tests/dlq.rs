@@ -10,8 +10,9 @@ use common::TestEnv;
 use serde_json::{json, Value};
 use stampede::app::Roles;
 use stampede::kafka::Flow;
+use stampede::reconcile;
 use stampede::store::users;
-use stampede::workers::{reconcile, WorkerKind};
+use stampede::workers::WorkerKind;
 
 /// Runs `stampede <args>` with the test's settings; returns (success, stdout).
 fn stampede(env: &TestEnv, args: &[&str]) -> (bool, String) {

@@ -11,8 +11,9 @@ use stampede::app::Roles;
 use stampede::domain::coupon::Discount;
 use stampede::domain::messages::CouponSpec;
 use stampede::kafka::Flow;
+use stampede::reconcile;
 use stampede::store::{coupons, products, users};
-use stampede::workers::{reconcile, WorkerKind};
+use stampede::workers::WorkerKind;
 
 async fn product(env: &TestEnv, id: i64, price: i64, stock: i64) {
     products::create(&env.db, Some(id), &format!("product-{id}"), price, stock)

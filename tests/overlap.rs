@@ -127,7 +127,7 @@ async fn spent_grants_and_holds_are_dropped_not_subtracted_again() {
         .await
         .unwrap();
 
-    stampede::workers::reconcile::reconcile_all(&env.db, &env.counters, true)
+    stampede::reconcile::reconcile_all(&env.db, &env.counters, true)
         .await
         .unwrap();
     assert_eq!(env.counters.coupon_stock(5).await.unwrap(), Some(7));

@@ -18,8 +18,9 @@ use crate::counters::Counters;
 use crate::domain::coupon::Discount;
 use crate::kafka::admin::{create_topics, TopicOutcome};
 use crate::loadgen::{self, LoadgenOptions, Scenario, Via};
+use crate::reconcile;
 use crate::seed::{seed, SeedPlan};
-use crate::workers::{reconcile, WorkerKind};
+use crate::workers::WorkerKind;
 use crate::{audit, contracts, store, telemetry};
 
 #[derive(Debug, Parser)]

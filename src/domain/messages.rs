@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::coupon::Discount;
@@ -270,6 +271,84 @@ fn one_shard() -> u32 {
 pub enum Outcome<T> {
     Succeeded(T),
     Rejected(Rejection),
+}
+
+// The traits every flow's messages share, for the pipeline that decodes,
+// answers and stores them, and for the gateway that builds them.
+
+/// A request message of one flow.
+pub trait RequestMessage: DeserializeOwned + Validate + Send + Sync {
+    fn request_id(&self) -> &RequestId;
+    fn user_id(&self) -> i64;
+    /// When the gateway (or a direct producer) accepted the request.
+    fn requested_at(&self) -> Option<chrono::DateTime<chrono::Utc>>;
+}
+
+/// A result message of one flow.
+pub trait ResultMessage: Serialize {
+    fn rejected(request_id: RequestId, user_id: Option<i64>, rejection: Rejection) -> Self;
+}
+
+macro_rules! request_message {
+    ($t:ty) => {
+        impl RequestMessage for $t {
+            fn request_id(&self) -> &RequestId {
+                &self.request_id
+            }
+            fn user_id(&self) -> i64 {
+                self.user_id
+            }
+            fn requested_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+                self.requested_at
+            }
+        }
+    };
+}
+request_message!(ChargeRequest);
+request_message!(CouponIssueRequest);
+request_message!(OrderRequest);
+
+impl ResultMessage for ChargeResult {
+    fn rejected(request_id: RequestId, user_id: Option<i64>, rejection: Rejection) -> Self {
+        ChargeResult {
+            request_id,
+            user_id,
+            status: Status::Rejected,
+            balance: None,
+            error: Some(rejection),
+        }
+    }
+}
+
+impl ResultMessage for CouponIssueResult {
+    fn rejected(request_id: RequestId, user_id: Option<i64>, rejection: Rejection) -> Self {
+        CouponIssueResult {
+            request_id,
+            user_id,
+            status: Status::Rejected,
+            coupon_id: None,
+            user_coupon_id: None,
+            expires_at: None,
+            error: Some(rejection),
+        }
+    }
+}
+
+impl ResultMessage for OrderResult {
+    fn rejected(request_id: RequestId, user_id: Option<i64>, rejection: Rejection) -> Self {
+        OrderResult {
+            request_id,
+            user_id,
+            status: Status::Rejected,
+            order_id: None,
+            total_amount: None,
+            discount_amount: None,
+            paid_amount: None,
+            balance: None,
+            coupon_applied: None,
+            error: Some(rejection),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -113,12 +113,11 @@ impl From<CounterError> for ApiError {
     }
 }
 
-impl From<crate::workers::WorkerError> for ApiError {
-    fn from(e: crate::workers::WorkerError) -> Self {
+impl From<crate::reconcile::ReconcileError> for ApiError {
+    fn from(e: crate::reconcile::ReconcileError) -> Self {
         match e {
-            crate::workers::WorkerError::Store(s) => s.into(),
-            crate::workers::WorkerError::Counters(c) => c.into(),
-            other => ApiError::Internal(other.to_string()),
+            crate::reconcile::ReconcileError::Store(s) => s.into(),
+            crate::reconcile::ReconcileError::Counters(c) => c.into(),
         }
     }
 }

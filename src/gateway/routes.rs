@@ -20,15 +20,15 @@ use super::error::ApiError;
 use super::line::Place;
 use super::{idempotency, AppState};
 use crate::domain::coupon::Discount;
+use crate::domain::messages::RequestMessage;
 use crate::domain::messages::{
     ChargeRequest, CouponIssueRequest, CouponSpec, OrderItem, OrderRequest,
 };
 use crate::domain::RequestId;
 use crate::kafka::{Flow, OutMessage};
+use crate::reconcile;
 use crate::store::{coupons, processed, products, stats, users};
 use crate::telemetry::{metrics, trace_context};
-use crate::workers::pipeline::RequestMessage;
-use crate::workers::reconcile;
 
 type ApiResult = Result<Response, ApiError>;
 

@@ -373,8 +373,13 @@ impl InFlight {
         }
         store_offsets(consumer, &self.batch)?;
         metrics::batch_stage(worker, "decide+publish", self.started.elapsed());
-        metrics::batch_done(worker, &self.batch, self.started.elapsed());
-        metrics::request_latency(worker, &self.batch);
+        metrics::batch_done(
+            worker,
+            self.batch.first().map_or("", |m| m.topic.as_str()),
+            self.batch.len(),
+            self.started.elapsed(),
+        );
+        metrics::request_latency(worker, self.batch.iter().filter_map(|m| m.timestamp_ms));
         Ok(true)
     }
 }

@@ -269,7 +269,7 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
     }
     let turned_away = publish_outcome?;
     let sent_at = std::mem::take(&mut *sent_at.lock().unwrap_or_else(|p| p.into_inner()));
-    let mut report = report::build(options, &setup, started, &sent_at, &results);
+    let mut report = report::build(options, started, &sent_at, &results);
     report.turned_away = turned_away;
     options.thresholds.check(&mut report);
     if options.verify && options.scenario != Scenario::Passthrough {

@@ -8,7 +8,6 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::scenario::Setup;
 use super::{LoadgenOptions, Seen};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -146,7 +145,6 @@ const BUCKET_SECS: f64 = 0.25;
 
 pub(super) fn build(
     o: &LoadgenOptions,
-    _setup: &Setup,
     started: Instant,
     sent_at: &HashMap<String, Instant>,
     results: &HashMap<String, Vec<Seen>>,

@@ -14,8 +14,8 @@ use crate::domain::coupon::Discount;
 use crate::domain::messages::CouponSpec;
 use crate::kafka::consumer::{run_batches, BatchHandler, ConsumerOptions, HandlerError, Incoming};
 use crate::kafka::{Flow, OutMessage, Producer, Topics};
+use crate::reconcile;
 use crate::store::{coupons, products, users};
-use crate::workers::reconcile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {

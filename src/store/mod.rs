@@ -17,7 +17,7 @@
 //! order batch (users, then products, then the coupon it uses) and a drop
 //! (the coupon, then its new rows referring to users) wait on no common lock
 //! in opposite orders. Counter reloads take the same row locks as the
-//! batches that commit those figures (see `workers::reconcile`).
+//! batches that commit those figures (see the reconcile module).
 
 pub mod coupons;
 pub mod orders;

@@ -7,7 +7,6 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::ErrorCode;
-use crate::kafka::consumer::Incoming;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -46,11 +45,12 @@ pub fn batch_size(worker: &str, size: usize) {
     histogram!("stampede_batch_size", "worker" => worker.to_owned()).record(size as f64);
 }
 
-pub fn batch_done(worker: &str, batch: &[Incoming], elapsed: Duration) {
+/// A batch of `messages` (read from `topic`) handled in `elapsed`.
+pub fn batch_done(worker: &str, topic: &str, messages: usize, elapsed: Duration) {
     histogram!("stampede_batch_processing_seconds", "worker" => worker.to_owned())
         .record(elapsed.as_secs_f64());
-    if let Some(first) = batch.first() {
-        counter!("stampede_messages_consumed_total", "worker" => worker.to_owned(), "topic" => first.topic.clone()).increment(batch.len() as u64);
+    if messages > 0 {
+        counter!("stampede_messages_consumed_total", "worker" => worker.to_owned(), "topic" => topic.to_owned()).increment(messages as u64);
     }
 }
 
@@ -104,15 +104,13 @@ pub fn consumer_lag(worker: &str, topic: &str, partition: i32, lag: i64) {
     gauge!("stampede_consumer_lag_messages", "worker" => worker.to_owned(), "topic" => topic.to_owned(), "partition" => partition.to_string()).set(lag as f64);
 }
 
-/// Publish → result: from each message's producer timestamp to now, when
-/// its result has been published.
-pub fn request_latency(worker: &str, batch: &[Incoming]) {
+/// Publish → result: from each message's producer timestamp (ms since the
+/// epoch) to now, when its result has been published.
+pub fn request_latency(worker: &str, created_ms: impl IntoIterator<Item = i64>) {
     let now = chrono::Utc::now().timestamp_millis();
     let histogram = histogram!("stampede_request_latency_seconds", "flow" => worker.to_owned());
-    for message in batch {
-        if let Some(created) = message.timestamp_ms {
-            histogram.record((now - created).max(0) as f64 / 1000.0);
-        }
+    for created in created_ms {
+        histogram.record((now - created).max(0) as f64 / 1000.0);
     }
 }
 

@@ -46,12 +46,13 @@ use async_trait::async_trait;
 use sqlx::PgPool;
 
 use super::pipeline::{stored, Decide, ResultMessage};
-use super::{reconcile, WorkerError};
+use super::WorkerError;
 use crate::counters::{Counters, CouponShard};
 use crate::domain::coupon::{donors, IssueDecision};
 use crate::domain::messages::{CouponIssueRequest, CouponIssueResult, Status};
 use crate::domain::{ErrorCode, Rejection};
 use crate::kafka::Flow;
+use crate::reconcile;
 use crate::store::coupons::{self, Grant, GrantOutcome};
 use crate::store::processed::{self, NewResult};
 use crate::store::{users, StoreError};

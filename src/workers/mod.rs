@@ -7,7 +7,6 @@ pub mod coupon;
 pub mod order;
 pub mod outbox;
 pub mod pipeline;
-pub mod reconcile;
 pub mod retention;
 pub mod stats;
 
@@ -74,6 +73,15 @@ pub enum WorkerError {
     /// given back, and it goes to the DLQ.
     #[error("invariant broken: {0}")]
     Invariant(String),
+}
+
+impl From<crate::reconcile::ReconcileError> for WorkerError {
+    fn from(e: crate::reconcile::ReconcileError) -> Self {
+        match e {
+            crate::reconcile::ReconcileError::Store(e) => WorkerError::Store(e),
+            crate::reconcile::ReconcileError::Counters(e) => WorkerError::Counters(e),
+        }
+    }
 }
 
 impl WorkerError {

@@ -26,13 +26,14 @@ use chrono::Utc;
 use sqlx::{PgConnection, PgPool};
 
 use super::pipeline::{stored, Decide, ResultMessage};
-use super::{reconcile, WorkerError};
+use super::WorkerError;
 use crate::counters::{Counters, StockAnswer, StockRequest};
 use crate::domain::messages::{OrderRequest, OrderResult, OrderStats, StatsItem, Status};
 use crate::domain::order::{pay, price_order, CouponHolding, PricedItem, Pricing};
 use crate::domain::{ErrorCode, Rejection};
 use crate::kafka::topics::ORDER_STATS;
 use crate::kafka::Flow;
+use crate::reconcile;
 use crate::store::orders::{self, NewEvent, NewOrder};
 use crate::store::processed::{self, NewResult};
 use crate::store::users::{self, HistoryRow};

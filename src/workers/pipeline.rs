@@ -12,31 +12,19 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::PgPool;
 use tracing::{debug, info_span, warn, Span};
 
 use super::WorkerError;
-use crate::domain::messages::{
-    ChargeRequest, ChargeResult, CouponIssueRequest, CouponIssueResult, OrderRequest, OrderResult,
-    Status,
-};
-use crate::domain::validate::{decode, salvage, Validate};
+pub use crate::domain::messages::{RequestMessage, ResultMessage};
+use crate::domain::validate::{decode, salvage};
 use crate::domain::{ErrorCode, Rejection, RequestId};
 use crate::kafka::consumer::{BatchHandler, HandlerError, Incoming};
 use crate::kafka::dlq::{dead_letter, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
 use crate::kafka::{Flow, OutMessage, Topics};
 use crate::store::processed::{self, NewResult};
 use crate::telemetry::{metrics, trace_context};
-
-/// A request message of one flow.
-pub trait RequestMessage: DeserializeOwned + Validate + Send + Sync {
-    fn request_id(&self) -> &RequestId;
-    fn user_id(&self) -> i64;
-    /// When the gateway (or a direct producer) accepted the request.
-    fn requested_at(&self) -> Option<chrono::DateTime<chrono::Utc>>;
-}
 
 /// How far before its Kafka timestamp a request's own `requested_at` is
 /// believed: a producer that claims to be earlier than that gains no more.
@@ -52,73 +40,6 @@ fn accepted_ms(requested_at: Option<chrono::DateTime<chrono::Utc>>, kafka_ms: Op
         (Some(stamp), None) => stamp,
         (None, Some(ts)) => ts,
         (None, None) => i64::MAX,
-    }
-}
-
-/// A result message of one flow.
-pub trait ResultMessage: Serialize {
-    fn rejected(request_id: RequestId, user_id: Option<i64>, rejection: Rejection) -> Self;
-}
-
-macro_rules! request_message {
-    ($t:ty) => {
-        impl RequestMessage for $t {
-            fn request_id(&self) -> &RequestId {
-                &self.request_id
-            }
-            fn user_id(&self) -> i64 {
-                self.user_id
-            }
-            fn requested_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-                self.requested_at
-            }
-        }
-    };
-}
-request_message!(ChargeRequest);
-request_message!(CouponIssueRequest);
-request_message!(OrderRequest);
-
-impl ResultMessage for ChargeResult {
-    fn rejected(request_id: RequestId, user_id: Option<i64>, rejection: Rejection) -> Self {
-        ChargeResult {
-            request_id,
-            user_id,
-            status: Status::Rejected,
-            balance: None,
-            error: Some(rejection),
-        }
-    }
-}
-
-impl ResultMessage for CouponIssueResult {
-    fn rejected(request_id: RequestId, user_id: Option<i64>, rejection: Rejection) -> Self {
-        CouponIssueResult {
-            request_id,
-            user_id,
-            status: Status::Rejected,
-            coupon_id: None,
-            user_coupon_id: None,
-            expires_at: None,
-            error: Some(rejection),
-        }
-    }
-}
-
-impl ResultMessage for OrderResult {
-    fn rejected(request_id: RequestId, user_id: Option<i64>, rejection: Rejection) -> Self {
-        OrderResult {
-            request_id,
-            user_id,
-            status: Status::Rejected,
-            order_id: None,
-            total_amount: None,
-            discount_amount: None,
-            paid_amount: None,
-            balance: None,
-            coupon_applied: None,
-            error: Some(rejection),
-        }
     }
 }
 

@@ -157,7 +157,7 @@ impl TestEnv {
         stampede::store::coupons::create(&self.db, Some(id), &spec)
             .await
             .expect("create a coupon");
-        stampede::workers::reconcile::load_coupon(&self.db, &self.counters, id, true)
+        stampede::reconcile::load_coupon(&self.db, &self.counters, id, true)
             .await
             .expect("load its stock into Redis");
     }

@@ -18,12 +18,30 @@
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use super::WorkerError;
-use crate::counters::{Counters, CouponShard, LoadOutcome};
+use crate::counters::{CounterError, Counters, CouponShard, LoadOutcome};
 use crate::domain::{self, coupon::home_shard};
 use crate::store::coupons::CouponRow;
 use crate::store::{coupons, processed, products, StoreError};
 use crate::telemetry::metrics;
+
+/// Why a reload could not finish; every cause is the store's or Redis's.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Counters(#[from] CounterError),
+}
+
+impl ReconcileError {
+    /// Whether trying again can succeed (a dependency was unreachable).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ReconcileError::Store(e) => e.is_retryable(),
+            ReconcileError::Counters(e) => e.is_retryable(),
+        }
+    }
+}
 
 /// What reconciling one coupon found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -69,7 +87,7 @@ pub async fn load_coupon(
     counters: &Counters,
     coupon_id: i64,
     force: bool,
-) -> Result<Option<CouponReport>, WorkerError> {
+) -> Result<Option<CouponReport>, ReconcileError> {
     let mut tx = db.begin().await.map_err(StoreError::from)?;
     let Some(row) = coupons::lock_one(&mut tx, coupon_id).await? else {
         return Ok(None);
@@ -85,7 +103,7 @@ async fn load_locked_coupon(
     counters: &Counters,
     row: &CouponRow,
     mut force: bool,
-) -> Result<CouponReport, WorkerError> {
+) -> Result<CouponReport, ReconcileError> {
     let shards = row.shards();
     let unloaded = CouponReport {
         coupon_id: row.id,
@@ -178,7 +196,7 @@ pub async fn repair_if_short(
     db: &PgPool,
     counters: &Counters,
     coupon_id: i64,
-) -> Result<bool, WorkerError> {
+) -> Result<bool, ReconcileError> {
     let mut tx = db.begin().await.map_err(StoreError::from)?;
     let Some(row) = coupons::lock_one(&mut tx, coupon_id).await? else {
         return Ok(false);
@@ -210,7 +228,7 @@ pub async fn load_products(
     db: &PgPool,
     counters: &Counters,
     force: bool,
-) -> Result<(i64, i64, i64), WorkerError> {
+) -> Result<(i64, i64, i64), ReconcileError> {
     let mut tx = db.begin().await.map_err(StoreError::from)?;
     let (count, written, drift) = load_locked_products(&mut tx, counters, None, force).await?;
     tx.commit().await.map_err(StoreError::from)?;
@@ -225,7 +243,7 @@ pub async fn load_missing_products(
     db: &PgPool,
     counters: &Counters,
     ids: &[i64],
-) -> Result<(), WorkerError> {
+) -> Result<(), ReconcileError> {
     let mut tx = db.begin().await.map_err(StoreError::from)?;
     load_locked_products(&mut tx, counters, Some(ids), false).await?;
     tx.commit().await.map_err(StoreError::from)?;
@@ -238,7 +256,7 @@ pub async fn load_missing_products_in(
     batch: &mut PgConnection,
     counters: &Counters,
     ids: &[i64],
-) -> Result<(), WorkerError> {
+) -> Result<(), ReconcileError> {
     load_locked_products(batch, counters, Some(ids), false).await?;
     Ok(())
 }
@@ -248,7 +266,7 @@ async fn load_locked_products(
     counters: &Counters,
     ids: Option<&[i64]>,
     force: bool,
-) -> Result<(i64, i64, i64), WorkerError> {
+) -> Result<(i64, i64, i64), ReconcileError> {
     let stock = products::lock_stock(conn, ids).await?;
     let holds = counters.hold_ids().await?;
     let decided = processed::decided(conn, &holds).await?;
@@ -272,7 +290,10 @@ async fn load_locked_products(
 /// notices. The server last loaded is recorded in PostgreSQL, so a process
 /// started after such a change notices it too. Called by the coupon and
 /// order workers before each batch; costs one `INFO` when nothing changed.
-pub async fn reload_if_redis_replaced(db: &PgPool, counters: &Counters) -> Result<(), WorkerError> {
+pub async fn reload_if_redis_replaced(
+    db: &PgPool,
+    counters: &Counters,
+) -> Result<(), ReconcileError> {
     let Some(server) = counters.server_id().await? else {
         return Ok(());
     };
@@ -309,7 +330,7 @@ pub async fn reconcile_all(
     db: &PgPool,
     counters: &Counters,
     force: bool,
-) -> Result<ReconcileReport, WorkerError> {
+) -> Result<ReconcileReport, ReconcileError> {
     let mut report = ReconcileReport::default();
     for coupon in coupons::all(db).await? {
         if let Some(r) = load_coupon(db, counters, coupon.id, force).await? {
