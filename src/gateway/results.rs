@@ -139,11 +139,8 @@ async fn follow_once(
     let consumer: StreamConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
     for name in names.keys() {
-        let metadata = consumer.fetch_metadata(Some(name), Duration::from_secs(10))?;
-        for topic in metadata.topics() {
-            for partition in topic.partitions() {
-                assignment.add_partition_offset(name, partition.id(), Offset::End)?;
-            }
+        for partition in crate::kafka::partitions_of(&consumer, name, Duration::from_secs(30))? {
+            assignment.add_partition_offset(name, partition, Offset::End)?;
         }
     }
     consumer.assign(&assignment)?;

@@ -53,6 +53,27 @@ pub async fn create_topics(settings: &KafkaSettings) -> Result<Vec<TopicOutcome>
             Err((topic, code)) => return Err(AdminError::Topic { topic, code }),
         }
     }
+    // Created is not yet usable: wait until every partition has a leader, so
+    // whoever reads or writes next finds them (a busy controller takes a
+    // while to elect them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for topic in &topics {
+        loop {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            if super::led_partitions(&metadata, topic).is_some() {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(AdminError::Topic {
+                    topic: topic.clone(),
+                    code: RDKafkaErrorCode::LeaderNotAvailable,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     Ok(outcomes)
 }
 

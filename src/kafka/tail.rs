@@ -33,7 +33,9 @@ pub struct TailContext;
 
 impl ClientContext for TailContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let end = matches!(error, KafkaError::PartitionEOF(_))
+            || matches!(error, KafkaError::Global(code) if code == rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if !end {
             tracing::error!(%error, reason, "kafka client error while reading a topic to its end");
         }
     }
@@ -63,23 +65,22 @@ pub fn read_to_end(
     mut each: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<(), KafkaError> {
     let deadline = Instant::now() + limit;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut assignment = TopicPartitionList::new();
     let mut ends = HashMap::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) =
-            consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(10))?;
+    for partition in super::partitions_of(consumer, topic, limit.min(Duration::from_secs(30)))? {
+        let (low, high) = super::watermarks(
+            consumer,
+            topic,
+            partition,
+            limit.min(Duration::from_secs(30)),
+        )?;
         let from = match start {
             Start::Earliest => low,
-            Start::At(offsets) => offsets
-                .get(&partition.id())
-                .copied()
-                .unwrap_or(low)
-                .max(low),
+            Start::At(offsets) => offsets.get(&partition).copied().unwrap_or(low).max(low),
         };
         if from < high {
-            assignment.add_partition_offset(topic, partition.id(), Offset::Offset(from))?;
-            ends.insert(partition.id(), high);
+            assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
+            ends.insert(partition, high);
         }
     }
     let mut pending: HashSet<i32> = ends.keys().copied().collect();

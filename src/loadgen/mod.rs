@@ -400,11 +400,10 @@ async fn start_follower(
     let consumer: StreamConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
     for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        for p in crate::kafka::partitions_of(&consumer, topic, Duration::from_secs(30))? {
             // Explicit offsets, so nothing produced after this point is missed.
-            let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-            assignment.add_partition_offset(topic, p.id(), Offset::Offset(high))?;
+            let (_, high) = crate::kafka::watermarks(&consumer, topic, p, Duration::from_secs(30))?;
+            assignment.add_partition_offset(topic, p, Offset::Offset(high))?;
         }
     }
     consumer.assign(&assignment)?;
