@@ -135,7 +135,9 @@ async fn follow_once(
         )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "1500");
+        // Short: partitions assigned at the end join the fetch only when the
+        // fetch in flight returns, and this reader wakes HTTP waiters.
+        .set("fetch.wait.max.ms", "500");
     let consumer: StreamConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
     for name in names.keys() {
