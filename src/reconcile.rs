@@ -21,7 +21,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::counters::{CounterError, Counters, CouponShard, LoadOutcome};
 use crate::domain::{self, coupon::home_shard};
 use crate::store::coupons::CouponRow;
-use crate::store::{coupons, processed, products, StoreError};
+use crate::store::{counter_source, coupons, processed, products, StoreError};
 use crate::telemetry::metrics;
 
 /// Why a reload could not finish; every cause is the store's or Redis's.
@@ -300,11 +300,7 @@ pub async fn reload_if_redis_replaced(
     if counters.known_server().as_deref() == Some(server.as_str()) {
         return Ok(());
     }
-    let recorded: Option<String> =
-        sqlx::query_scalar("SELECT redis_run_id FROM counter_source WHERE id = 1")
-            .fetch_optional(db)
-            .await
-            .map_err(StoreError::from)?;
+    let recorded = counter_source::recorded(db).await?;
     if recorded.as_deref() != Some(server.as_str()) {
         tracing::warn!(
             redis_run_id = %server,
@@ -312,14 +308,7 @@ pub async fn reload_if_redis_replaced(
             "Redis is not the server the counters were loaded into (restarted, restored from a snapshot, failed over): reloading every counter from PostgreSQL"
         );
         reconcile_all(db, counters, true).await?;
-        sqlx::query(
-            "INSERT INTO counter_source (id, redis_run_id) VALUES (1, $1)
-             ON CONFLICT (id) DO UPDATE SET redis_run_id = EXCLUDED.redis_run_id, loaded_at = now()",
-        )
-        .bind(&server)
-        .execute(db)
-        .await
-        .map_err(StoreError::from)?;
+        counter_source::record(db, &server).await?;
     }
     counters.remember_server(server);
     Ok(())

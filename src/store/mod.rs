@@ -19,6 +19,7 @@
 //! in opposite orders. Counter reloads take the same row locks as the
 //! batches that commit those figures (see the reconcile module).
 
+pub mod counter_source;
 pub mod coupons;
 pub mod orders;
 pub mod processed;

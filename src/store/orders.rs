@@ -1,6 +1,6 @@
 //! Orders, their items, coupon use, and the transactional outbox of stats events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
@@ -179,6 +179,12 @@ pub struct NewEvent {
 }
 
 /// Queues events in the transaction of the orders they describe.
+/// The channel a relay listens on: told when events were queued (the
+/// notification is delivered when the queuing transaction commits).
+pub const OUTBOX_CHANNEL: &str = "stampede_outbox";
+
+/// Queues events in the outbox inside `tx` and tells the relay, which wakes
+/// when `tx` commits.
 pub async fn enqueue(
     tx: &mut Transaction<'_, Postgres>,
     topic: &str,
@@ -201,7 +207,23 @@ pub async fn enqueue(
     .bind(&traces)
     .execute(&mut **tx)
     .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(OUTBOX_CHANNEL)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
+}
+
+/// Which of `request_ids` paid an order.
+pub async fn paid_among(db: &PgPool, request_ids: &[&str]) -> Result<HashSet<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT o.request_id FROM unnest($1::text[]) AS k(id) JOIN orders o ON o.request_id = k.id",
+    )
+    .bind(super::distinct(request_ids))
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .collect())
 }
 
 /// The oldest unpublished events, in id order.

@@ -364,12 +364,6 @@ impl OrderLogic {
         users::write_balances(&mut tx, &changed_balances, &history).await?;
         products::decrement(&mut tx, &sold).await?;
         orders::enqueue(&mut tx, ORDER_STATS, &events).await?;
-        if !events.is_empty() {
-            sqlx::query("SELECT pg_notify('stampede_outbox', '')")
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
-        }
         processed::insert_all(&mut tx, Flow::Order.kind(), &results).await?;
         tx.commit().await.map_err(StoreError::from)?;
         *committed = true;
@@ -427,14 +421,7 @@ impl Decide for OrderLogic {
     async fn replayed(&self, request_ids: &[&str]) -> Result<(), WorkerError> {
         // A paid order's hold left by a crash after commit: forget it. A
         // rejected order's hold (its release was cut short): give it back.
-        let paid: HashSet<String> =
-            sqlx::query_scalar("SELECT request_id FROM orders WHERE request_id = ANY($1)")
-                .bind(request_ids)
-                .fetch_all(&self.db)
-                .await
-                .map_err(StoreError::from)?
-                .into_iter()
-                .collect();
+        let paid = orders::paid_among(&self.db, request_ids).await?;
         let (done, rejected): (Vec<&str>, Vec<&str>) =
             request_ids.iter().partition(|id| paid.contains(**id));
         self.counters.finish_holds(&done).await?;

@@ -78,7 +78,9 @@ async fn relay_as_leader(
 ) -> Result<(), RelayError> {
     let mut conn = db.acquire().await?;
     let mut listener = PgListener::connect_with(db).await?;
-    listener.listen("stampede_outbox").await?;
+    listener
+        .listen(crate::store::orders::OUTBOX_CHANNEL)
+        .await?;
     loop {
         let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(RELAY_LOCK)
