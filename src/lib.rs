@@ -17,6 +17,7 @@ pub mod domain;
 pub mod gateway;
 pub mod kafka;
 pub mod loadgen;
+pub mod pages;
 pub mod reconcile;
 pub mod seed;
 pub mod store;

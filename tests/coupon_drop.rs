@@ -4,9 +4,8 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
 
-use common::{ids, TestEnv, WorkerProcess, PATIENCE};
+use common::{ids, TestEnv};
 use serde_json::{json, Value};
 use stampede::app::Roles;
 use stampede::kafka::Flow;
@@ -98,61 +97,15 @@ async fn check_drop(env: &TestEnv, requests: &[(i64, Value)], stock: i64) -> (us
     (issued, sold_out, already)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A worker process serving metrics, and a way to read them.
-fn worker_with_metrics(env: &TestEnv, only: &str) -> (WorkerProcess, String) {
-    let port = free_port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_stampede"))
-        .args([
-            "--config",
-            env.config_path().as_str(),
-            "worker",
-            "--only",
-            only,
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    (
-        WorkerProcess { child },
-        format!("http://127.0.0.1:{port}/metrics"),
-    )
-}
-
-async fn metric(url: &str, name: &str) -> f64 {
-    common::metric_sum(&common::scrape(url).await, name, &[])
-}
-
-async fn wait_metric(url: &str, name: &str, at_least: f64) {
-    let deadline = Instant::now() + PATIENCE;
-    while metric(url, name).await < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached {at_least} at {url}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drop_through_two_worker_processes_issues_exactly_the_stock() {
     let env = TestEnv::with(|s| s.worker.batch_size = 200).await;
     users::seed(&env.db, 1, 3_000, 0).await.unwrap();
     env.create_coupon(COUPON, 1_000).await;
-    let (a, metrics_a) = worker_with_metrics(&env, "coupon");
-    let (b, metrics_b) = worker_with_metrics(&env, "coupon");
-    wait_metric(&metrics_a, "stampede_consumer_assigned_partitions", 1.0).await;
-    wait_metric(&metrics_b, "stampede_consumer_assigned_partitions", 1.0).await;
+    let (a, metrics_a) = env.worker_with_metrics("coupon");
+    let (b, metrics_b) = env.worker_with_metrics("coupon");
+    common::wait_metric(&metrics_a, "stampede_consumer_assigned_partitions", 1.0).await;
+    common::wait_metric(&metrics_b, "stampede_consumer_assigned_partitions", 1.0).await;
 
     let requests = drop_requests(5_000, 3_000);
     env.publish_all(Flow::Coupon, &requests).await;
@@ -162,8 +115,8 @@ async fn a_drop_through_two_worker_processes_issues_exactly_the_stock() {
         already > 0 && sold_out > 0,
         "repeats and latecomers were answered ({already} already issued, {sold_out} sold out)"
     );
-    let consumed_a = metric(&metrics_a, "stampede_messages_consumed_total").await;
-    let consumed_b = metric(&metrics_b, "stampede_messages_consumed_total").await;
+    let consumed_a = common::metric(&metrics_a, "stampede_messages_consumed_total").await;
+    let consumed_b = common::metric(&metrics_b, "stampede_messages_consumed_total").await;
     assert!(
         consumed_a > 0.0 && consumed_b > 0.0,
         "both workers took part ({consumed_a}, {consumed_b})"

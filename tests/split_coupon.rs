@@ -6,9 +6,8 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
 
-use common::{ids, TestEnv, WorkerProcess, PATIENCE};
+use common::{ids, TestEnv, WorkerProcess};
 use serde_json::{json, Value};
 use stampede::app::Roles;
 use stampede::counters::CouponShard;
@@ -117,43 +116,11 @@ async fn nodes_of(env: &TestEnv, shards: u32) -> HashSet<i64> {
     nodes
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A coupon worker process serving metrics, waiting until it owns partitions.
+/// A coupon worker process, once it owns partitions.
 async fn coupon_worker(env: &TestEnv) -> WorkerProcess {
-    let port = free_port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_stampede"))
-        .args([
-            "--config",
-            env.config_path().as_str(),
-            "worker",
-            "--only",
-            "coupon",
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    let deadline = Instant::now() + PATIENCE;
-    while common::metric_sum(
-        &common::scrape(&url).await,
-        "stampede_consumer_assigned_partitions",
-        &[],
-    ) < 1.0
-    {
-        assert!(Instant::now() < deadline, "the worker never joined");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    WorkerProcess { child }
+    let (worker, metrics) = env.worker_with_metrics("coupon");
+    common::wait_metric(&metrics, "stampede_consumer_assigned_partitions", 1.0).await;
+    worker
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

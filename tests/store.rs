@@ -110,7 +110,8 @@ async fn results_and_published_events_past_retention_are_swept_and_the_rest_kept
             .fetch_all(&env.db)
             .await
             .unwrap();
-        if results.len() == 1 || std::time::Instant::now() > deadline {
+        // One sweep deletes results, then outbox rows: wait for both.
+        if (results.len() == 1 && outbox.len() == 2) || std::time::Instant::now() > deadline {
             break (results, outbox);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -139,33 +140,42 @@ async fn batch_lookups_probe_the_index_of_a_table_of_hundreds_of_thousands() {
     ] {
         sqlx::query(statement).execute(&env.db).await.unwrap();
     }
-    let results: Vec<String> =
-        sqlx::query(&format!("EXPLAIN {}", stampede::store::processed::LOOKUP))
-            .bind((1..=2_000).map(|i| format!("new-{i}")).collect::<Vec<_>>())
-            .fetch_all(&env.db)
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get::<String, _>(0))
-            .collect();
-    let results = results.join("\n");
+    let results = plan(
+        &env,
+        stampede::store::processed::LOOKUP,
+        (1..=2_000).map(|i| format!("new-{i}")).collect::<Vec<_>>(),
+    )
+    .await;
     assert!(
         results.contains("processed_requests_pkey")
             && !results.contains("Seq Scan on processed_requests"),
         "{results}"
     );
-    let users: Vec<String> = sqlx::query(&format!("EXPLAIN {}", stampede::store::users::EXISTING))
-        .bind((1..=2_000i64).map(|i| i * 97).collect::<Vec<_>>())
-        .fetch_all(&env.db)
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get::<String, _>(0))
-        .collect();
-    let users = users.join("\n");
+    let users = plan(
+        &env,
+        stampede::store::users::EXISTING,
+        (1..=2_000i64).map(|i| i * 97).collect::<Vec<_>>(),
+    )
+    .await;
     assert!(
         users.contains("users_pkey") && !users.contains("Seq Scan on users"),
         "{users}"
     );
     env.cleanup().await;
+}
+
+/// PostgreSQL's plan for `sql` with its one parameter bound to `keys`.
+async fn plan<T>(env: &TestEnv, sql: &str, keys: Vec<T>) -> String
+where
+    Vec<T>: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+{
+    sqlx::query(&format!("EXPLAIN {sql}"))
+        .bind(keys)
+        .fetch_all(&env.db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<String, _>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -8,10 +8,9 @@
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-const UPLOT_JS: &str = include_str!("../../assets/uplot/uPlot.iife.min.js");
-const UPLOT_CSS: &str = include_str!("../../assets/uplot/uPlot.min.css");
+use crate::pages::{script_safe, PAGE_CSS, UPLOT_CSS, UPLOT_JS};
+
 const DASHBOARD_JS: &str = include_str!("../../assets/dashboard.js");
-const PAGE_CSS: &str = include_str!("../../assets/report.css");
 
 pub async fn page() -> Response {
     let html = format!(
@@ -40,8 +39,8 @@ pub async fn page() -> Response {
 </body>
 </html>
 "#,
-        uplot = UPLOT_JS.replace("</", "<\\/"),
-        script = DASHBOARD_JS.replace("</", "<\\/"),
+        uplot = script_safe(UPLOT_JS),
+        script = script_safe(DASHBOARD_JS),
     );
     (
         [

@@ -4,24 +4,9 @@
 //! network.
 
 use super::report::Report;
+use crate::pages::{escape, script_safe, PAGE_CSS, UPLOT_CSS, UPLOT_JS, UPLOT_LICENSE};
 
-const UPLOT_JS: &str = include_str!("../../assets/uplot/uPlot.iife.min.js");
-const UPLOT_CSS: &str = include_str!("../../assets/uplot/uPlot.min.css");
-const UPLOT_LICENSE: &str = include_str!("../../assets/uplot/LICENSE");
 const REPORT_JS: &str = include_str!("../../assets/report.js");
-const PAGE_CSS: &str = include_str!("../../assets/report.css");
-
-/// Text safe inside a `<script>` element: no `</` can end it early.
-fn script_safe(text: &str) -> String {
-    text.replace("</", "<\\/")
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
 
 /// The page for `runs` (label, report), in the order given.
 pub fn page(title: &str, runs: &[(String, Report)]) -> String {
@@ -57,18 +42,4 @@ pub fn page(title: &str, runs: &[(String, Report)]) -> String {
         uplot = script_safe(UPLOT_JS),
         script = script_safe(REPORT_JS),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn embedded_text_cannot_close_its_script_element() {
-        assert_eq!(
-            script_safe(r#"{"a":"</script><b>"}"#),
-            r#"{"a":"<\/script><b>"}"#
-        );
-        assert_eq!(escape("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
-    }
 }

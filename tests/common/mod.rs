@@ -62,6 +62,32 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The sum of a metric's series at `url`.
+pub async fn metric(url: &str, name: &str) -> f64 {
+    metric_sum(&scrape(url).await, name, &[])
+}
+
+/// Waits until a metric at `url` reaches `at_least`.
+pub async fn wait_metric(url: &str, name: &str, at_least: f64) {
+    let deadline = Instant::now() + PATIENCE;
+    while metric(url, name).await < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {at_least} at {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Settings isolated under `tag`.
 pub fn isolated_settings(tag: &str) -> Settings {
     let mut s = Settings::default();
@@ -180,6 +206,30 @@ impl TestEnv {
             running: Some(running),
             shutdown,
         }
+    }
+
+    /// Starts `stampede worker --only <only>` serving metrics; returns it
+    /// and the URL of its `/metrics`.
+    pub fn worker_with_metrics(&self, only: &str) -> (WorkerProcess, String) {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_stampede"))
+            .args([
+                "--config",
+                self.config_path().as_str(),
+                "worker",
+                "--only",
+                only,
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn stampede worker");
+        (
+            WorkerProcess { child },
+            format!("http://127.0.0.1:{port}/metrics"),
+        )
     }
 
     /// Starts `stampede worker --only <only>` as a separate process.
