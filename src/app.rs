@@ -19,6 +19,7 @@ use crate::store::{self, StoreError};
 use crate::telemetry::metrics;
 use crate::workers::charge::ChargeLogic;
 use crate::workers::coupon::CouponLogic;
+use crate::workers::fairness::GroupFrontiers;
 use crate::workers::order::OrderLogic;
 use crate::workers::pipeline::RequestPipeline;
 use crate::workers::stats::StatsConsumer;
@@ -184,6 +185,21 @@ pub async fn run(
                 WorkerKind::Order => topics.requests(Flow::Order),
                 WorkerKind::Stats => topics.stats(),
             }],
+            // Statistics events carry no race to be fair in; balance charges
+            // take nothing anyone else could have had.
+            fcfs_wait: match kind {
+                WorkerKind::Stats => std::time::Duration::ZERO,
+                _ => std::time::Duration::from_millis(settings.worker.fcfs_wait_ms),
+            },
+            frontiers: match kind {
+                WorkerKind::Coupon | WorkerKind::Order if settings.worker.fcfs_wait_ms > 0 => Some(
+                    Arc::new(GroupFrontiers::new(
+                        counters.clone(),
+                        format!("{group}.{}", kind.name()),
+                    )) as Arc<dyn crate::kafka::merge::Frontiers>,
+                ),
+                _ => None,
+            },
         };
         let handler: Box<dyn crate::kafka::BatchHandler> = match kind {
             WorkerKind::Charge => Box::new(RequestPipeline::new(

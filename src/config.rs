@@ -192,6 +192,13 @@ pub struct WorkerSettings {
     pub retention_hours: u64,
     /// How often a worker process deletes what is past `retention_hours`.
     pub retention_sweep_secs: u64,
+    /// First come, first served across partitions: how long a request
+    /// waits for a partition that was delivering a moment ago and may still
+    /// bring an earlier one (0: decide what has arrived, in acceptance order).
+    pub fcfs_wait_ms: u64,
+    /// Most messages a worker holds while merging partitions in acceptance
+    /// order; past it the earliest are decided whatever may still come.
+    pub fcfs_buffer: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -282,6 +289,8 @@ impl Default for WorkerSettings {
             metrics_addr: None,
             retention_hours: 24 * 7,
             retention_sweep_secs: 600,
+            fcfs_wait_ms: 25,
+            fcfs_buffer: 20_000,
         }
     }
 }
@@ -425,6 +434,18 @@ impl Settings {
             problems.push(format!(
                 "worker.batch_size must be 1 to 50000, got {}",
                 self.worker.batch_size
+            ));
+        }
+        if self.worker.fcfs_wait_ms > 10_000 {
+            problems.push(format!(
+                "worker.fcfs_wait_ms must be at most 10000, got {}",
+                self.worker.fcfs_wait_ms
+            ));
+        }
+        if self.worker.fcfs_buffer < self.worker.batch_size || self.worker.fcfs_buffer > 1_000_000 {
+            problems.push(format!(
+                "worker.fcfs_buffer must be at least worker.batch_size ({}) and at most 1000000, got {}",
+                self.worker.batch_size, self.worker.fcfs_buffer
             ));
         }
         if self.worker.retry_initial_ms == 0

@@ -195,3 +195,56 @@ fn coupons_spread_over_a_redis_cluster_and_keep_their_rules() {
         assert_eq!(answer, vec![StockAnswer::Reserved]);
     });
 }
+
+/// Worker processes of one group learn the earliest frontier among the
+/// others; a process whose report is old (stopped, killed) or unreadable is
+/// forgotten, not waited for.
+#[test]
+fn frontier_reports_give_the_earliest_other_process_and_forget_silent_ones() {
+    runtime().block_on(async {
+        let (counters, prefix) = counters().await;
+        let report = |member: &'static str, frontier: i64| {
+            let counters = counters.clone();
+            async move {
+                counters
+                    .report_frontier("g", member, frontier, 1_000)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(report("a", 100).await, None, "alone in the group");
+        assert_eq!(report("b", 500).await, Some(100));
+        assert_eq!(
+            report("a", 200).await,
+            Some(500),
+            "its own report is not counted"
+        );
+        assert_eq!(report("c", 900).await, Some(200));
+        // A process that reported at the epoch, and a garbled entry.
+        let key = format!("{prefix}:{{fcfs:g}}:frontiers");
+        let mut conn = counters.connection();
+        let _: () = redis::cmd("HSET")
+            .arg(&key)
+            .arg("gone")
+            .arg("1:0")
+            .arg("junk")
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(report("c", 950).await, Some(200));
+        let members: Vec<String> = redis::cmd("HKEYS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let members: HashSet<String> = members.into_iter().collect();
+        assert_eq!(members, HashSet::from(["a".into(), "b".into(), "c".into()]));
+        // Another group is another race.
+        assert_eq!(
+            counters.report_frontier("h", "a", 1, 1_000).await.unwrap(),
+            None
+        );
+        wipe(&counters, &prefix).await;
+    });
+}

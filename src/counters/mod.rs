@@ -35,6 +35,8 @@ static TAKE_STOCK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/take_stock.lua")));
 static GIVE_STOCK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/give_stock.lua")));
+static REPORT_FRONTIER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/report_frontier.lua")));
 static LOAD_PRODUCTS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/load_products.lua")));
 
@@ -490,6 +492,28 @@ impl Counters {
         let mut conn = self.conn.clone();
         let answer: (i64, i64) = invocation.invoke_async(&mut conn).await?;
         Ok(answer)
+    }
+
+    /// Reports, for the consumer group `group`, that process `member` may
+    /// still decide requests accepted from `frontier` (ms since the epoch)
+    /// on; returns the earliest such time among the group's other processes
+    /// that reported within `fresh_ms`, if any (`report_frontier.lua`).
+    pub async fn report_frontier(
+        &self,
+        group: &str,
+        member: &str,
+        frontier: i64,
+        fresh_ms: u64,
+    ) -> Result<Option<i64>> {
+        let key = format!("{}:{{fcfs:{group}}}:frontiers", self.prefix);
+        let mut conn = self.conn.clone();
+        Ok(REPORT_FRONTIER
+            .key(key)
+            .arg(member)
+            .arg(frontier)
+            .arg(fresh_ms)
+            .invoke_async(&mut conn)
+            .await?)
     }
 
     /// Units of a product Redis still sells, if loaded.

@@ -11,21 +11,22 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::merge::{Assignment, Frontiers, Merger, Take};
 use super::producer::{OutMessage, Producer};
 use crate::config::Settings;
 use crate::telemetry::metrics;
@@ -41,6 +42,10 @@ pub struct Incoming {
     pub headers: Vec<(String, Vec<u8>)>,
     /// When the producer created the message (ms since the epoch), if known.
     pub timestamp_ms: Option<i64>,
+    /// When the request counts as accepted (ms since the epoch), as the
+    /// handler reads it ([`BatchHandler::accepted_ms`]): the order batches
+    /// are formed and decided in.
+    pub accepted_ms: i64,
 }
 
 impl Incoming {
@@ -66,6 +71,7 @@ impl Incoming {
             payload: message.payload().map(<[u8]>::to_vec),
             headers,
             timestamp_ms: message.timestamp().to_millis(),
+            accepted_ms: i64::MAX,
         }
     }
 
@@ -108,6 +114,12 @@ impl HandlerError {
 pub trait BatchHandler: Send + Sync {
     /// Makes the effects of the batch durable and returns what to publish.
     async fn handle(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, HandlerError>;
+
+    /// When a message counts as accepted, for first come, first served
+    /// across partitions: by default its Kafka timestamp (unstamped last).
+    fn accepted_ms(&self, message: &Incoming) -> i64 {
+        message.timestamp_ms.unwrap_or(i64::MAX)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +135,30 @@ pub enum ConsumerError {
 pub struct CommitOnRevoke {
     worker: String,
     joined: Arc<AtomicBool>,
+    /// Assignment changes not yet applied to the batch merger, in order.
+    changes: Mutex<Vec<Assignment>>,
+}
+
+impl CommitOnRevoke {
+    /// Assignment changes since the last call, oldest first.
+    fn take_changes(&self) -> Vec<Assignment> {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn record(&self, change: Assignment) {
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(change);
+    }
+}
+
+fn partition_list(partitions: &TopicPartitionList) -> Vec<(String, i32)> {
+    partitions
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
 }
 
 impl ClientContext for CommitOnRevoke {
@@ -144,6 +180,7 @@ impl ConsumerContext for CommitOnRevoke {
             Rebalance::Revoke(partitions) => {
                 info!(worker = %self.worker, partitions = partitions.count(), "partitions revoked, committing");
                 commit_stored(consumer, &self.worker);
+                self.record(Assignment::Revoked(partition_list(partitions)));
                 metrics::assigned_partitions(&self.worker, 0);
                 self.joined.store(false, Ordering::Relaxed);
             }
@@ -156,6 +193,7 @@ impl ConsumerContext for CommitOnRevoke {
         if let Rebalance::Assign(partitions) = rebalance {
             info!(worker = %self.worker, partitions = partitions.count(), "partitions assigned");
             metrics::assigned_partitions(&self.worker, partitions.count());
+            self.record(Assignment::Assigned(partition_list(partitions)));
             self.joined.store(true, Ordering::Relaxed);
         }
     }
@@ -178,6 +216,14 @@ pub struct ConsumerOptions {
     pub topics: Vec<String>,
     /// Set while the consumer holds an assignment (for `/readyz`).
     pub joined: Arc<AtomicBool>,
+    /// How long an empty partition that was just delivering is waited for
+    /// before later messages of other partitions are decided
+    /// ([`super::merge`]); zero merges only what has arrived.
+    pub fcfs_wait: Duration,
+    /// Where the group's processes report how far they have come, so none
+    /// runs more than `fcfs_wait` ahead of another; `None`: each process on
+    /// its own.
+    pub frontiers: Option<Arc<dyn Frontiers>>,
 }
 
 /// Creates the group consumer a worker uses.
@@ -217,6 +263,7 @@ pub fn group_consumer(
     let consumer: StreamConsumer<CommitOnRevoke> = config.create_with_context(CommitOnRevoke {
         worker: options.worker.clone(),
         joined: options.joined.clone(),
+        changes: Mutex::new(Vec::new()),
     })?;
     let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -237,7 +284,16 @@ pub async fn run_batches(
     let worker = options.worker.as_str();
     info!(worker, group = %options.group_id, topics = ?options.topics, "consuming");
     let backoff = Backoff::new(settings.retry_initial(), settings.retry_max());
-    let mut chunks = consumer.stream().ready_chunks(settings.worker.batch_size);
+    let mut stream = consumer.stream();
+    let mut intake = Intake {
+        merger: Merger::new(
+            settings.worker.batch_size,
+            settings.worker.fcfs_buffer,
+            options.fcfs_wait,
+        ),
+        frontiers: options.frontiers.clone(),
+        next_report: std::time::Instant::now(),
+    };
     // The publish of batch N runs while batch N+1 is fetched and decided; it
     // is awaited (and N's offsets stored) before N+1 is published, so results
     // stay in order per partition and offsets are only ever stored in order.
@@ -250,16 +306,16 @@ pub async fn run_batches(
                 biased;
                 _ = shutdown.cancelled() => Next::Shutdown,
                 published = &mut flight.publish => Next::Published(published.unwrap_or(false)),
-                chunk = chunks.next() => Next::Chunk(chunk),
+                batch = intake.next_batch(&mut stream, &consumer, handler, worker) => Next::Batch(batch),
             },
             None => tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Next::Shutdown,
-                chunk = chunks.next() => Next::Chunk(chunk),
+                batch = intake.next_batch(&mut stream, &consumer, handler, worker) => Next::Batch(batch),
             },
         };
-        let chunk = match next {
-            Next::Shutdown | Next::Chunk(None) => break Ok(()),
+        let batch = match next {
+            Next::Shutdown | Next::Batch(None) => break Ok(()),
             Next::Published(published) => {
                 if let Some(flight) = in_flight.take() {
                     if !flight.record(published, &consumer, worker)? {
@@ -268,18 +324,8 @@ pub async fn run_batches(
                 }
                 continue;
             }
-            Next::Chunk(Some(chunk)) => chunk,
+            Next::Batch(Some(batch)) => batch,
         };
-        let mut batch = Vec::with_capacity(chunk.len());
-        for message in chunk {
-            match message {
-                Ok(m) => batch.push(Incoming::from_message(&m)),
-                Err(e) => warn!(worker, error = %e, "consumer error"),
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
         metrics::batch_size(worker, batch.len());
         let started = std::time::Instant::now();
         let handled = backoff
@@ -329,7 +375,7 @@ pub async fn run_batches(
             .and(outcome),
         None => outcome,
     };
-    drop(chunks);
+    drop(stream);
     commit_stored(&consumer, worker);
     info!(worker, "consumer stopped");
     outcome
@@ -346,7 +392,140 @@ struct InFlight {
 enum Next<T> {
     Shutdown,
     Published(bool),
-    Chunk(Option<T>),
+    Batch(Option<T>),
+}
+
+/// How often a busy process reports its frontier to the group (and learns
+/// the others'), and how often an idle one says it is caught up.
+const REPORT_EVERY: Duration = Duration::from_millis(5);
+const REPORT_IDLE: Duration = Duration::from_millis(250);
+/// A report that does not answer within this is skipped: fairness never
+/// stalls a worker whose Redis is slow.
+const REPORT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Messages from the stream, merged into batches in acceptance order.
+struct Intake {
+    merger: Merger,
+    frontiers: Option<Arc<dyn Frontiers>>,
+    next_report: std::time::Instant,
+}
+
+impl Intake {
+    /// The next batch to decide, in acceptance order across the assigned
+    /// partitions (and not far ahead of the group's other processes);
+    /// `None` when the consumer's stream ended. Cancel-safe: every message
+    /// taken from the stream is in the merger before the next await.
+    async fn next_batch(
+        &mut self,
+        stream: &mut rdkafka::consumer::MessageStream<'_, CommitOnRevoke>,
+        consumer: &StreamConsumer<CommitOnRevoke>,
+        handler: &dyn BatchHandler,
+        worker: &str,
+    ) -> Option<Vec<Incoming>> {
+        loop {
+            // Everything already fetched, up to the merger's bound.
+            while !self.merger.is_full() {
+                match stream.next().now_or_never() {
+                    Some(message) => {
+                        if !self.take_in(message, consumer, handler, worker) {
+                            return None;
+                        }
+                    }
+                    None => break,
+                }
+            }
+            // A revoke seen while no message came must not let its lanes go.
+            self.follow_assignment(consumer);
+            self.report(false).await;
+            // Until a message comes, or what is held may go, or (idle) it is
+            // time to tell the group this process is caught up.
+            let (wake, idle) = match self.merger.take(std::time::Instant::now()) {
+                Take::Batch(batch) => return Some(batch),
+                Take::Empty => (self.frontiers.as_ref().map(|_| REPORT_IDLE), true),
+                Take::WaitUntil(until) => (
+                    Some(until.saturating_duration_since(std::time::Instant::now())),
+                    false,
+                ),
+                Take::BehindGroup => (Some(REPORT_EVERY), false),
+            };
+            let message = match wake {
+                None => stream.next().await,
+                Some(after) => tokio::select! {
+                    message = stream.next() => message,
+                    _ = tokio::time::sleep(after) => {
+                        if idle {
+                            self.report(true).await;
+                        }
+                        continue;
+                    }
+                },
+            };
+            if !self.take_in(message, consumer, handler, worker) {
+                return None;
+            }
+        }
+    }
+
+    /// Takes one message in, after the assignment changes that came before
+    /// it. `false` when the stream ended.
+    fn take_in(
+        &mut self,
+        message: Option<KafkaResult<BorrowedMessage<'_>>>,
+        consumer: &StreamConsumer<CommitOnRevoke>,
+        handler: &dyn BatchHandler,
+        worker: &str,
+    ) -> bool {
+        self.follow_assignment(consumer);
+        match message {
+            Some(Ok(m)) => {
+                let mut incoming = Incoming::from_message(&m);
+                incoming.accepted_ms = handler.accepted_ms(&incoming);
+                self.merger.push(incoming, std::time::Instant::now());
+                true
+            }
+            Some(Err(e)) => {
+                warn!(worker, error = %e, "consumer error");
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn follow_assignment(&mut self, consumer: &StreamConsumer<CommitOnRevoke>) {
+        let now = std::time::Instant::now();
+        for change in consumer.context().take_changes() {
+            self.merger.apply(change, now);
+        }
+    }
+
+    /// Tells the group how far this process has come and learns how far the
+    /// others have (at most every [`REPORT_EVERY`], unless `now`).
+    async fn report(&mut self, now: bool) {
+        let Some(frontiers) = &self.frontiers else {
+            return;
+        };
+        let at = std::time::Instant::now();
+        if !now && at < self.next_report {
+            return;
+        }
+        self.next_report = at + REPORT_EVERY;
+        let mine = self
+            .merger
+            .frontier(at, chrono::Utc::now().timestamp_millis());
+        match tokio::time::timeout(REPORT_TIMEOUT, frontiers.exchange(mine)).await {
+            Ok(Ok(floor)) => self.merger.set_floor(floor),
+            Ok(Err(e)) => {
+                debug!(error = %e, "frontier report failed; deciding without the group's floor");
+                self.merger.set_floor(None);
+                self.next_report = at + REPORT_IDLE;
+            }
+            Err(_) => {
+                debug!("frontier report timed out; deciding without the group's floor");
+                self.merger.set_floor(None);
+                self.next_report = at + REPORT_IDLE;
+            }
+        }
+    }
 }
 
 impl InFlight {

@@ -77,6 +77,7 @@ mod tests {
             payload: Some(vec![b'x'; payload]),
             headers: Vec::new(),
             timestamp_ms: None,
+            accepted_ms: i64::MAX,
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod consumer;
 pub mod dlq;
+pub mod merge;
 pub mod producer;
 pub mod tail;
 pub mod topics;

@@ -248,6 +248,9 @@ pub fn start_passthrough(
         group_id: format!("{}.passthrough", settings.kafka.group_id),
         topics: vec![input.to_owned()],
         joined: Default::default(),
+        // The baseline forwards what it reads, with no wait for fairness.
+        fcfs_wait: std::time::Duration::ZERO,
+        frontiers: None,
     };
     let handler = Passthrough {
         output: output.to_owned(),

@@ -4,6 +4,7 @@
 
 pub mod charge;
 pub mod coupon;
+pub mod fairness;
 pub mod order;
 pub mod outbox;
 pub mod pipeline;

@@ -203,6 +203,23 @@ impl<D: Decide> BatchHandler for RequestPipeline<D> {
     async fn handle(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, HandlerError> {
         Ok(self.handle_batch(batch).await?)
     }
+
+    /// Reads only `requested_at` (the rest is decoded with the batch); an
+    /// unreadable message counts from its Kafka timestamp.
+    fn accepted_ms(&self, message: &Incoming) -> i64 {
+        #[derive(serde::Deserialize)]
+        struct Stamp {
+            #[serde(default)]
+            requested_at: Option<chrono::DateTime<chrono::Utc>>,
+        }
+        let stamp = message
+            .payload
+            .as_deref()
+            .filter(|p| p.len() <= self.max_message_bytes)
+            .and_then(|p| serde_json::from_slice::<Stamp>(p).ok())
+            .and_then(|s| s.requested_at);
+        accepted_ms(stamp, message.timestamp_ms)
+    }
 }
 
 impl<D: Decide> RequestPipeline<D> {

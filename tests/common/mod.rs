@@ -211,8 +211,15 @@ impl TestEnv {
     /// Starts `stampede worker --only <only>` serving metrics; returns it
     /// and the URL of its `/metrics`.
     pub fn worker_with_metrics(&self, only: &str) -> (WorkerProcess, String) {
+        self.worker_with_env(only, &[])
+    }
+
+    /// [`Self::worker_with_metrics`] with settings of its own, as
+    /// `STAMPEDE_*` variables (e.g. `("STAMPEDE_WORKER__BATCH_SIZE", "1")`).
+    pub fn worker_with_env(&self, only: &str, env: &[(&str, &str)]) -> (WorkerProcess, String) {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_stampede"))
+            .envs(env.iter().copied())
             .args([
                 "--config",
                 self.config_path().as_str(),
