@@ -29,6 +29,10 @@ pub struct ChargeRequest {
     /// KRW to add; at least the configured minimum charge.
     #[schemars(range(min = 1))]
     pub amount: i64,
+    /// When the request was accepted (the gateway stamps it; direct
+    /// producers may): workers decide first come, first served by it, across
+    /// partitions and worker processes. Counted at most 1 s before the
+    /// message's broker timestamp; the broker timestamp stands in when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at: Option<DateTime<Utc>>,
 }
@@ -41,6 +45,10 @@ pub struct CouponIssueRequest {
     pub user_id: i64,
     #[schemars(range(min = 1))]
     pub coupon_id: i64,
+    /// When the request was accepted (the gateway stamps it; direct
+    /// producers may): workers decide first come, first served by it, across
+    /// partitions and worker processes. Counted at most 1 s before the
+    /// message's broker timestamp; the broker timestamp stands in when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at: Option<DateTime<Utc>>,
 }
@@ -66,6 +74,10 @@ pub struct OrderRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub coupon_id: Option<i64>,
+    /// When the request was accepted (the gateway stamps it; direct
+    /// producers may): workers decide first come, first served by it, across
+    /// partitions and worker processes. Counted at most 1 s before the
+    /// message's broker timestamp; the broker timestamp stands in when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at: Option<DateTime<Utc>>,
 }

@@ -1,5 +1,8 @@
 //! The micro-batch consumer loop every worker runs.
 //!
+//! Batches are formed from the assigned partitions in acceptance order
+//! ([`super::merge`]), not in the order the broker's fetches arrive.
+//!
 //! At-least-once, in this order for each batch: the handler makes the effects
 //! durable (Redis, PostgreSQL) and returns the messages to publish (results,
 //! dead letters); they are published with acks=all; only then are the batch's
