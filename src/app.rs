@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -27,16 +28,18 @@ use crate::workers::{outbox, retention, WorkerKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("cannot reach PostgreSQL: {0}")]
+    #[error("cannot reach PostgreSQL")]
     Store(#[from] StoreError),
-    #[error("cannot reach Redis: {0}")]
+    #[error("cannot reach Redis")]
     Redis(#[from] CounterError),
-    #[error("cannot create a Kafka client: {0}")]
+    #[error("cannot create a Kafka client")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("cannot listen: {0}")]
+    #[error("cannot listen")]
     Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Task(String),
+    /// A part that was running (gateway, a worker, the metrics server)
+    /// failed; the chain says which and why.
+    #[error(transparent)]
+    Task(anyhow::Error),
 }
 
 /// What one process runs.
@@ -76,7 +79,7 @@ pub struct Running {
     /// The worker's `/metrics` address, when it runs without the gateway.
     pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
-    tasks: JoinSet<Result<(), String>>,
+    tasks: JoinSet<anyhow::Result<()>>,
 }
 
 impl Running {
@@ -89,9 +92,14 @@ impl Running {
     pub async fn wait(mut self) -> Result<(), AppError> {
         let mut failure = None;
         while let Some(joined) = self.tasks.join_next().await {
-            let outcome = joined.map_err(|e| e.to_string()).and_then(|r| r);
+            let outcome = joined
+                .map_err(|e| anyhow::Error::new(e).context("a task of stampede panicked"))
+                .and_then(|r| r);
             if let Err(e) = outcome {
-                error!(error = %e, "a part of stampede failed; stopping the rest");
+                error!(
+                    error = format!("{e:#}"),
+                    "a part of stampede failed; stopping the rest"
+                );
                 self.shutdown.cancel();
                 failure.get_or_insert(e);
             }
@@ -140,7 +148,11 @@ pub async fn run(
     {
         let report = reconcile::reconcile_all(&db, &counters, false)
             .await
-            .map_err(|e| AppError::Task(format!("loading counters from PostgreSQL failed: {e}")))?;
+            .map_err(|e| {
+                AppError::Task(
+                    anyhow::Error::new(e).context("loading counters from PostgreSQL failed"),
+                )
+            })?;
         info!(
             coupons = report.coupons.iter().filter(|c| c.loaded).count(),
             products = report.products_written,
@@ -156,8 +168,8 @@ pub async fn run(
         tasks.spawn(async move {
             handle
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("gateway: {e}"))
+                .context("the gateway panicked")?
+                .context("gateway")
         });
     } else if let Some(addr) = settings.worker.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -168,7 +180,7 @@ pub async fn run(
             axum::serve(listener, app)
                 .with_graceful_shutdown(token.cancelled_owned())
                 .await
-                .map_err(|e| format!("metrics server: {e}"))
+                .context("metrics server")
         });
     }
 
@@ -239,9 +251,7 @@ pub async fn run(
         let producer = producer.clone();
         let token = shutdown.clone();
         tasks.spawn(async move {
-            run_batches(&settings, options, handler.as_ref(), &producer, token)
-                .await
-                .map_err(|e| e.to_string())
+            Ok(run_batches(&settings, options, handler.as_ref(), &producer, token).await?)
         });
     }
 

@@ -199,7 +199,7 @@ pub async fn audit(
         let pending = count(db, "SELECT count(*) FROM outbox WHERE published_at IS NULL").await?;
         let events = stats_events_per_order(settings)
             .await
-            .map_err(|e| AuditError::StatsTopic(e.to_string()))?;
+            .map_err(|e| AuditError::StatsTopic(crate::telemetry::error_chain(&e)))?;
         let paid: std::collections::HashSet<i64> = sqlx::query_scalar("SELECT o.id FROM orders o JOIN outbox x ON x.order_id = o.id WHERE x.published_at IS NOT NULL")
             .fetch_all(db)
             .await

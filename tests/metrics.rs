@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{ids, metric_sum, scrape, TestEnv, PATIENCE};
+use common::{eventually, ids, metric_sum, scrape, TestEnv};
 use serde_json::json;
 use stampede::app::Roles;
 use stampede::kafka::Flow;
@@ -26,15 +24,14 @@ async fn metrics_add_up_to_what_was_sent() {
     let http = app.http();
 
     // Ready once PostgreSQL, Redis and the broker answer and both consumers hold an assignment.
-    let deadline = Instant::now() + PATIENCE;
-    let ready = loop {
+    let ready = eventually("/readyz answers 200", || async {
         let response = reqwest::get(format!("{http}/readyz")).await.unwrap();
-        if response.status() == reqwest::StatusCode::OK {
-            break response.json::<serde_json::Value>().await.unwrap();
+        match response.status() {
+            reqwest::StatusCode::OK => Some(response.json::<serde_json::Value>().await.unwrap()),
+            _ => None,
         }
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert_eq!(
         ready["consumers"],
         json!({"coupon": "assigned", "charge": "assigned"})
@@ -75,8 +72,7 @@ async fn metrics_add_up_to_what_was_sent() {
     }
 
     // Counters are updated right after results are published: wait for them.
-    let deadline = Instant::now() + PATIENCE;
-    let metrics = loop {
+    let metrics = eventually("the metrics catch up with the drop", || async {
         let m = scrape(&format!("{http}/metrics")).await;
         let caught_up = metric_sum(
             &m,
@@ -94,12 +90,9 @@ async fn metrics_add_up_to_what_was_sent() {
                 "stampede_request_latency_seconds_count",
                 &["flow=\"coupon\""],
             ) >= 515.0;
-        if caught_up {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "metrics never caught up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        caught_up.then_some(m)
+    })
+    .await;
 
     let processed = |outcome: &str| {
         metric_sum(

@@ -3,9 +3,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
-use common::{ids, TestEnv, PATIENCE};
+use common::{eventually, ids, TestEnv};
 use serde_json::{json, Value};
 use stampede::app::Roles;
 use stampede::domain::coupon::Discount;
@@ -314,22 +313,15 @@ async fn the_stats_topic_holds_one_event_per_paid_order_after_a_crash() {
         .count();
     assert_eq!(paid, 2_000);
     // Wait until the relay has published everything queued.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually("the relay publishes every queued stats event", || async {
         let pending: i64 =
             sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
                 .fetch_one(&env.db)
                 .await
                 .unwrap();
-        if pending == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{pending} stats events never published"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (pending == 0).then_some(())
+    })
+    .await;
     let events = stampede::audit::stats_events_per_order(&env.settings)
         .await
         .unwrap();
@@ -373,8 +365,7 @@ async fn popular_products_come_from_the_stats_stream_and_rebuild_the_same() {
     env.publish_all(Flow::Order, &orders).await;
     let url = format!("{}/v1/products/popular?days=3&limit=5", app.http());
     let expected: Vec<i64> = vec![7, 6, 5, 4, 3];
-    let deadline = Instant::now() + PATIENCE;
-    let top = loop {
+    let top = eventually("popular products count every sale", || async {
         let top: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
         let sold: i64 = top
             .as_array()
@@ -382,12 +373,9 @@ async fn popular_products_come_from_the_stats_stream_and_rebuild_the_same() {
             .iter()
             .map(|p| p["quantity"].as_i64().unwrap())
             .sum();
-        if sold == 14 + 12 + 10 + 8 + 6 {
-            break top;
-        }
-        assert!(Instant::now() < deadline, "popular never caught up: {top}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (sold == 14 + 12 + 10 + 8 + 6).then_some(top)
+    })
+    .await;
     let ranked: Vec<i64> = top
         .as_array()
         .unwrap()
@@ -421,18 +409,11 @@ async fn popular_products_come_from_the_stats_stream_and_rebuild_the_same() {
         "http://{}/v1/products/popular?days=3&limit=5",
         running.http_addr.unwrap()
     );
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually("the rebuilt analytics answer as before", || async {
         let rebuilt: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
-        if rebuilt == top {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rebuilt answer differs: {rebuilt} vs {top}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (rebuilt == top).then_some(())
+    })
+    .await;
     shutdown.cancel();
     running.wait().await.unwrap();
     let per_product: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(

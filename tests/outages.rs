@@ -7,10 +7,9 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
 
 use common::link::Link;
-use common::{ids, metric_sum, scrape, TestEnv, PATIENCE};
+use common::{eventually, ids, metric_sum, scrape, TestEnv};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use stampede::app::Roles;
@@ -33,14 +32,10 @@ fn retries(worker: &str, cause: &str) -> f64 {
 
 /// Waits until the worker has retried at least once for `cause`.
 async fn wait_for_retries(worker: &str, cause: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    while retries(worker, cause) == 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "{worker} never retried for {cause}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(&format!("{worker} retries for {cause}"), || async {
+        (retries(worker, cause) > 0.0).then_some(())
+    })
+    .await
 }
 
 async fn processed(env: &TestEnv) -> i64 {
@@ -205,11 +200,10 @@ async fn beyond_max_in_flight_the_gateway_turns_requests_away_at_once() {
     let held: Vec<_> = (0..2)
         .map(|i| tokio::spawn(charge(format!("held-{i}"))))
         .collect();
-    let deadline = Instant::now() + PATIENCE;
-    while metric(&http, "stampede_gateway_in_flight_requests").await < 2.0 {
-        assert!(Instant::now() < deadline, "the two never got in");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually("the two keyed requests get in", || async {
+        (metric(&http, "stampede_gateway_in_flight_requests").await >= 2.0).then_some(())
+    })
+    .await;
     // Everything beyond the limit is answered at once, not queued.
     for i in 0..3 {
         let turned_away = charge(format!("away-{i}")).await;

@@ -5,9 +5,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Instant;
 
-use common::{TestEnv, PATIENCE};
+use common::{eventually, TestEnv};
 use serde_json::json;
 use stampede::app::Roles;
 use stampede::store::orders::{self, NewEvent};
@@ -36,14 +35,10 @@ async fn published(env: &TestEnv, order_id: i64) -> bool {
 }
 
 async fn wait_published(env: &TestEnv, order_id: i64) {
-    let deadline = Instant::now() + PATIENCE;
-    while !published(env, order_id).await {
-        assert!(
-            Instant::now() < deadline,
-            "order {order_id} never published"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(&format!("order {order_id} is published"), || async {
+        published(env, order_id).await.then_some(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,18 +104,14 @@ async fn stats_events_the_store_cannot_hold_are_dead_lettered_and_the_rest_recor
     keys.sort();
     assert_eq!(keys, [b"11".as_slice(), b"12".as_slice()]);
     assert!(dead.iter().all(|r| r.headers["source.topic"] == stats));
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually("only the valid stats event is recorded", || async {
         let recorded: Vec<i64> = sqlx::query_scalar("SELECT order_id FROM stats_orders")
             .fetch_all(&env.db)
             .await
             .unwrap();
-        if recorded == [13] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "recorded: {recorded:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        (recorded == [13]).then_some(())
+    })
+    .await;
     // The consumer is still running: stopping it is clean.
     app.stop().await;
     env.cleanup().await;

@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{TestEnv, PATIENCE};
+use common::{eventually, TestEnv};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use serde_json::json;
@@ -46,16 +44,17 @@ async fn a_relay_that_fails_after_taking_the_lead_lets_go_of_it() {
         .await;
     let metrics_url = format!("{}/metrics", app.http());
     // The relay took the lead and failed on the missing topic at least once.
-    let deadline = Instant::now() + PATIENCE;
-    while common::metric_sum(
-        &common::scrape(&metrics_url).await,
-        "stampede_retries_total",
-        &["cause=\"relay\""],
-    ) < 1.0
-    {
-        assert!(Instant::now() < deadline, "the relay never failed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let relay_retries = || async {
+        common::metric_sum(
+            &common::scrape(&metrics_url).await,
+            "stampede_retries_total",
+            &["cause=\"relay\""],
+        )
+    };
+    eventually("the relay takes the lead and fails", || async {
+        (relay_retries().await >= 1.0).then_some(())
+    })
+    .await;
     // Readers grow the process's pool, so a retry may be handed another
     // connection than the one the failed leader used.
     let client = reqwest::Client::new();
@@ -69,44 +68,27 @@ async fn a_relay_that_fails_after_taking_the_lead_lets_go_of_it() {
     }
     // Leading is tried again and again while the topic is missing: a relay
     // that kept the lead on a pooled connection would stand by for ever.
-    while common::metric_sum(
-        &common::scrape(&metrics_url).await,
-        "stampede_retries_total",
-        &["cause=\"relay\""],
-    ) < 4.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the relay stopped trying to lead"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the relay keeps trying to lead", || async {
+        (relay_retries().await >= 4.0).then_some(())
+    })
+    .await;
     // The topic is back (once the broker has finished deleting it).
-    loop {
-        match create_topics(&env.settings.kafka).await {
-            Ok(outcomes) if outcomes.contains(&TopicOutcome::Created(stats.clone())) => break,
-            _ => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the stats topic could not be made again"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually("the stats topic is made again", || async {
+        create_topics(&env.settings.kafka)
+            .await
+            .is_ok_and(|outcomes| outcomes.contains(&TopicOutcome::Created(stats.clone())))
+            .then_some(())
+    })
+    .await;
+    eventually("the event is published", || async {
         let published: Option<bool> =
             sqlx::query_scalar("SELECT published_at IS NOT NULL FROM outbox WHERE order_id = 21")
                 .fetch_optional(&env.db)
                 .await
                 .unwrap();
-        if published == Some(true) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the event was never published");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (published == Some(true)).then_some(())
+    })
+    .await;
     let events = stampede::audit::stats_events_per_order(&env.settings)
         .await
         .unwrap();

@@ -99,23 +99,22 @@ async fn results_and_published_events_past_retention_are_swept_and_the_rest_kept
             stampede::workers::WorkerKind::Charge,
         ]))
         .await;
-    let deadline = std::time::Instant::now() + common::PATIENCE;
-    let (results, outbox) = loop {
-        let results: Vec<String> =
-            sqlx::query_scalar("SELECT request_id FROM processed_requests ORDER BY request_id")
-                .fetch_all(&env.db)
-                .await
-                .unwrap();
-        let outbox: Vec<i64> = sqlx::query_scalar("SELECT order_id FROM outbox ORDER BY order_id")
-            .fetch_all(&env.db)
-            .await
-            .unwrap();
-        // One sweep deletes results, then outbox rows: wait for both.
-        if (results.len() == 1 && outbox.len() == 2) || std::time::Instant::now() > deadline {
-            break (results, outbox);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let (results, outbox) =
+        common::eventually("the sweep deletes old results and outbox rows", || async {
+            let results: Vec<String> =
+                sqlx::query_scalar("SELECT request_id FROM processed_requests ORDER BY request_id")
+                    .fetch_all(&env.db)
+                    .await
+                    .unwrap();
+            let outbox: Vec<i64> =
+                sqlx::query_scalar("SELECT order_id FROM outbox ORDER BY order_id")
+                    .fetch_all(&env.db)
+                    .await
+                    .unwrap();
+            // One sweep deletes results, then outbox rows: wait for both.
+            (results.len() == 1 && outbox.len() == 2).then_some((results, outbox))
+        })
+        .await;
     app.stop().await;
     assert_eq!(results, ["new-1"]);
     assert_eq!(outbox, [2, 3], "only the event published long ago goes");

@@ -42,7 +42,7 @@ static LOAD_PRODUCTS: LazyLock<Script> =
 
 #[derive(Debug, thiserror::Error)]
 pub enum CounterError {
-    #[error("redis: {0}")]
+    #[error("redis")]
     Redis(#[from] redis::RedisError),
     #[error("unexpected answer from a counter script: {0}")]
     Protocol(String),

@@ -1,5 +1,6 @@
 //! The one place errors become HTTP answers: `{"error":{"code","message"}}`.
 
+use crate::telemetry::error_chain;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -101,15 +102,17 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(message) => ApiError::Conflict(message),
-            e if e.is_retryable() => ApiError::Unavailable(format!("database unavailable: {e}")),
-            e => ApiError::Internal(e.to_string()),
+            e if e.is_retryable() => {
+                ApiError::Unavailable(format!("database unavailable: {}", error_chain(&e)))
+            }
+            e => ApiError::Internal(error_chain(&e)),
         }
     }
 }
 
 impl From<CounterError> for ApiError {
     fn from(e: CounterError) -> Self {
-        ApiError::Unavailable(format!("redis unavailable: {e}"))
+        ApiError::Unavailable(format!("redis unavailable: {}", error_chain(&e)))
     }
 }
 

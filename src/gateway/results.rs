@@ -109,7 +109,7 @@ pub async fn follow_results(
         match follow_once(&settings, &names, &waiters, &line, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
-                warn!(error = %e, "result follower failed; retrying");
+                warn!(error = %crate::telemetry::error_chain(&e), "result follower failed; retrying");
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return,

@@ -595,8 +595,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .execute(&state.db)
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string());
-    let redis = state.counters.ping().await.map_err(|e| e.to_string());
+        .map_err(|e| crate::telemetry::error_chain(&e));
+    let redis = state
+        .counters
+        .ping()
+        .await
+        .map_err(|e| crate::telemetry::error_chain(&e));
     let kafka = state
         .producer
         .check(Duration::from_secs(2))

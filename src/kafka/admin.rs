@@ -12,7 +12,7 @@ use crate::config::KafkaSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("kafka admin request failed: {0}")]
+    #[error("kafka admin request failed")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("topic {topic}: {code}")]
     Topic {

@@ -3,7 +3,7 @@
 //! the producers' message limit: a key or payload larger than the room kept
 //! for it is cut, and a `truncated` header says what was kept.
 
-use super::consumer::Incoming;
+use super::incoming::Incoming;
 use super::producer::OutMessage;
 use super::topics::Topics;
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::consumer::Incoming;
+use super::incoming::Incoming;
 
 /// Where the processes of one consumer group tell each other how far they
 /// have come.

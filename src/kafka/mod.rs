@@ -3,10 +3,14 @@
 //! dead-letter copies. It knows nothing of business rules.
 
 pub mod admin;
+pub mod backoff;
 pub mod consumer;
 pub mod dlq;
+pub mod incoming;
+mod intake;
 pub mod merge;
 pub mod producer;
+mod rebalance;
 pub mod tail;
 pub mod topics;
 
@@ -16,7 +20,8 @@ use rdkafka::ClientConfig;
 
 use crate::config::KafkaSettings;
 
-pub use consumer::{BatchHandler, ConsumerError, Incoming};
+pub use consumer::{BatchHandler, ConsumerError};
+pub use incoming::Incoming;
 pub use producer::{OutMessage, Producer};
 pub use topics::{Flow, Topics};
 

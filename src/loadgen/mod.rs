@@ -38,13 +38,13 @@ use crate::store;
 pub enum LoadgenError {
     #[error("setup failed: {0}")]
     Setup(String),
-    #[error("kafka: {0}")]
+    #[error("kafka")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("http: {0}")]
     Http(String),
-    #[error("io: {0}")]
+    #[error("io")]
     Io(#[from] std::io::Error),
-    #[error("a send task failed: {0}")]
+    #[error("a send task failed")]
     Task(#[from] tokio::task::JoinError),
 }
 

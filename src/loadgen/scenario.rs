@@ -12,7 +12,8 @@ use crate::config::Settings;
 use crate::counters::Counters;
 use crate::domain::coupon::Discount;
 use crate::domain::messages::CouponSpec;
-use crate::kafka::consumer::{run_batches, BatchHandler, ConsumerOptions, HandlerError, Incoming};
+use crate::kafka::consumer::{run_batches, BatchHandler, ConsumerOptions, HandlerError};
+use crate::kafka::Incoming;
 use crate::kafka::{Flow, OutMessage, Producer, Topics};
 use crate::reconcile;
 use crate::store::{coupons, products, users};
@@ -258,7 +259,7 @@ pub fn start_passthrough(
     let cancel = token.clone();
     let task = tokio::spawn(async move {
         if let Err(e) = run_batches(&settings, options, &handler, &producer, cancel).await {
-            tracing::error!(error = %e, "passthrough stopped");
+            tracing::error!(error = %crate::telemetry::error_chain(&e), "passthrough stopped");
         }
     });
     PassthroughRunner { token, task }
@@ -340,6 +341,10 @@ pub async fn verify(
                 report.check(c.name, c.passed, c.detail);
             }
         }
-        Err(e) => report.check("audit", false, format!("audit could not run: {e}")),
+        Err(e) => report.check(
+            "audit",
+            false,
+            format!("audit could not run: {}", crate::telemetry::error_chain(&e)),
+        ),
     }
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics: every name and label set lives here.
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -34,11 +34,16 @@ pub fn install() {
 /// The Prometheus text exposition of every metric.
 pub fn render() -> String {
     install();
-    HANDLE
+    let mut text = HANDLE
         .get()
         .and_then(Option::as_ref)
         .map(PrometheusHandle::render)
-        .unwrap_or_default()
+        .unwrap_or_default();
+    COUPON_STOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .render(Instant::now(), &mut text);
+    text
 }
 
 pub fn batch_size(worker: &str, size: usize) {
@@ -119,6 +124,95 @@ pub fn assigned_partitions(worker: &str, count: usize) {
         .set(count as f64);
 }
 
+/// Units of a coupon Redis still hands out, as last seen by this process.
 pub fn coupon_stock(coupon_id: i64, left: i64) {
-    gauge!("stampede_coupon_stock_left", "coupon_id" => coupon_id.to_string()).set(left as f64);
+    COUPON_STOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .set(coupon_id, left, Instant::now());
+}
+
+/// Coupons whose stock is shown (`stampede_coupon_stock_left{coupon_id}`):
+/// the most recently decided ones only, so the series a process exposes stay
+/// bounded however many coupons it ever saw.
+const COUPON_SERIES: usize = 64;
+/// A coupon nobody asked for in this long leaves the page.
+const COUPON_SERIES_IDLE: Duration = Duration::from_secs(600);
+
+static COUPON_STOCK: std::sync::Mutex<CouponStock> = std::sync::Mutex::new(CouponStock {
+    coupons: Vec::new(),
+});
+
+/// The per-coupon gauge, kept out of the recorder (which would keep every
+/// coupon_id it was ever given).
+struct CouponStock {
+    /// (coupon, units left, last set), at most [`COUPON_SERIES`].
+    coupons: Vec<(i64, i64, Instant)>,
+}
+
+impl CouponStock {
+    fn set(&mut self, coupon_id: i64, left: i64, now: Instant) {
+        match self.coupons.iter_mut().find(|(id, _, _)| *id == coupon_id) {
+            Some(entry) => *entry = (coupon_id, left, now),
+            None => {
+                if self.coupons.len() >= COUPON_SERIES {
+                    // Make room by forgetting the coupon set longest ago.
+                    if let Some(oldest) = (0..self.coupons.len()).min_by_key(|i| self.coupons[*i].2)
+                    {
+                        self.coupons.swap_remove(oldest);
+                    }
+                }
+                self.coupons.push((coupon_id, left, now));
+            }
+        }
+    }
+
+    fn render(&mut self, now: Instant, text: &mut String) {
+        self.coupons
+            .retain(|(_, _, at)| now.duration_since(*at) < COUPON_SERIES_IDLE);
+        if self.coupons.is_empty() {
+            return;
+        }
+        let mut coupons = self.coupons.clone();
+        coupons.sort_unstable();
+        text.push_str("# TYPE stampede_coupon_stock_left gauge\n");
+        for (id, left, _) in coupons {
+            text.push_str(&format!(
+                "stampede_coupon_stock_left{{coupon_id=\"{id}\"}} {left}\n"
+            ));
+        }
+        text.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coupon_stock_series_stay_bounded_and_leave_when_idle() {
+        let t0 = Instant::now();
+        let mut stock = CouponStock {
+            coupons: Vec::new(),
+        };
+        for id in 0..1_000 {
+            stock.set(id, id * 2, t0 + Duration::from_millis(id as u64));
+        }
+        stock.set(999, 5, t0 + Duration::from_secs(2));
+        let mut text = String::new();
+        stock.render(t0 + Duration::from_secs(3), &mut text);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("stampede_coupon_stock_left{"))
+            .count();
+        assert_eq!(series, COUPON_SERIES, "the most recent coupons only");
+        assert!(
+            text.contains("stampede_coupon_stock_left{coupon_id=\"999\"} 5\n"),
+            "{text}"
+        );
+        assert!(!text.contains("coupon_id=\"0\""), "the oldest went first");
+        let mut later = String::new();
+        stock.render(t0 + Duration::from_secs(2) + COUPON_SERIES_IDLE, &mut later);
+        assert!(later.is_empty(), "idle coupons leave the page: {later}");
+    }
 }

@@ -44,6 +44,18 @@ impl Telemetry {
 
 /// Installs the log subscriber, and span export when `log.otlp_endpoint` is
 /// set. Once per process: later calls (e.g. in tests) install nothing.
+/// An error and every cause under it, as one line: `outer: inner: root`.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        line.push_str(": ");
+        line.push_str(&e.to_string());
+        cause = e.source();
+    }
+    line
+}
+
 pub fn init(settings: &LogSettings) -> Result<Telemetry, OtlpError> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));

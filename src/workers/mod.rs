@@ -63,7 +63,7 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Counters(#[from] CounterError),
-    #[error("could not encode a message: {0}")]
+    #[error("could not encode a message")]
     Encode(#[from] serde_json::Error),
     /// Redis lacks counter state it should hold (lost, or not loaded yet):
     /// reloading it from PostgreSQL on the next try fixes it.
@@ -104,9 +104,9 @@ impl From<WorkerError> for HandlerError {
                 WorkerError::NotLoaded(_) => "redis_state",
                 _ => "postgres",
             };
-            HandlerError::retryable(cause, e.to_string())
+            HandlerError::retryable(cause, e)
         } else {
-            HandlerError::Fatal(e.to_string())
+            HandlerError::fatal(e)
         }
     }
 }

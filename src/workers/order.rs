@@ -405,7 +405,7 @@ impl Decide for OrderLogic {
             // stock reserved for orders that are already paid.
             let ids: Vec<&str> = fresh.iter().map(String::as_str).collect();
             if let Err(e) = self.counters.release_stock(&ids).await {
-                tracing::warn!(error = %e, holds = ids.len(), "could not give back the holds of a failed batch; reconcile repairs them");
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), holds = ids.len(), "could not give back the holds of a failed batch; reconcile repairs them");
             }
         }
         outcome

@@ -28,7 +28,8 @@ use tracing::{info, warn};
 
 use super::WorkerError;
 use crate::config::Settings;
-use crate::kafka::consumer::{Backoff, HandlerError};
+use crate::kafka::backoff::Backoff;
+use crate::kafka::consumer::HandlerError;
 use crate::kafka::topics::partition_for;
 use crate::kafka::{OutMessage, Producer, Topics};
 use crate::store::orders::{self, OutboxRow};
@@ -45,9 +46,9 @@ pub const HEADER_OUTBOX_ID: &str = "outbox.id";
 pub enum RelayError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("kafka: {0}")]
+    #[error("kafka")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("{0}")]
+    #[error(transparent)]
     Worker(#[from] WorkerError),
 }
 
@@ -64,7 +65,7 @@ pub async fn run_relay(settings: Settings, db: PgPool, shutdown: CancellationTok
         .retry("outbox", "relay stats events", &shutdown, || async {
             match relay_as_leader(&settings, &db, &shutdown).await {
                 Ok(()) => Ok(()),
-                Err(e) => Err(HandlerError::retryable("relay", e.to_string())),
+                Err(e) => Err(HandlerError::retryable("relay", e)),
             }
         })
         .await;

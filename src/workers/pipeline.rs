@@ -20,11 +20,12 @@ use super::WorkerError;
 pub use crate::domain::messages::{RequestMessage, ResultMessage};
 use crate::domain::validate::{decode, salvage};
 use crate::domain::{ErrorCode, Rejection, RequestId};
-use crate::kafka::consumer::{BatchHandler, HandlerError, Incoming};
+use crate::kafka::consumer::{BatchHandler, HandlerError};
 use crate::kafka::dlq::{dead_letter, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
+use crate::kafka::Incoming;
 use crate::kafka::{Flow, OutMessage, Topics};
 use crate::store::processed::{self, NewResult};
-use crate::telemetry::{metrics, trace_context};
+use crate::telemetry::{error_chain, metrics, trace_context};
 
 /// How far before its Kafka timestamp a request's own `requested_at` is
 /// believed: a producer that claims to be earlier than that gains no more.
@@ -169,7 +170,7 @@ impl<D: Decide> RequestPipeline<D> {
             Ok(results) => return Ok(results.into_iter().map(Some).collect()),
             Err(e) if e.is_retryable() => return Err(e),
             Err(e) => {
-                warn!(error = %e, size = fresh.len(), "batch failed for good; deciding its requests one by one")
+                warn!(error = %error_chain(&e), size = fresh.len(), "batch failed for good; deciding its requests one by one")
             }
         }
         let mut results = Vec::with_capacity(fresh.len());
@@ -178,7 +179,7 @@ impl<D: Decide> RequestPipeline<D> {
                 Ok(mut one) => results.push(one.pop()),
                 Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => {
-                    let reason = format!("cannot be processed: {e}");
+                    let reason = format!("cannot be processed: {}", error_chain(&e));
                     warn!(request_id = %request.request_id(), %reason, "poison request sent to the DLQ");
                     metrics::dead_lettered(self.logic.flow().kind());
                     out.push(dead_letter(&batch[*index], &reason));
@@ -187,7 +188,7 @@ impl<D: Decide> RequestPipeline<D> {
                         Err(e) if e.is_retryable() => return Err(e),
                         // Nothing more can be given back; reconciliation repairs the counter.
                         Err(e) => {
-                            warn!(request_id = %request.request_id(), error = %e, "could not give back the counters of a dead-lettered request")
+                            warn!(request_id = %request.request_id(), error = %error_chain(&e), "could not give back the counters of a dead-lettered request")
                         }
                     }
                     results.push(None);

@@ -30,7 +30,7 @@ pub async fn run_sweeper(settings: WorkerSettings, db: PgPool, shutdown: Cancell
             ),
             Ok(_) => {}
             // The next sweep tries again; nothing depends on this one.
-            Err(e) => warn!(error = %e, "retention sweep failed"),
+            Err(e) => warn!(error = %crate::telemetry::error_chain(&e), "retention sweep failed"),
         }
     }
 }

@@ -8,10 +8,12 @@ use tracing::{debug, info_span, warn};
 
 use crate::domain::messages::OrderStats;
 use crate::domain::validate::Validate;
-use crate::kafka::consumer::{BatchHandler, HandlerError, Incoming};
+use crate::kafka::consumer::{BatchHandler, HandlerError};
 use crate::kafka::dlq::dead_letter;
+use crate::kafka::Incoming;
 use crate::kafka::OutMessage;
 use crate::store::stats;
+use crate::telemetry::error_chain;
 use crate::telemetry::trace_context;
 
 /// A stats event, read and checked against what the store can hold.
@@ -57,22 +59,23 @@ impl BatchHandler for StatsConsumer {
         let all: Vec<OrderStats> = events.iter().map(|(e, _)| e.clone()).collect();
         match stats::record(&self.db, &all).await {
             Ok(_) => {}
-            Err(e) if e.is_retryable() => {
-                return Err(HandlerError::retryable("postgres", e.to_string()))
-            }
+            Err(e) if e.is_retryable() => return Err(HandlerError::retryable("postgres", e)),
             // Something in the batch will never be recorded: find it by
             // recording one event at a time, and dead-letter only that.
             Err(e) => {
-                warn!(error = %e, size = events.len(), "stats batch failed for good; recording its events one by one");
+                warn!(error = %error_chain(&e), size = events.len(), "stats batch failed for good; recording its events one by one");
                 for (event, message) in &events {
                     match stats::record(&self.db, std::slice::from_ref(event)).await {
                         Ok(_) => {}
                         Err(e) if e.is_retryable() => {
-                            return Err(HandlerError::retryable("postgres", e.to_string()))
+                            return Err(HandlerError::retryable("postgres", e))
                         }
                         Err(e) => {
-                            warn!(order_id = event.order_id, error = %e, "stats event the store refuses sent to the DLQ");
-                            dead.push(dead_letter(message, &format!("not recorded: {e}")));
+                            warn!(order_id = event.order_id, error = %error_chain(&e), "stats event the store refuses sent to the DLQ");
+                            dead.push(dead_letter(
+                                message,
+                                &format!("not recorded: {}", error_chain(&e)),
+                            ));
                         }
                     }
                 }

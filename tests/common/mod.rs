@@ -76,16 +76,31 @@ pub async fn metric(url: &str, name: &str) -> f64 {
     metric_sum(&scrape(url).await, name, &[])
 }
 
+/// Asks `check` again and again until it answers `Some`, and returns that;
+/// fails the test, saying `what` never happened, after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
 /// Waits until a metric at `url` reaches `at_least`.
 pub async fn wait_metric(url: &str, name: &str, at_least: f64) {
-    let deadline = Instant::now() + PATIENCE;
-    while metric(url, name).await < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached {at_least} at {url}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(&format!("{name} reaches {at_least} at {url}"), || async {
+        (metric(url, name).await >= at_least).then_some(())
+    })
+    .await
 }
 
 /// Settings isolated under `tag`.
@@ -112,6 +127,9 @@ pub fn isolated_settings(tag: &str) -> Settings {
     s
 }
 
+/// One test's world: its database, topics and Redis keys, removed by
+/// [`TestEnv::cleanup`] — or, when the test fails before it gets there, when
+/// the environment is dropped.
 pub struct TestEnv {
     pub tag: String,
     pub settings: Settings,
@@ -120,6 +138,7 @@ pub struct TestEnv {
     pub producer: Producer,
     pub topics: Topics,
     config_dir: tempfile::TempDir,
+    cleaned: bool,
 }
 
 impl TestEnv {
@@ -161,6 +180,7 @@ impl TestEnv {
             producer,
             topics,
             config_dir,
+            cleaned: false,
         }
     }
 
@@ -389,27 +409,62 @@ impl TestEnv {
     }
 
     /// Drops the test database.
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
         self.db.close().await;
-        if let Ok(admin) = PgPool::connect(&format!(
-            "{}/postgres",
-            env_or(
-                "STAMPEDE_TEST_DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432"
-            )
-        ))
-        .await
-        {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.tag
-            ))
+        remove_world(&self.tag, &self.settings).await;
+        self.cleaned = true;
+    }
+}
+
+impl Drop for TestEnv {
+    /// A test that failed (or returned early) leaves nothing behind either:
+    /// the same removal, on a thread of its own (this one may be inside the
+    /// test's runtime).
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let (tag, settings) = (self.tag.clone(), self.settings.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(remove_world(&tag, &settings));
+            }
+        })
+        .join();
+    }
+}
+
+/// Drops the database, deletes the Redis keys and the topics of test `tag`.
+async fn remove_world(tag: &str, settings: &Settings) {
+    if let Ok(admin) = PgPool::connect(&format!(
+        "{}/postgres",
+        env_or(
+            "STAMPEDE_TEST_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432"
+        )
+    ))
+    .await
+    {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{tag}\" WITH (FORCE)"))
             .execute(&admin)
             .await;
-        }
-        self.wipe_redis().await;
-        let _ = stampede::kafka::admin::delete_topics(&self.settings.kafka).await;
     }
+    if let Ok(counters) = Counters::connect(&settings.redis).await {
+        let mut conn = counters.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{tag}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<i64> =
+                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        }
+    }
+    let _ = stampede::kafka::admin::delete_topics(&settings.kafka).await;
 }
 
 /// A running in-process stampede; stopped (and waited for) on `stop`.
