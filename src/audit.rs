@@ -14,8 +14,9 @@ use crate::config::Settings;
 use crate::counters::CounterError;
 use crate::counters::Counters;
 use crate::kafka::Topics;
+use crate::store::ledger::{self, Invariant};
 use crate::store::StoreError;
-use crate::store::{coupons, products};
+use crate::store::{coupons, orders, products};
 
 /// Why the audit could not finish (a violation is a finding, not an error).
 #[derive(Debug, thiserror::Error)]
@@ -81,11 +82,38 @@ impl AuditReport {
     }
 }
 
-async fn count(db: &PgPool, sql: &str) -> Result<i64, AuditError> {
-    Ok(sqlx::query_scalar::<_, i64>(sql)
-        .fetch_one(db)
-        .await
-        .map_err(crate::store::StoreError::from)?)
+/// What each ledger invariant is called in the report, and what it promises.
+fn describe(invariant: Invariant) -> (&'static str, &'static str) {
+    match invariant {
+        Invariant::IssuedWithinStock => (
+            "coupon issued <= stock",
+            "no coupon issued beyond its total quantity",
+        ),
+        Invariant::IssuedMatchesRows => (
+            "coupon issued = rows",
+            "every coupon's issued count equals its issued rows",
+        ),
+        Invariant::OneCouponPerUser => ("one coupon per user", "no user holds the same coupon twice"),
+        Invariant::BalanceNotNegative => ("balance >= 0", "no negative balance"),
+        Invariant::BalanceIsHistory => (
+            "balance = sum(history)",
+            "every balance equals the sum of its history",
+        ),
+        Invariant::ProductStockNotNegative => ("product stock >= 0", "no product oversold"),
+        Invariant::OrderAmountsAddUp => (
+            "order amounts add up",
+            "every order pays total minus discount",
+        ),
+        Invariant::OneResultPerRequest => (
+            "one result per request",
+            "every effect has exactly one stored succeeded result, and every succeeded result its effect",
+        ),
+        Invariant::CouponUsedOnce => ("coupon used once", "no coupon discounted two orders"),
+        Invariant::OneStatsEventPerOrder => (
+            "one stats event per order",
+            "every paid order queued exactly one stats event",
+        ),
+    }
 }
 
 /// Checks PostgreSQL and Redis. With `settings`, also reads the stats topic.
@@ -95,76 +123,32 @@ pub async fn audit(
     settings: Option<&Settings>,
 ) -> Result<AuditReport, AuditError> {
     let mut r = AuditReport::default();
-    r.add(
-        "coupon issued <= stock",
-        count(
-            db,
-            "SELECT count(*) FROM coupons WHERE issued > total_quantity",
-        )
-        .await?,
-        "no coupon issued beyond its total quantity",
-    );
-    r.add(
-        "coupon issued = rows",
-        count(db, "SELECT count(*) FROM coupons c WHERE c.issued <> (SELECT count(*) FROM user_coupons uc WHERE uc.coupon_id = c.id)").await?,
-        "every coupon's issued count equals its issued rows",
-    );
-    r.add(
-        "one coupon per user",
-        count(db, "SELECT count(*) FROM (SELECT 1 FROM user_coupons GROUP BY user_id, coupon_id HAVING count(*) > 1) d").await?,
-        "no user holds the same coupon twice",
-    );
-    r.add(
-        "balance >= 0",
-        count(db, "SELECT count(*) FROM users WHERE balance < 0").await?,
-        "no negative balance",
-    );
-    r.add(
-        "balance = sum(history)",
-        count(db, "SELECT count(*) FROM users u LEFT JOIN (SELECT user_id, sum(amount) AS total FROM balance_history GROUP BY user_id) h ON h.user_id = u.id WHERE u.balance <> COALESCE(h.total, 0)").await?,
-        "every balance equals the sum of its history",
-    );
-    r.add(
-        "product stock >= 0",
-        count(db, "SELECT count(*) FROM products WHERE stock < 0").await?,
-        "no product oversold",
-    );
-    r.add(
-        "order amounts add up",
-        count(db, "SELECT count(*) FROM orders o WHERE o.paid_amount <> o.total_amount - o.discount_amount").await?,
-        "every order pays total minus discount",
-    );
     // Stored results and published outbox rows are kept for the retention
-    // window only (`worker.retention_hours`); effects older than that (with an
-    // hour's margin) are no longer matched against them.
+    // window only (`worker.retention_hours`).
     let retention_hours = settings
         .map(|s| s.worker.retention_hours)
         .unwrap_or_else(|| crate::config::WorkerSettings::default().retention_hours);
-    let recent = format!(
-        "now() - interval '{} hours'",
-        retention_hours.saturating_sub(1)
-    );
-    r.add(
-        "one result per request",
-        count(db, &format!("SELECT (SELECT count(*) FROM orders o WHERE o.ordered_at > {recent} AND NOT EXISTS (SELECT 1 FROM processed_requests p WHERE p.request_id = o.request_id AND p.status = 'succeeded'))
-                        + (SELECT count(*) FROM user_coupons uc WHERE uc.issued_at > {recent} AND NOT EXISTS (SELECT 1 FROM processed_requests p WHERE p.request_id = uc.request_id AND p.status = 'succeeded'))
-                        + (SELECT count(*) FROM balance_history h WHERE h.kind = 'charge' AND h.created_at > {recent} AND NOT EXISTS (SELECT 1 FROM processed_requests p WHERE p.request_id = h.request_id AND p.status = 'succeeded'))
-                        + (SELECT count(*) FROM processed_requests p WHERE p.status = 'succeeded' AND p.kind = 'order' AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.request_id = p.request_id))
-                        + (SELECT count(*) FROM processed_requests p WHERE p.status = 'succeeded' AND p.kind = 'coupon' AND NOT EXISTS (SELECT 1 FROM user_coupons uc WHERE uc.request_id = p.request_id))")).await?,
-        "every effect has exactly one stored succeeded result, and every succeeded result its effect",
-    );
-    r.add(
-        "coupon used once",
-        count(db, "SELECT count(*) FROM (SELECT coupon_id FROM orders o WHERE o.coupon_applied GROUP BY user_id, coupon_id HAVING count(*) > 1) d").await?,
-        "no coupon discounted two orders",
-    );
-    r.add(
-        "one stats event per order",
-        count(db, &format!("SELECT (SELECT count(*) FROM orders o WHERE o.ordered_at > {recent} AND NOT EXISTS (SELECT 1 FROM outbox x WHERE x.order_id = o.id))
-                        + (SELECT count(*) FROM outbox x WHERE x.order_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = x.order_id))")).await?,
-        "every paid order queued exactly one stats event",
-    );
+    for invariant in Invariant::ALL {
+        let (name, what) = describe(invariant);
+        r.add(
+            name,
+            ledger::violations(db, invariant, retention_hours).await?,
+            what,
+        );
+    }
+    audit_redis(db, counters, &mut r).await?;
+    if let Some(settings) = settings {
+        audit_stats_topic(db, settings, &mut r).await?;
+    }
+    Ok(r)
+}
 
+/// Redis's counters against PostgreSQL's figures (meaningful when idle).
+async fn audit_redis(
+    db: &PgPool,
+    counters: &Counters,
+    r: &mut AuditReport,
+) -> Result<(), AuditError> {
     let mut redis_drift = 0i64;
     for coupon in coupons::all(db).await? {
         if let Some(stock) = counters
@@ -195,25 +179,34 @@ pub async fn audit(
         "Redis product stock equals PostgreSQL's (when idle)",
     );
 
-    if let Some(settings) = settings {
-        let pending = count(db, "SELECT count(*) FROM outbox WHERE published_at IS NULL").await?;
-        let events = stats_events_per_order(settings)
-            .await
-            .map_err(|e| AuditError::StatsTopic(crate::telemetry::error_chain(&e)))?;
-        let paid: std::collections::HashSet<i64> = sqlx::query_scalar("SELECT o.id FROM orders o JOIN outbox x ON x.order_id = o.id WHERE x.published_at IS NOT NULL")
-            .fetch_all(db)
-            .await
-            .map_err(crate::store::StoreError::from)?
-            .into_iter()
-            .collect();
-        let wrong = paid
-            .iter()
-            .filter(|id| events.get(id).copied().unwrap_or(0) != 1)
-            .count() as i64;
-        let strays = events.keys().filter(|id| !paid.contains(id)).count() as i64;
-        r.add("stats topic", wrong + strays, &format!("every published order has exactly one event on the stats topic ({} events, {pending} still queued)", events.values().sum::<i64>()));
-    }
-    Ok(r)
+    Ok(())
+}
+
+/// Every published order has exactly one event on the stats topic.
+async fn audit_stats_topic(
+    db: &PgPool,
+    settings: &Settings,
+    r: &mut AuditReport,
+) -> Result<(), AuditError> {
+    let pending = orders::unpublished_count(db).await?;
+    let events = stats_events_per_order(settings)
+        .await
+        .map_err(|e| AuditError::StatsTopic(crate::telemetry::error_chain(&e)))?;
+    let paid = orders::published_order_ids(db).await?;
+    let wrong = paid
+        .iter()
+        .filter(|id| events.get(id).copied().unwrap_or(0) != 1)
+        .count() as i64;
+    let strays = events.keys().filter(|id| !paid.contains(id)).count() as i64;
+    r.add(
+        "stats topic",
+        wrong + strays,
+        &format!(
+            "every published order has exactly one event on the stats topic ({} events, {pending} still queued)",
+            events.values().sum::<i64>()
+        ),
+    );
+    Ok(())
 }
 
 /// How many events the stats topic holds per order id.

@@ -178,3 +178,30 @@ where
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// `stampede audit` names the promise a tampered ledger breaks, and only it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_names_each_broken_promise() {
+    let env = TestEnv::new().await;
+    stampede::store::users::seed(&env.db, 1, 3, 5_000).await.unwrap();
+    env.create_coupon(7, 10).await;
+    let clean = env.audit().await;
+    assert!(clean.passed(), "{}", clean.render());
+    for tamper in [
+        // A balance changed without its history.
+        "UPDATE users SET balance = balance + 1 WHERE id = 2",
+        // A coupon counted as issued with nobody holding it.
+        "UPDATE coupons SET issued = 1 WHERE id = 7",
+    ] {
+        sqlx::query(tamper).execute(&env.db).await.unwrap();
+    }
+    let report = env.audit().await;
+    let failed: Vec<&str> = report.violations().iter().map(|c| c.name).collect();
+    assert_eq!(
+        failed,
+        ["coupon issued = rows", "balance = sum(history)", "redis coupon stock"],
+        "{}",
+        report.render()
+    );
+    env.cleanup().await;
+}

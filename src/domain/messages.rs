@@ -278,6 +278,60 @@ fn one_shard() -> u32 {
     1
 }
 
+/// The longest name of a product or coupon, in bytes: what fits a receipt line.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// A product or coupon name: not blank, at most [`MAX_NAME_BYTES`].
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(format!("name must be 1 to {MAX_NAME_BYTES} characters"));
+    }
+    Ok(())
+}
+
+impl CouponSpec {
+    /// The rules a new coupon must meet, wherever it is created.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_name(&self.name)?;
+        self.discount.validate()?;
+        if self.total_quantity < 0 {
+            return Err("total_quantity must not be negative".into());
+        }
+        if !(1..=crate::domain::coupon::MAX_SHARDS).contains(&self.shards) {
+            return Err(format!(
+                "shards must be 1 to {}, got {}",
+                crate::domain::coupon::MAX_SHARDS,
+                self.shards
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A product as the admin API creates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductSpec {
+    pub name: String,
+    /// KRW per unit.
+    pub price: i64,
+    /// Units for sale.
+    pub stock: i64,
+}
+
+impl ProductSpec {
+    /// The rules a new product must meet.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_name(&self.name)?;
+        if !(0..=MAX_PRICE).contains(&self.price) {
+            return Err(format!("price must be 0 to {MAX_PRICE}"));
+        }
+        if self.stock < 0 {
+            return Err("stock must not be negative".into());
+        }
+        Ok(())
+    }
+}
+
 /// Either side of a result: what a worker decided for one request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome<T> {

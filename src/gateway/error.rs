@@ -9,6 +9,9 @@ use serde_json::json;
 use crate::counters::CounterError;
 use crate::store::StoreError;
 
+/// What a handler answers: a response, or an error that becomes one.
+pub type ApiResult = Result<axum::response::Response, ApiError>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The body is not JSON at all.

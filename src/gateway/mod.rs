@@ -3,16 +3,19 @@
 //! 503 when it cannot take them); the workers check *state*. It also serves
 //! reads from PostgreSQL, admin writes, health and metrics.
 
+mod admin;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod idempotency;
+mod intake;
 pub mod limits;
 pub mod line;
+mod ops;
+mod reads;
 pub mod results;
-mod routes;
 
-pub use routes::{decode_body, ChargeBody, CouponIssueBody, OrderBody};
+pub use intake::{decode_body, ChargeBody, CouponIssueBody, OrderBody};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,25 +54,25 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.gateway.body_limit_bytes;
     Router::new()
-        .route("/v1/charges", post(routes::post_charge))
+        .route("/v1/charges", post(intake::post_charge))
         .route(
             "/v1/coupons/{coupon_id}/issue",
-            post(routes::post_coupon_issue),
+            post(intake::post_coupon_issue),
         )
-        .route("/v1/orders", post(routes::post_order))
-        .route("/v1/requests/{request_id}", get(routes::get_request))
-        .route("/v1/users/{id}/balance", get(routes::get_balance))
-        .route("/v1/users/{id}/coupons", get(routes::get_user_coupons))
-        .route("/v1/products/popular", get(routes::get_popular))
-        .route("/v1/products/{id}", get(routes::get_product))
-        .route("/v1/admin/users", post(routes::admin_create_user))
-        .route("/v1/admin/products", post(routes::admin_create_product))
-        .route("/v1/admin/coupons", post(routes::admin_create_coupon))
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics))
+        .route("/v1/orders", post(intake::post_order))
+        .route("/v1/requests/{request_id}", get(reads::get_request))
+        .route("/v1/users/{id}/balance", get(reads::get_balance))
+        .route("/v1/users/{id}/coupons", get(reads::get_user_coupons))
+        .route("/v1/products/popular", get(reads::get_popular))
+        .route("/v1/products/{id}", get(reads::get_product))
+        .route("/v1/admin/users", post(admin::admin_create_user))
+        .route("/v1/admin/products", post(admin::admin_create_product))
+        .route("/v1/admin/coupons", post(admin::admin_create_coupon))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .route("/dashboard", get(dashboard::page))
-        .fallback(routes::not_found)
+        .fallback(ops::not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -81,9 +84,9 @@ pub fn router(state: AppState) -> Router {
 /// Health, readiness and metrics only: what a worker process serves.
 pub fn ops_router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .with_state(state)
 }
 

@@ -16,7 +16,7 @@ use crate::kafka::consumer::{run_batches, BatchHandler, ConsumerOptions, Handler
 use crate::kafka::Incoming;
 use crate::kafka::{Flow, OutMessage, Producer, Topics};
 use crate::reconcile;
-use crate::store::{coupons, products, users};
+use crate::store::{coupons, orders, products, users};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -63,9 +63,7 @@ pub async fn setup(
     o: &LoadgenOptions,
     run_id: &str,
 ) -> Result<Setup, Box<dyn std::error::Error + Send + Sync>> {
-    let first_user: i64 = sqlx::query_scalar("SELECT COALESCE(max(id), 0) + 1 FROM users")
-        .fetch_one(db)
-        .await?;
+    let first_user = users::next_free_id(db).await?;
     let balance = settings.rules.max_balance.min(10_000_000);
     users::seed(db, first_user, o.users as i64, balance).await?;
     let mut coupon_id = None;
@@ -73,9 +71,7 @@ pub async fn setup(
         o.scenario,
         Scenario::CouponDrop | Scenario::Mixed | Scenario::Passthrough
     ) {
-        let id: i64 = sqlx::query_scalar("SELECT COALESCE(max(id), 0) + 1 FROM coupons")
-            .fetch_one(db)
-            .await?;
+        let id = coupons::next_free_id(db).await?;
         let spec = CouponSpec {
             name: format!("{run_id} drop"),
             discount: Discount::Fixed { amount: 1_000 },
@@ -87,9 +83,7 @@ pub async fn setup(
         reconcile::load_coupon(db, counters, id, true).await?;
         coupon_id = Some(id);
     }
-    let first_product: i64 = sqlx::query_scalar("SELECT COALESCE(max(id), 0) + 1 FROM products")
-        .fetch_one(db)
-        .await?;
+    let first_product = products::next_free_id(db).await?;
     if matches!(o.scenario, Scenario::Orders | Scenario::Mixed) {
         products::seed(db, first_product, o.products as i64, 1_000, o.stock).await?;
         let ids: Vec<i64> = (first_product..first_product + o.products as i64).collect();
@@ -301,11 +295,11 @@ pub async fn verify(
             won == expected,
             format!("{won} issued, expected {expected}"),
         );
-        let in_db: Result<i64, _> = sqlx::query_scalar("SELECT issued FROM coupons WHERE id = $1")
-            .bind(coupon)
-            .fetch_one(db)
-            .await;
-        let in_db = in_db.unwrap_or(-1);
+        let in_db = coupons::get(db, coupon)
+            .await
+            .ok()
+            .flatten()
+            .map_or(-1, |c| c.issued);
         report.check(
             "database agrees",
             in_db == won,
@@ -315,11 +309,7 @@ pub async fn verify(
     // The audit reads the stats topic; wait briefly for the relay to drain first.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::time::Instant::now() < deadline {
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(db)
-                .await
-                .unwrap_or(0);
+        let pending = orders::unpublished_count(db).await.unwrap_or(0);
         if pending == 0 {
             break;
         }

@@ -259,3 +259,8 @@ pub async fn of_user(db: &PgPool, user_id: i64) -> Result<Vec<UserCoupon>> {
     .fetch_all(db)
     .await?)
 }
+
+/// The id after the highest coupon id.
+pub async fn next_free_id(db: &PgPool) -> Result<i64> {
+    super::next_free_id(db, "coupons").await
+}

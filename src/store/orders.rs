@@ -283,3 +283,44 @@ pub async fn mark_published(
     tx.commit().await?;
     Ok(())
 }
+
+/// Outbox rows not yet published.
+pub async fn unpublished_count(db: &PgPool) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+/// How many of the outbox rows `ids` are not yet marked published.
+pub async fn unpublished_among(db: &PgPool, ids: &[i64]) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE id = ANY($1) AND published_at IS NULL",
+    )
+    .bind(ids)
+    .fetch_one(db)
+    .await?)
+}
+
+/// Orders whose stats event the relay has published.
+pub async fn published_order_ids(db: &PgPool) -> Result<HashSet<i64>> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT o.id FROM orders o JOIN outbox x ON x.order_id = o.id WHERE x.published_at IS NOT NULL",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(ids.into_iter().collect())
+}
+
+/// The PostgreSQL advisory lock whose holder is the one relay publishing.
+const RELAY_LOCK: i64 = 0x5354_4154_5331; // "STATS1"
+
+/// Takes the relay's lead on `conn` if no other session holds it; the lead
+/// lasts as long as that session.
+pub async fn try_lead_relay(conn: &mut PgConnection) -> Result<bool> {
+    Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(RELAY_LOCK)
+        .fetch_one(&mut *conn)
+        .await?)
+}

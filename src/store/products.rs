@@ -125,3 +125,8 @@ pub async fn decrement(tx: &mut Transaction<'_, Postgres>, sold: &HashMap<i64, i
     .await?;
     Ok(())
 }
+
+/// The id after the highest product id.
+pub async fn next_free_id(db: &PgPool) -> Result<i64> {
+    super::next_free_id(db, "products").await
+}

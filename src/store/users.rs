@@ -195,3 +195,8 @@ pub async fn balance(db: &PgPool, id: i64) -> Result<Option<i64>> {
             .await?,
     )
 }
+
+/// The id after the highest user id.
+pub async fn next_free_id(db: &PgPool) -> Result<i64> {
+    super::next_free_id(db, "users").await
+}

@@ -38,8 +38,6 @@ use crate::telemetry::{metrics, trace_context};
 
 /// How long a Kafka transaction call may take.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
-/// Advisory-lock key of the relay leader.
-const RELAY_LOCK: i64 = 0x5354_4154_5331; // "STATS1"
 pub const HEADER_OUTBOX_ID: &str = "outbox.id";
 
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +81,7 @@ async fn relay_as_leader(
         .listen(crate::store::orders::OUTBOX_CHANNEL)
         .await?;
     loop {
-        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(RELAY_LOCK)
-            .fetch_one(&mut *conn)
-            .await?;
+        let leader = orders::try_lead_relay(&mut conn).await?;
         if leader {
             break;
         }
@@ -215,12 +210,7 @@ async fn recover(settings: &Settings, db: &PgPool, topic: &str) -> Result<usize,
     )
     .await
     .map_err(|e| WorkerError::Invariant(e.to_string()))??;
-    let unmarked: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox WHERE id = ANY($1) AND published_at IS NULL",
-    )
-    .bind(&ids)
-    .fetch_one(db)
-    .await?;
+    let unmarked = orders::unpublished_among(db, &ids).await?;
     orders::mark_published(db, &ids, topic, &ends).await?;
     Ok(unmarked as usize)
 }

@@ -1,0 +1,97 @@
+//! The ledger's promises as queries: each counts the rows that break one
+//! (`stampede audit`, loadgen's verdict, the chaos runs).
+
+use sqlx::PgPool;
+
+use super::Result;
+
+/// One promise the ledger keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invariant {
+    IssuedWithinStock,
+    IssuedMatchesRows,
+    OneCouponPerUser,
+    BalanceNotNegative,
+    BalanceIsHistory,
+    ProductStockNotNegative,
+    OrderAmountsAddUp,
+    OneResultPerRequest,
+    CouponUsedOnce,
+    OneStatsEventPerOrder,
+}
+
+impl Invariant {
+    pub const ALL: [Invariant; 10] = [
+        Invariant::IssuedWithinStock,
+        Invariant::IssuedMatchesRows,
+        Invariant::OneCouponPerUser,
+        Invariant::BalanceNotNegative,
+        Invariant::BalanceIsHistory,
+        Invariant::ProductStockNotNegative,
+        Invariant::OrderAmountsAddUp,
+        Invariant::OneResultPerRequest,
+        Invariant::CouponUsedOnce,
+        Invariant::OneStatsEventPerOrder,
+    ];
+
+    /// The query counting violations. `recent` bounds the checks that match
+    /// effects against stored results or outbox rows, which are only kept
+    /// for the retention window.
+    fn sql(self, recent: &str) -> String {
+        match self {
+            Invariant::IssuedWithinStock => {
+                "SELECT count(*) FROM coupons WHERE issued > total_quantity".into()
+            }
+            Invariant::IssuedMatchesRows => "SELECT count(*) FROM coupons c WHERE c.issued <> \
+                (SELECT count(*) FROM user_coupons uc WHERE uc.coupon_id = c.id)"
+                .into(),
+            Invariant::OneCouponPerUser => "SELECT count(*) FROM (SELECT 1 FROM user_coupons \
+                GROUP BY user_id, coupon_id HAVING count(*) > 1) d"
+                .into(),
+            Invariant::BalanceNotNegative => "SELECT count(*) FROM users WHERE balance < 0".into(),
+            Invariant::BalanceIsHistory => "SELECT count(*) FROM users u LEFT JOIN \
+                (SELECT user_id, sum(amount) AS total FROM balance_history GROUP BY user_id) h \
+                ON h.user_id = u.id WHERE u.balance <> COALESCE(h.total, 0)"
+                .into(),
+            Invariant::ProductStockNotNegative => {
+                "SELECT count(*) FROM products WHERE stock < 0".into()
+            }
+            Invariant::OrderAmountsAddUp => "SELECT count(*) FROM orders o \
+                WHERE o.paid_amount <> o.total_amount - o.discount_amount"
+                .into(),
+            Invariant::OneResultPerRequest => format!(
+                "SELECT (SELECT count(*) FROM orders o WHERE o.ordered_at > {recent} AND NOT EXISTS \
+                   (SELECT 1 FROM processed_requests p WHERE p.request_id = o.request_id AND p.status = 'succeeded'))
+                 + (SELECT count(*) FROM user_coupons uc WHERE uc.issued_at > {recent} AND NOT EXISTS \
+                   (SELECT 1 FROM processed_requests p WHERE p.request_id = uc.request_id AND p.status = 'succeeded'))
+                 + (SELECT count(*) FROM balance_history h WHERE h.kind = 'charge' AND h.created_at > {recent} AND NOT EXISTS \
+                   (SELECT 1 FROM processed_requests p WHERE p.request_id = h.request_id AND p.status = 'succeeded'))
+                 + (SELECT count(*) FROM processed_requests p WHERE p.status = 'succeeded' AND p.kind = 'order' AND NOT EXISTS \
+                   (SELECT 1 FROM orders o WHERE o.request_id = p.request_id))
+                 + (SELECT count(*) FROM processed_requests p WHERE p.status = 'succeeded' AND p.kind = 'coupon' AND NOT EXISTS \
+                   (SELECT 1 FROM user_coupons uc WHERE uc.request_id = p.request_id))"
+            ),
+            Invariant::CouponUsedOnce => "SELECT count(*) FROM (SELECT coupon_id FROM orders o \
+                WHERE o.coupon_applied GROUP BY user_id, coupon_id HAVING count(*) > 1) d"
+                .into(),
+            Invariant::OneStatsEventPerOrder => format!(
+                "SELECT (SELECT count(*) FROM orders o WHERE o.ordered_at > {recent} AND NOT EXISTS \
+                   (SELECT 1 FROM outbox x WHERE x.order_id = o.id))
+                 + (SELECT count(*) FROM outbox x WHERE x.order_id IS NOT NULL AND NOT EXISTS \
+                   (SELECT 1 FROM orders o WHERE o.id = x.order_id))"
+            ),
+        }
+    }
+}
+
+/// Rows breaking `invariant`; effects older than `retention_hours` less an
+/// hour's margin are not matched against results or outbox rows.
+pub async fn violations(db: &PgPool, invariant: Invariant, retention_hours: u64) -> Result<i64> {
+    let recent = format!(
+        "now() - interval '{} hours'",
+        retention_hours.saturating_sub(1)
+    );
+    Ok(sqlx::query_scalar(&invariant.sql(&recent))
+        .fetch_one(db)
+        .await?)
+}
