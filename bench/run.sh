@@ -93,7 +93,7 @@ echo "== (a) Kafka passthrough offered at 20,000 messages/s: the transport's own
 echo "== (b) redis-benchmark: issue_coupons.lua, one request per call"
 lua_key="$tag:{coupon:bench}"
 redis-cli SET "$lua_key:stock" "$stock" >/dev/null
-redis-benchmark -q -n "$requests" -c 50 -r 1000000000 EVAL "$(cat src/counters/lua/issue_coupons.lua)" 3 "$lua_key:stock" "$lua_key:holders" "$lua_key:grants" "req:__rand_int__" "__rand_int__" | tr '\r' '\n' | grep -E "requests per second" | tail -1 | tee "$out/redis.txt"
+redis-benchmark -q -n "$requests" -c 50 -r 1000000000 EVAL "$(cat src/counters/lua/prelude.lua src/counters/lua/issue_coupons.lua)" 3 "$lua_key:stock" "$lua_key:holders" "$lua_key:grants" "req:__rand_int__" "__rand_int__" | tr '\r' '\n' | grep -E "requests per second" | tail -1 | tee "$out/redis.txt"
 redis-cli DEL "$lua_key:stock" "$lua_key:holders" "$lua_key:grants" >/dev/null
 
 echo "== (c) PostgreSQL row-lock issue (pgbench, 16 clients), $requests requests against $stock stock"

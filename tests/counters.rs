@@ -248,3 +248,38 @@ fn frontier_reports_give_the_earliest_other_process_and_forget_silent_ones() {
         wipe(&counters, &prefix).await;
     });
 }
+
+/// Every counter script, with the prelude in front, is valid Lua for Redis;
+/// and a counter holding something that is not a number is reported as
+/// STAMPEDE_CORRUPT (never retried), not as a missing one.
+#[test]
+fn every_script_compiles_and_corrupt_counters_are_named() {
+    runtime().block_on(async {
+        let (counters, prefix) = counters().await;
+        let mut conn = counters.connection();
+        for (name, source) in stampede::counters::script_sources() {
+            let loaded: redis::RedisResult<String> = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(&source)
+                .query_async(&mut conn)
+                .await;
+            assert!(loaded.is_ok(), "{name}: {loaded:?}");
+        }
+        let _: () = redis::cmd("SET")
+            .arg(format!("{prefix}:{{coupon:3}}:stock"))
+            .arg("many")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let err = counters
+            .issue_coupons(3, &[("r1", 1)])
+            .await
+            .unwrap_err();
+        assert!(!err.is_retryable(), "{err:?}");
+        assert!(
+            stampede::telemetry::error_chain(&err).contains("STAMPEDE_CORRUPT"),
+            "{err:?}"
+        );
+        wipe(&counters, &prefix).await;
+    });
+}

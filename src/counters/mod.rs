@@ -21,24 +21,51 @@ pub use connection::RedisConn;
 use crate::config::RedisSettings;
 use crate::domain::coupon::{home_shard, IssueDecision};
 
+/// A counter script with the prelude every script shares in front of it
+/// (`lua/prelude.lua`: the error style, the number and hold formats).
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}{body}"))
+}
+
+/// The shared part of every counter script.
+pub const PRELUDE: &str = include_str!("lua/prelude.lua");
+
+/// Every counter script as it is sent to Redis, by file name (for checks).
+pub fn script_sources() -> Vec<(&'static str, String)> {
+    [
+        ("issue_coupons.lua", include_str!("lua/issue_coupons.lua")),
+        ("release_grant.lua", include_str!("lua/release_grant.lua")),
+        ("load_coupon.lua", include_str!("lua/load_coupon.lua")),
+        ("reserve_stock.lua", include_str!("lua/reserve_stock.lua")),
+        ("release_stock.lua", include_str!("lua/release_stock.lua")),
+        ("take_stock.lua", include_str!("lua/take_stock.lua")),
+        ("give_stock.lua", include_str!("lua/give_stock.lua")),
+        ("report_frontier.lua", include_str!("lua/report_frontier.lua")),
+        ("load_products.lua", include_str!("lua/load_products.lua")),
+    ]
+    .into_iter()
+    .map(|(name, body)| (name, format!("{PRELUDE}{body}")))
+    .collect()
+}
+
 static ISSUE_COUPONS: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/issue_coupons.lua")));
+    LazyLock::new(|| script(include_str!("lua/issue_coupons.lua")));
 static RELEASE_GRANT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/release_grant.lua")));
+    LazyLock::new(|| script(include_str!("lua/release_grant.lua")));
 static LOAD_COUPON: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/load_coupon.lua")));
+    LazyLock::new(|| script(include_str!("lua/load_coupon.lua")));
 static RESERVE_STOCK: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/reserve_stock.lua")));
+    LazyLock::new(|| script(include_str!("lua/reserve_stock.lua")));
 static RELEASE_STOCK: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/release_stock.lua")));
+    LazyLock::new(|| script(include_str!("lua/release_stock.lua")));
 static TAKE_STOCK: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/take_stock.lua")));
+    LazyLock::new(|| script(include_str!("lua/take_stock.lua")));
 static GIVE_STOCK: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/give_stock.lua")));
+    LazyLock::new(|| script(include_str!("lua/give_stock.lua")));
 static REPORT_FRONTIER: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/report_frontier.lua")));
+    LazyLock::new(|| script(include_str!("lua/report_frontier.lua")));
 static LOAD_PRODUCTS: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/load_products.lua")));
+    LazyLock::new(|| script(include_str!("lua/load_products.lua")));
 
 #[derive(Debug, thiserror::Error)]
 pub enum CounterError {
@@ -56,6 +83,8 @@ impl CounterError {
         use redis::{ErrorKind, ServerErrorKind};
         match self {
             CounterError::Protocol(_) => false,
+            // A script found a counter that is not what it should be.
+            CounterError::Redis(e) if e.code() == Some("STAMPEDE_CORRUPT") => false,
             CounterError::Redis(e) => match e.kind() {
                 // An answer of the wrong shape (a script's reply that does
                 // not parse as expected) comes back the same way again.

@@ -3,30 +3,30 @@
 -- KEYS[2]: {coupon:<id>}:holders  set of user ids holding (or about to hold) the coupon
 -- KEYS[3]: {coupon:<id>}:grants   hash request_id -> user_id, one entry per unit taken
 -- ARGV:    request_id_1, user_id_1, request_id_2, user_id_2, ... (in arrival order)
--- Returns: {-2} when the coupon is not loaded (Redis lost it: reload from PostgreSQL);
---          else one code per request: 1 granted now, 2 granted earlier to this same
---          request (a redelivery), 0 already issued to this user, -1 sold out.
+-- Returns: {NOT_LOADED} when the coupon is not loaded (Redis lost it: reload
+--          from PostgreSQL); else one code per request, as below.
 -- Every check happens before the first write of a request.
-local stock = redis.call('GET', KEYS[1])
-if not stock then
-  return {-2}
+local GRANTED, GRANTED_EARLIER, ALREADY_ISSUED, SOLD_OUT, NOT_LOADED = 1, 2, 0, -1, -2
+local stock = counter_value(KEYS[1], redis.call('GET', KEYS[1]))
+if stock == nil then
+  return {NOT_LOADED}
 end
-stock = tonumber(stock)
 local codes = {}
 local taken = 0
 for i = 1, #ARGV, 2 do
   local request_id, user_id = ARGV[i], ARGV[i + 1]
   if redis.call('HEXISTS', KEYS[3], request_id) == 1 then
-    codes[#codes + 1] = 2
+    -- A redelivery of a request that already took its unit.
+    codes[#codes + 1] = GRANTED_EARLIER
   elseif redis.call('SISMEMBER', KEYS[2], user_id) == 1 then
-    codes[#codes + 1] = 0
+    codes[#codes + 1] = ALREADY_ISSUED
   elseif stock - taken <= 0 then
-    codes[#codes + 1] = -1
+    codes[#codes + 1] = SOLD_OUT
   else
     taken = taken + 1
     redis.call('SADD', KEYS[2], user_id)
     redis.call('HSET', KEYS[3], request_id, user_id)
-    codes[#codes + 1] = 1
+    codes[#codes + 1] = GRANTED
   end
 end
 if taken > 0 then

@@ -1,6 +1,6 @@
 -- Loads product stock from PostgreSQL, the source of truth.
 -- KEYS[1]: {inventory}:stock  hash product_id -> units available
--- KEYS[2]: {inventory}:holds  hash request_id -> "product_id:quantity,..."
+-- KEYS[2]: {inventory}:holds  hash request_id -> hold (see the prelude)
 -- ARGV[1]: 'if_missing' (only products Redis does not hold) or 'force'
 -- ARGV[2]: k, how many decided request ids follow
 -- ARGV[3 .. 2+k]: request ids PostgreSQL has already decided: their holds are
@@ -17,7 +17,7 @@ for i = 3, 2 + decided do
 end
 local held = {}
 for _, items in ipairs(redis.call('HVALS', KEYS[2])) do
-  for pid, qty in string.gmatch(items, '(%d+):(%d+)') do
+  for pid, qty in hold_items(items) do
     held[pid] = (held[pid] or 0) + tonumber(qty)
   end
 end
@@ -29,9 +29,10 @@ for i = 3 + decided, #ARGV, 2 do
     stock = 0
   end
   if ARGV[1] == 'force' then
-    local previous = redis.call('HGET', KEYS[1], pid)
+    -- A value that is not a number is replaced like a missing one.
+    local previous = tonumber(redis.call('HGET', KEYS[1], pid) or '')
     if previous then
-      drift = drift + math.abs(tonumber(previous) - stock)
+      drift = drift + math.abs(previous - stock)
     else
       drift = drift + stock
     end

@@ -8,7 +8,7 @@ if not user_id then
 end
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('SREM', KEYS[2], user_id)
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if counter_value(KEYS[1], redis.call('GET', KEYS[1])) ~= nil then
   redis.call('INCR', KEYS[1])
 end
 return 1

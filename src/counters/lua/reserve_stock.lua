@@ -1,50 +1,44 @@
 -- Reserves product stock for a round of orders, each all or nothing, atomically.
 -- KEYS[1]: {inventory}:stock  hash product_id -> units available
--- KEYS[2]: {inventory}:holds  hash request_id -> "product_id:quantity,..." reserved for it
+-- KEYS[2]: {inventory}:holds  hash request_id -> hold (see the prelude)
 -- ARGV:    per order: request_id, mode, item_count, product_id_1, quantity_1, ...
 --          mode 'reserve' takes the stock; mode 'check' only checks it (the order
 --          is rejected for another reason) and gives back any hold it had.
--- Returns: per order two numbers: code, detail.
---          code 1: reserved now; 2: reserved earlier for this request (redelivery);
---          0: check passed, nothing taken; -1: out of stock (detail: product id);
---          -2: product not loaded (detail: product id; reload from PostgreSQL).
+-- Returns: per order two numbers: code, detail — the codes below; detail is
+--          the product id that ran out or is not loaded (reload it from
+--          PostgreSQL), else 0.
+local RESERVED, RESERVED_EARLIER, CHECKED = 1, 2, 0
+local OUT_OF_STOCK, NOT_LOADED = -1, -2
 local out = {}
 local i = 1
 while i <= #ARGV do
   local request_id, mode, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local first = i + 3
-  i = first + 2 * n
-  local held = redis.call('HGET', KEYS[2], request_id)
-  if held and mode == 'reserve' then
-    out[#out + 1] = 2
+  local first, last = i + 3, i + 2 + 2 * n
+  i = last + 1
+  if mode == 'reserve' and redis.call('HEXISTS', KEYS[2], request_id) == 1 then
+    -- A redelivery: the stock was taken for it already.
+    out[#out + 1] = RESERVED_EARLIER
     out[#out + 1] = 0
   else
-    if held then
-      for pid, qty in string.gmatch(held, '(%d+):(%d+)') do
-        redis.call('HINCRBY', KEYS[1], pid, tonumber(qty))
-      end
-      redis.call('HDEL', KEYS[2], request_id)
-    end
-    local code, detail = 0, 0
-    for j = first, first + 2 * n - 1, 2 do
-      local available = redis.call('HGET', KEYS[1], ARGV[j])
-      if not available then
-        code, detail = -2, tonumber(ARGV[j])
+    give_back_hold(KEYS[1], KEYS[2], request_id)
+    local code, detail = CHECKED, 0
+    for j = first, last, 2 do
+      local available = counter_value(KEYS[1] .. ' ' .. ARGV[j], redis.call('HGET', KEYS[1], ARGV[j]))
+      if available == nil then
+        code, detail = NOT_LOADED, tonumber(ARGV[j])
         break
       end
-      if tonumber(available) < tonumber(ARGV[j + 1]) then
-        code, detail = -1, tonumber(ARGV[j])
+      if available < tonumber(ARGV[j + 1]) then
+        code, detail = OUT_OF_STOCK, tonumber(ARGV[j])
         break
       end
     end
-    if code == 0 and mode == 'reserve' then
-      local parts = {}
-      for j = first, first + 2 * n - 1, 2 do
+    if code == CHECKED and mode == 'reserve' then
+      for j = first, last, 2 do
         redis.call('HINCRBY', KEYS[1], ARGV[j], -tonumber(ARGV[j + 1]))
-        parts[#parts + 1] = ARGV[j] .. ':' .. ARGV[j + 1]
       end
-      redis.call('HSET', KEYS[2], request_id, table.concat(parts, ','))
-      code = 1
+      redis.call('HSET', KEYS[2], request_id, encode_hold(ARGV, first, last))
+      code = RESERVED
     end
     out[#out + 1] = code
     out[#out + 1] = detail
