@@ -271,10 +271,7 @@ fn every_script_compiles_and_corrupt_counters_are_named() {
             .query_async(&mut conn)
             .await
             .unwrap();
-        let err = counters
-            .issue_coupons(3, &[("r1", 1)])
-            .await
-            .unwrap_err();
+        let err = counters.issue_coupons(3, &[("r1", 1)]).await.unwrap_err();
         assert!(!err.is_retryable(), "{err:?}");
         assert!(
             stampede::telemetry::error_chain(&err).contains("STAMPEDE_CORRUPT"),

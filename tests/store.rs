@@ -183,7 +183,9 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_names_each_broken_promise() {
     let env = TestEnv::new().await;
-    stampede::store::users::seed(&env.db, 1, 3, 5_000).await.unwrap();
+    stampede::store::users::seed(&env.db, 1, 3, 5_000)
+        .await
+        .unwrap();
     env.create_coupon(7, 10).await;
     let clean = env.audit().await;
     assert!(clean.passed(), "{}", clean.render());
@@ -199,7 +201,11 @@ async fn the_audit_names_each_broken_promise() {
     let failed: Vec<&str> = report.violations().iter().map(|c| c.name).collect();
     assert_eq!(
         failed,
-        ["coupon issued = rows", "balance = sum(history)", "redis coupon stock"],
+        [
+            "coupon issued = rows",
+            "balance = sum(history)",
+            "redis coupon stock"
+        ],
         "{}",
         report.render()
     );

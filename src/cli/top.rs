@@ -2,6 +2,7 @@
 //! `/metrics`: requests/s per flow and outcome, consumer lag, publish→result
 //! p99 and coupon stock left, refreshed every interval.
 
+use clap::Args;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -201,5 +202,48 @@ mod tests {
         assert!(view.contains("consumer lag: coupon 7"), "{view}");
         assert!(view.contains("coupon ≤ 100 ms"), "{view}");
         assert!(view.contains("coupon 7 42"), "{view}");
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// `/metrics` URLs to watch (default: the gateway's).
+    #[arg(long = "url")]
+    pub urls: Vec<String>,
+    /// Refresh interval in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Draw one frame and exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// Redraws the watched processes' figures until interrupted.
+pub async fn run(
+    args: TopArgs,
+    settings: &crate::config::Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<std::process::ExitCode> {
+    let urls = if args.urls.is_empty() {
+        vec![format!("http://{}/metrics", settings.gateway.listen)]
+    } else {
+        args.urls
+    };
+    let client = reqwest::Client::new();
+    let interval = std::time::Duration::from_millis(args.interval_ms.max(100));
+    let mut before = scrape(&client, &urls).await.map_err(anyhow::Error::msg)?;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(std::process::ExitCode::SUCCESS),
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now = scrape(&client, &urls).await.map_err(anyhow::Error::msg)?;
+        let frame = render(&before, &now);
+        if args.once {
+            print!("{frame}");
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        print!("\x1b[2J\x1b[H{frame}");
+        before = now;
     }
 }

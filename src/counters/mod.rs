@@ -40,7 +40,10 @@ pub fn script_sources() -> Vec<(&'static str, String)> {
         ("release_stock.lua", include_str!("lua/release_stock.lua")),
         ("take_stock.lua", include_str!("lua/take_stock.lua")),
         ("give_stock.lua", include_str!("lua/give_stock.lua")),
-        ("report_frontier.lua", include_str!("lua/report_frontier.lua")),
+        (
+            "report_frontier.lua",
+            include_str!("lua/report_frontier.lua"),
+        ),
         ("load_products.lua", include_str!("lua/load_products.lua")),
     ]
     .into_iter()
@@ -58,10 +61,8 @@ static RESERVE_STOCK: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/reserve_stock.lua")));
 static RELEASE_STOCK: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/release_stock.lua")));
-static TAKE_STOCK: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/take_stock.lua")));
-static GIVE_STOCK: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("lua/give_stock.lua")));
+static TAKE_STOCK: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/take_stock.lua")));
+static GIVE_STOCK: LazyLock<Script> = LazyLock::new(|| script(include_str!("lua/give_stock.lua")));
 static REPORT_FRONTIER: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("lua/report_frontier.lua")));
 static LOAD_PRODUCTS: LazyLock<Script> =
