@@ -6,6 +6,7 @@ pub mod coupon;
 pub mod error_code;
 pub mod messages;
 pub mod order;
+pub mod order_batch;
 pub mod request_id;
 pub mod validate;
 

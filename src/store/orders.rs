@@ -8,15 +8,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use super::Result;
 use crate::domain::coupon::Discount;
 use crate::domain::order::PricedItem;
-
-/// A coupon a user holds, as an order sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Holding {
-    pub user_coupon_id: i64,
-    pub used: bool,
-    pub expires_at: DateTime<Utc>,
-    pub discount: Discount,
-}
+use crate::domain::order_batch::CouponHeld;
 
 /// (user_coupon id, user, coupon, used, expires_at, discount kind, discount value)
 type HoldingRow = (i64, i64, i64, bool, DateTime<Utc>, String, i64);
@@ -25,7 +17,7 @@ type HoldingRow = (i64, i64, i64, bool, DateTime<Utc>, String, i64);
 pub async fn holdings(
     tx: &mut Transaction<'_, Postgres>,
     pairs: &[(i64, i64)],
-) -> Result<HashMap<(i64, i64), Holding>> {
+) -> Result<HashMap<(i64, i64), CouponHeld>> {
     if pairs.is_empty() {
         return Ok(HashMap::new());
     }
@@ -47,7 +39,7 @@ pub async fn holdings(
         .filter_map(|(id, user, coupon, used, expires_at, kind, value)| {
             Some((
                 (user, coupon),
-                Holding {
+                CouponHeld {
                     user_coupon_id: id,
                     used,
                     expires_at,

@@ -2,8 +2,8 @@
 //!
 //! Per micro-batch, inside one PostgreSQL transaction: the users' and
 //! products' rows are locked (ascending id) and the named coupon holdings
-//! read; each order is priced and paid against in-memory balances (pure rules
-//! of [`crate::domain::order`]); then one Lua call per *round* reserves stock
+//! read into an order book; each order is priced and paid on it (the pure
+//! rules of [`crate::domain::order_batch`]); then one Lua call per *round* reserves stock
 //! all-or-nothing for the orders that can pay (`reserve`) and only checks it
 //! for the others (`check`, so `out_of_stock` keeps its precedence and nothing
 //! is held). A user's k-th order of the batch is in round k, so it sees the
@@ -19,18 +19,17 @@
 //! if Redis ever sold more than PostgreSQL has, the order is `out_of_stock`,
 //! its hold released, and the product reloaded.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::pipeline::{stored, Decide, ResultMessage};
 use super::WorkerError;
 use crate::counters::{Counters, StockAnswer, StockRequest};
-use crate::domain::messages::{OrderRequest, OrderResult, OrderStats, StatsItem, Status};
-use crate::domain::order::{pay, price_order, CouponHolding, PricedItem, Pricing};
-use crate::domain::{ErrorCode, Rejection};
+use crate::domain::messages::{OrderRequest, OrderResult};
+use crate::domain::order_batch::{paid_order, rounds, Candidate, OrderBook, Stock, Verdict};
 use crate::kafka::topics::ORDER_STATS;
 use crate::kafka::Flow;
 use crate::reconcile;
@@ -44,22 +43,17 @@ pub struct OrderLogic {
     pub counters: Counters,
 }
 
-/// How an order ended.
-enum Verdict {
-    Rejected(Rejection),
-    Paid {
-        pricing: Pricing,
-        balance: i64,
-        items: Vec<PricedItem>,
-        used_coupon: Option<i64>,
-    },
-}
-
-/// What an order looked like before the stock answered.
-struct Candidate {
-    index: usize,
-    items: Vec<PricedItem>,
-    priced: Result<(Pricing, i64, Option<i64>), Rejection>,
+/// What a batch's transaction writes for its paid orders and results.
+#[derive(Default)]
+struct Writes<'a> {
+    orders: Vec<NewOrder>,
+    history: Vec<HistoryRow>,
+    balances: HashMap<i64, i64>,
+    sold: HashMap<i64, i64>,
+    events: Vec<NewEvent>,
+    results: Vec<NewResult>,
+    /// Requests whose holds become spent once the transaction commits.
+    paid: Vec<&'a str>,
 }
 
 impl OrderLogic {
@@ -100,6 +94,28 @@ impl OrderLogic {
         ))
     }
 
+    /// Locks the rows the batch touches and reads them into its book.
+    async fn open_book(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        requests: &[&OrderRequest],
+    ) -> Result<OrderBook, WorkerError> {
+        let user_ids = sorted_unique(requests.iter().map(|r| r.user_id));
+        let product_ids = sorted_unique(
+            requests
+                .iter()
+                .flat_map(|r| r.items.iter().map(|i| i.product_id)),
+        );
+        let balances = users::lock_balances(tx, &user_ids).await?;
+        let catalogue = products::lock(tx, &product_ids).await?;
+        let pairs: Vec<(i64, i64)> = requests
+            .iter()
+            .filter_map(|r| r.coupon_id.map(|c| (r.user_id, c)))
+            .collect();
+        let holdings = orders::holdings(tx, &pairs).await?;
+        Ok(OrderBook::new(balances, catalogue, holdings, Utc::now()))
+    }
+
     /// Decides a batch (see [`Decide::decide`]). `fresh` collects the holds
     /// this attempt took; `committed` turns true once its transaction is.
     async fn decide_batch(
@@ -113,269 +129,145 @@ impl OrderLogic {
         reconcile::reload_if_redis_replaced(&self.db, &self.counters).await?;
         let now = Utc::now();
         let mut tx = self.db.begin().await.map_err(StoreError::from)?;
-        let user_ids: Vec<i64> = sorted_unique(requests.iter().map(|r| r.user_id));
-        let product_ids: Vec<i64> = sorted_unique(
-            requests
-                .iter()
-                .flat_map(|r| r.items.iter().map(|i| i.product_id)),
-        );
-        let mut balances = users::lock_balances(&mut tx, &user_ids).await?;
-        let catalogue = products::lock(&mut tx, &product_ids).await?;
-        let pairs: Vec<(i64, i64)> = requests
-            .iter()
-            .filter_map(|r| r.coupon_id.map(|c| (r.user_id, c)))
-            .collect();
-        let holdings = orders::holdings(&mut tx, &pairs).await?;
-        let mut pg_stock: HashMap<i64, i64> = catalogue
-            .iter()
-            .map(|(id, (_, stock))| (*id, *stock))
-            .collect();
-        let mut coupons_used: HashSet<i64> = HashSet::new();
-
-        // Rounds: the k-th order of each user goes into round k.
-        let mut per_user: HashMap<i64, usize> = HashMap::new();
-        let mut rounds: Vec<Vec<usize>> = Vec::new();
-        for (i, r) in requests.iter().enumerate() {
-            let k = per_user.entry(r.user_id).or_default();
-            if rounds.len() <= *k {
-                rounds.push(Vec::new());
-            }
-            rounds[*k].push(i);
-            *k += 1;
-        }
-
-        let mut verdicts: Vec<Option<Verdict>> = (0..requests.len()).map(|_| None).collect();
+        let mut book = self.open_book(&mut tx, requests).await?;
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; requests.len()];
         let mut to_release: Vec<&str> = Vec::new();
         let mut drifted: BTreeSet<i64> = BTreeSet::new();
-        for round in rounds {
+        for round in rounds(requests.iter().map(|r| r.user_id)) {
             let mut candidates = Vec::new();
             for i in round {
-                let r = requests[i];
-                let Some(&balance) = balances.get(&r.user_id) else {
-                    verdicts[i] = Some(Verdict::Rejected(Rejection::new(
-                        ErrorCode::UserNotFound,
-                        format!("user {} does not exist", r.user_id),
-                    )));
-                    continue;
-                };
-                if let Some(item) = r
-                    .items
-                    .iter()
-                    .find(|item| !catalogue.contains_key(&item.product_id))
-                {
-                    verdicts[i] = Some(Verdict::Rejected(Rejection::new(
-                        ErrorCode::ProductNotFound,
-                        format!("product {} does not exist", item.product_id),
-                    )));
-                    continue;
+                match book.candidate(requests[i]) {
+                    Ok(candidate) => candidates.push((i, candidate)),
+                    Err(rejection) => verdicts[i] = Some(Verdict::Rejected(rejection)),
                 }
-                let items: Vec<PricedItem> = r
-                    .items
-                    .iter()
-                    .map(|item| PricedItem {
-                        product_id: item.product_id,
-                        quantity: item.quantity,
-                        unit_price: catalogue[&item.product_id].0,
-                    })
-                    .collect();
-                let holding = r.coupon_id.map(|c| match holdings.get(&(r.user_id, c)) {
-                    None => (CouponHolding::NotOwned, None),
-                    Some(h) => (
-                        CouponHolding::Owned {
-                            used: h.used || coupons_used.contains(&h.user_coupon_id),
-                            expires_at: h.expires_at,
-                            discount: h.discount,
-                        },
-                        Some(h.user_coupon_id),
-                    ),
-                });
-                let priced = price_order(r.coupon_id, &items, holding.map(|(h, _)| h), now)
-                    .and_then(|pricing| {
-                        let after = pay(balance, pricing.paid)?;
-                        let used = if pricing.coupon_applied {
-                            holding.and_then(|(_, id)| id)
-                        } else {
-                            None
-                        };
-                        Ok((pricing, after, used))
-                    });
-                candidates.push(Candidate {
-                    index: i,
-                    items,
-                    priced,
-                });
             }
             let asks: Vec<StockRequest> = candidates
                 .iter()
-                .map(|c| StockRequest {
-                    request_id: requests[c.index].request_id.as_str().to_owned(),
-                    reserve: c.priced.is_ok(),
+                .map(|(i, c)| StockRequest {
+                    request_id: requests[*i].request_id.as_str().to_owned(),
+                    reserve: c.reserves(),
                     items: c.items.iter().map(|i| (i.product_id, i.quantity)).collect(),
                 })
                 .collect();
             let answers = self.reserve_round(&mut tx, &asks, fresh).await?;
-            for (candidate, answer) in candidates.into_iter().zip(answers) {
-                let r = requests[candidate.index];
-                let verdict = match (answer, candidate.priced) {
-                    (StockAnswer::OutOfStock { product_id }, _) => {
-                        Verdict::Rejected(out_of_stock(product_id))
-                    }
-                    (
-                        StockAnswer::Reserved | StockAnswer::ReservedEarlier,
-                        Ok((pricing, balance, used_coupon)),
-                    ) => {
-                        match candidate.items.iter().find(|i| {
-                            pg_stock.get(&i.product_id).copied().unwrap_or(0) < i.quantity
-                        }) {
-                            Some(short) => {
-                                drifted.insert(short.product_id);
-                                to_release.push(r.request_id.as_str());
-                                Verdict::Rejected(out_of_stock(short.product_id))
-                            }
-                            None => {
-                                for item in &candidate.items {
-                                    *pg_stock.entry(item.product_id).or_default() -= item.quantity;
-                                }
-                                balances.insert(r.user_id, balance);
-                                coupons_used.extend(used_coupon);
-                                Verdict::Paid {
-                                    pricing,
-                                    balance,
-                                    items: candidate.items,
-                                    used_coupon,
-                                }
-                            }
-                        }
-                    }
-                    (_, Err(rejection)) => Verdict::Rejected(rejection),
-                    (StockAnswer::CheckPassed | StockAnswer::NotLoaded { .. }, Ok(_)) => {
-                        return Err(WorkerError::Invariant(format!(
-                            "stock answer {answer:?} for an order that reserves"
-                        )));
-                    }
-                };
-                verdicts[candidate.index] = Some(verdict);
+            for ((i, candidate), answer) in candidates.into_iter().zip(answers) {
+                let stock = stock_of(&candidate, answer)?;
+                let settled = book.settle(requests[i], candidate, stock);
+                if let Some(product_id) = settled.short {
+                    drifted.insert(product_id);
+                    to_release.push(requests[i].request_id.as_str());
+                }
+                verdicts[i] = Some(settled.verdict);
             }
         }
-
-        let paid_count = verdicts
-            .iter()
-            .filter(|v| matches!(v, Some(Verdict::Paid { .. })))
-            .count();
-        let mut order_ids = orders::next_ids(&mut tx, paid_count).await?.into_iter();
-        let mut new_orders = Vec::with_capacity(paid_count);
-        let mut history = Vec::with_capacity(paid_count);
-        let mut changed_balances = HashMap::new();
-        let mut sold: HashMap<i64, i64> = HashMap::new();
-        let mut events = Vec::with_capacity(paid_count);
-        let mut results = Vec::with_capacity(requests.len());
-        let mut paid_requests = Vec::with_capacity(paid_count);
-        for ((r, verdict), trace) in requests.iter().zip(verdicts).zip(traces) {
-            match verdict.unwrap_or_else(|| {
-                Verdict::Rejected(Rejection::new(
-                    ErrorCode::InvalidRequest,
-                    "order was not decided",
-                ))
-            }) {
-                Verdict::Rejected(rejection) => {
-                    let code = rejection.code;
-                    let result =
-                        OrderResult::rejected(r.request_id.clone(), Some(r.user_id), rejection);
-                    results.push(stored(&r.request_id, r.user_id, Some(code), &result)?);
-                }
-                Verdict::Paid {
-                    pricing,
-                    balance,
-                    items,
-                    used_coupon,
-                } => {
-                    let order_id = order_ids.next().ok_or_else(|| {
-                        WorkerError::Invariant("fewer order ids than paid orders".into())
-                    })?;
-                    paid_requests.push(r.request_id.as_str());
-                    changed_balances.insert(r.user_id, balance);
-                    history.push(HistoryRow {
-                        user_id: r.user_id,
-                        kind: "payment",
-                        amount: -pricing.paid,
-                        balance_after: balance,
-                        request_id: Some(r.request_id.as_str().to_owned()),
-                        order_id: Some(order_id),
-                    });
-                    for item in &items {
-                        *sold.entry(item.product_id).or_default() += item.quantity;
-                    }
-                    let stats = OrderStats {
-                        order_id,
-                        user_id: r.user_id,
-                        ordered_at: now,
-                        items: items
-                            .iter()
-                            .map(|i| StatsItem {
-                                product_id: i.product_id,
-                                quantity: i.quantity,
-                                unit_price: i.unit_price,
-                            })
-                            .collect(),
-                        total_amount: pricing.total,
-                        discount_amount: pricing.discount,
-                        paid_amount: pricing.paid,
-                        coupon_id: if pricing.coupon_applied {
-                            r.coupon_id
-                        } else {
-                            None
-                        },
-                    };
-                    events.push(NewEvent {
-                        order_id,
-                        payload: serde_json::to_string(&stats)?,
-                        traceparent: trace.map(str::to_owned),
-                    });
-                    let result = OrderResult {
-                        request_id: r.request_id.clone(),
-                        user_id: Some(r.user_id),
-                        status: Status::Succeeded,
-                        order_id: Some(order_id),
-                        total_amount: Some(pricing.total),
-                        discount_amount: Some(pricing.discount),
-                        paid_amount: Some(pricing.paid),
-                        balance: Some(balance),
-                        coupon_applied: Some(pricing.coupon_applied),
-                        error: None,
-                    };
-                    results.push(stored(&r.request_id, r.user_id, None, &result)?);
-                    new_orders.push(NewOrder {
-                        id: order_id,
-                        request_id: r.request_id.as_str().to_owned(),
-                        user_id: r.user_id,
-                        total_amount: pricing.total,
-                        discount_amount: pricing.discount,
-                        paid_amount: pricing.paid,
-                        coupon_id: r.coupon_id,
-                        used_coupon,
-                        coupon_applied: pricing.coupon_applied,
-                        ordered_at: now,
-                        items,
-                    });
-                }
-            }
-        }
-        orders::insert(&mut tx, &new_orders).await?;
-        users::write_balances(&mut tx, &changed_balances, &history).await?;
-        products::decrement(&mut tx, &sold).await?;
-        orders::enqueue(&mut tx, ORDER_STATS, &events).await?;
-        processed::insert_all(&mut tx, Flow::Order.kind(), &results).await?;
+        let writes = writes(&mut tx, requests, verdicts, traces, now).await?;
+        orders::insert(&mut tx, &writes.orders).await?;
+        users::write_balances(&mut tx, &writes.balances, &writes.history).await?;
+        products::decrement(&mut tx, &writes.sold).await?;
+        orders::enqueue(&mut tx, ORDER_STATS, &writes.events).await?;
+        processed::insert_all(&mut tx, Flow::Order.kind(), &writes.results).await?;
         tx.commit().await.map_err(StoreError::from)?;
         *committed = true;
 
-        self.counters.finish_holds(&paid_requests).await?;
+        self.counters.finish_holds(&writes.paid).await?;
         self.counters.release_stock(&to_release).await?;
         if !drifted.is_empty() {
             tracing::warn!(products = ?drifted, "Redis reserved what PostgreSQL does not have; reloading products");
             reconcile::load_products(&self.db, &self.counters, true).await?;
         }
-        Ok(results)
+        Ok(writes.results)
     }
+}
+
+/// What Redis's answer means for a candidate. An order that can pay must
+/// have been reserved (or found out of stock); one that cannot, checked.
+fn stock_of(candidate: &Candidate, answer: StockAnswer) -> Result<Stock, WorkerError> {
+    match answer {
+        StockAnswer::OutOfStock { product_id } => Ok(Stock::OutOfStock { product_id }),
+        StockAnswer::Reserved | StockAnswer::ReservedEarlier if candidate.reserves() => {
+            Ok(Stock::Available)
+        }
+        StockAnswer::CheckPassed if !candidate.reserves() => Ok(Stock::Available),
+        answer => Err(WorkerError::Invariant(format!(
+            "stock answer {answer:?} for an order that {}",
+            if candidate.reserves() {
+                "reserves"
+            } else {
+                "only checks"
+            }
+        ))),
+    }
+}
+
+/// The rows a batch's verdicts write, with the ids its paid orders take.
+async fn writes<'a>(
+    tx: &mut Transaction<'static, Postgres>,
+    requests: &[&'a OrderRequest],
+    verdicts: Vec<Option<Verdict>>,
+    traces: &[Option<&str>],
+    now: chrono::DateTime<Utc>,
+) -> Result<Writes<'a>, WorkerError> {
+    let paid_count = verdicts
+        .iter()
+        .filter(|v| matches!(v, Some(Verdict::Paid { .. })))
+        .count();
+    let mut order_ids = orders::next_ids(tx, paid_count).await?.into_iter();
+    let mut w = Writes::default();
+    for ((r, verdict), trace) in requests.iter().zip(verdicts).zip(traces) {
+        let verdict = verdict.ok_or_else(|| {
+            WorkerError::Invariant(format!("order {} was not decided", r.request_id.as_str()))
+        })?;
+        let (payment, items) = match verdict {
+            Verdict::Rejected(rejection) => {
+                let code = rejection.code;
+                let result =
+                    OrderResult::rejected(r.request_id.clone(), Some(r.user_id), rejection);
+                w.results
+                    .push(stored(&r.request_id, r.user_id, Some(code), &result)?);
+                continue;
+            }
+            Verdict::Paid { payment, items } => (payment, items),
+        };
+        let order_id = order_ids
+            .next()
+            .ok_or_else(|| WorkerError::Invariant("fewer order ids than paid orders".into()))?;
+        let (result, stats) = paid_order(r, order_id, &payment, &items, now);
+        let pricing = payment.pricing;
+        w.paid.push(r.request_id.as_str());
+        w.balances.insert(r.user_id, payment.balance_after);
+        w.history.push(HistoryRow {
+            user_id: r.user_id,
+            kind: "payment",
+            amount: -pricing.paid,
+            balance_after: payment.balance_after,
+            request_id: Some(r.request_id.as_str().to_owned()),
+            order_id: Some(order_id),
+        });
+        for item in &items {
+            *w.sold.entry(item.product_id).or_default() += item.quantity;
+        }
+        w.events.push(NewEvent {
+            order_id,
+            payload: serde_json::to_string(&stats)?,
+            traceparent: trace.map(str::to_owned),
+        });
+        w.results
+            .push(stored(&r.request_id, r.user_id, None, &result)?);
+        w.orders.push(NewOrder {
+            id: order_id,
+            request_id: r.request_id.as_str().to_owned(),
+            user_id: r.user_id,
+            total_amount: pricing.total,
+            discount_amount: pricing.discount,
+            paid_amount: pricing.paid,
+            coupon_id: r.coupon_id,
+            used_coupon: payment.used_coupon,
+            coupon_applied: pricing.coupon_applied,
+            ordered_at: now,
+            items,
+        });
+    }
+    Ok(w)
 }
 
 #[async_trait]
@@ -428,13 +320,6 @@ impl Decide for OrderLogic {
         self.counters.release_stock(&rejected).await?;
         Ok(())
     }
-}
-
-fn out_of_stock(product_id: i64) -> Rejection {
-    Rejection::new(
-        ErrorCode::OutOfStock,
-        format!("product {product_id} does not have enough stock"),
-    )
 }
 
 fn sorted_unique(ids: impl Iterator<Item = i64>) -> Vec<i64> {
