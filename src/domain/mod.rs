@@ -3,6 +3,7 @@
 
 pub mod charge;
 pub mod coupon;
+pub mod coupon_batch;
 pub mod error_code;
 pub mod messages;
 pub mod order;

@@ -9,6 +9,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::{users::bump_id_sequence, Result, StoreError};
 use crate::domain::coupon::Discount;
+use crate::domain::coupon_batch::Recorded;
 use crate::domain::messages::CouponSpec;
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -123,25 +124,10 @@ pub struct Grant {
     pub coupon_id: i64,
 }
 
-/// What PostgreSQL made of a grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrantOutcome {
-    Issued {
-        user_coupon_id: i64,
-    },
-    /// The user already held the coupon (Redis had lost that).
-    AlreadyHeld,
-    /// No unit was left (Redis had counted too many).
-    SoldOut,
-}
-
 /// Makes grants durable inside `tx`. Coupon rows are locked first, so the
 /// `issued ≤ total_quantity` check is exact even if Redis drifted: grants
 /// beyond the stock become `SoldOut`, in arrival order.
-pub async fn issue(
-    tx: &mut Transaction<'_, Postgres>,
-    grants: &[Grant],
-) -> Result<Vec<GrantOutcome>> {
+pub async fn issue(tx: &mut Transaction<'_, Postgres>, grants: &[Grant]) -> Result<Vec<Recorded>> {
     if grants.is_empty() {
         return Ok(Vec::new());
     }
@@ -175,18 +161,18 @@ pub async fn issue(
 
     let mut taken: HashMap<i64, i64> = HashMap::new();
     let mut excess = Vec::new();
-    let outcomes: Vec<GrantOutcome> = grants
+    let outcomes: Vec<Recorded> = grants
         .iter()
         .map(|g| match inserted.get(&g.request_id) {
-            None => GrantOutcome::AlreadyHeld,
+            None => Recorded::AlreadyHeld,
             Some(&id) => {
                 let n = taken.entry(g.coupon_id).or_default();
                 if *n < available.get(&g.coupon_id).copied().unwrap_or(0) {
                     *n += 1;
-                    GrantOutcome::Issued { user_coupon_id: id }
+                    Recorded::Issued { user_coupon_id: id }
                 } else {
                     excess.push(id);
-                    GrantOutcome::SoldOut
+                    Recorded::SoldOut
                 }
             }
         })

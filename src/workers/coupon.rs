@@ -38,22 +38,23 @@
 //! while PostgreSQL has units left) and reloads; PostgreSQL's `issued ≤
 //! total_quantity` stays the final guard against any unit counted twice.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::PgPool;
 
-use super::pipeline::{stored, Decide, ResultMessage};
+use super::pipeline::{stored, Decide};
 use super::WorkerError;
 use crate::counters::{Counters, CouponShard};
 use crate::domain::coupon::{donors, IssueDecision};
-use crate::domain::messages::{CouponIssueRequest, CouponIssueResult, Status};
-use crate::domain::{ErrorCode, Rejection};
+use crate::domain::coupon_batch::{admit, issue_result, recorded, IssueOutcome, Recorded};
+use crate::domain::messages::{CouponIssueRequest, CouponIssueResult};
+use crate::domain::Rejection;
 use crate::kafka::Flow;
 use crate::reconcile;
-use crate::store::coupons::{self, Grant, GrantOutcome};
+use crate::store::coupons::{self, CouponRow, Grant};
 use crate::store::processed::{self, NewResult};
 use crate::store::{users, StoreError};
 
@@ -73,9 +74,16 @@ const EXHAUSTED_FOR: Duration = Duration::from_secs(1);
 /// take the units moved before this one's requests get them.
 const HAND_OVER_ROUNDS: usize = 3;
 
-enum Verdict {
-    Rejected(Rejection),
-    Granted,
+/// A batch on its way: what is rejected so far, where each admitted request
+/// is asked, which were granted, and the coupons it names.
+struct Batch {
+    /// Per request, its rejection once it has one.
+    rejected: Vec<Option<Rejection>>,
+    /// Admitted requests (indexes) by the sub-counter their user is homed on.
+    homes: BTreeMap<CouponShard, Vec<usize>>,
+    /// Requests Redis granted a unit, in the order they were asked.
+    granted: Vec<usize>,
+    coupons: HashMap<i64, CouponRow>,
 }
 
 impl CouponLogic {
@@ -164,6 +172,140 @@ impl CouponLogic {
         Ok(moved)
     }
 
+    /// Step 1: rejects unknown users and coupons (one query each), and
+    /// sorts the rest by the sub-counter their user is homed on.
+    async fn screen(&self, requests: &[&CouponIssueRequest]) -> Result<Batch, WorkerError> {
+        let user_ids: Vec<i64> = requests.iter().map(|r| r.user_id).collect();
+        let coupon_ids: Vec<i64> = requests
+            .iter()
+            .map(|r| r.coupon_id)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let (known_users, coupons) = tokio::try_join!(
+            users::existing(&self.db, &user_ids),
+            coupons::find_many(&self.db, &coupon_ids)
+        )?;
+        let mut batch = Batch {
+            rejected: Vec::with_capacity(requests.len()),
+            homes: BTreeMap::new(),
+            granted: Vec::new(),
+            coupons,
+        };
+        for (i, r) in requests.iter().enumerate() {
+            let admitted = admit(
+                r,
+                known_users.contains(&r.user_id),
+                batch.coupons.contains_key(&r.coupon_id),
+            );
+            if admitted.is_ok() {
+                let shards = batch.coupons[&r.coupon_id].shards();
+                batch
+                    .homes
+                    .entry(CouponShard::of_user(r.coupon_id, shards, r.user_id))
+                    .or_default()
+                    .push(i);
+            }
+            batch.rejected.push(admitted.err());
+        }
+        Ok(batch)
+    }
+
+    /// Step 2: one Lua call per sub-counter decides its requests.
+    async fn ask_redis(
+        &self,
+        requests: &[&CouponIssueRequest],
+        batch: &mut Batch,
+    ) -> Result<(), WorkerError> {
+        for (&home, indexes) in &batch.homes {
+            let asks: Vec<(&str, i64)> = indexes
+                .iter()
+                .map(|&i| (requests[i].request_id.as_str(), requests[i].user_id))
+                .collect();
+            let decisions = self.issue_at_home(home, &asks).await?;
+            for (&i, decision) in indexes.iter().zip(decisions) {
+                match decision.rejection(home.coupon_id, requests[i].user_id) {
+                    Some(rejection) => batch.rejected[i] = Some(rejection),
+                    None => batch.granted.push(i),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 3: one transaction makes the grants durable and stores every
+    /// result. Returns the results and the coupons Redis had drifted on.
+    async fn record(
+        &self,
+        requests: &[&CouponIssueRequest],
+        batch: &Batch,
+    ) -> Result<(Vec<NewResult>, BTreeSet<i64>), WorkerError> {
+        let grants: Vec<Grant> = batch
+            .granted
+            .iter()
+            .map(|&i| Grant {
+                request_id: requests[i].request_id.as_str().to_owned(),
+                user_id: requests[i].user_id,
+                coupon_id: requests[i].coupon_id,
+            })
+            .collect();
+        let mut tx = self.db.begin().await.map_err(StoreError::from)?;
+        let written = coupons::issue(&mut tx, &grants).await?;
+        let mut outcomes: Vec<Option<IssueOutcome>> = batch
+            .rejected
+            .iter()
+            .map(|r| r.clone().map(IssueOutcome::Rejected))
+            .collect();
+        let mut drifted = BTreeSet::new();
+        for (&i, outcome) in batch.granted.iter().zip(written) {
+            let r = requests[i];
+            if !matches!(outcome, Recorded::Issued { .. }) {
+                drifted.insert(r.coupon_id);
+            }
+            let expires_at = batch.coupons[&r.coupon_id].expires_at;
+            outcomes[i] = Some(recorded(r, outcome, expires_at));
+        }
+        let mut results = Vec::with_capacity(requests.len());
+        for (r, outcome) in requests.iter().zip(outcomes) {
+            let outcome = outcome.ok_or_else(|| {
+                WorkerError::Invariant(format!("request {} was not decided", r.request_id.as_str()))
+            })?;
+            let (code, result) = issue_result(r, outcome);
+            results.push(stored(&r.request_id, r.user_id, code, &result)?);
+        }
+        processed::insert_all(&mut tx, Flow::Coupon.kind(), &results).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok((results, drifted))
+    }
+
+    /// Step 4: the grants are spent; the stock left is shown.
+    async fn after_commit(
+        &self,
+        requests: &[&CouponIssueRequest],
+        batch: &Batch,
+    ) -> Result<(), WorkerError> {
+        let granted: HashSet<usize> = batch.granted.iter().copied().collect();
+        for (&home, indexes) in &batch.homes {
+            let done: Vec<&str> = indexes
+                .iter()
+                .filter(|i| granted.contains(i))
+                .map(|&i| requests[i].request_id.as_str())
+                .collect();
+            self.counters.finish_grants(home, &done).await?;
+        }
+        let coupons: HashSet<(i64, u32)> = batch
+            .homes
+            .keys()
+            .map(|s| (s.coupon_id, s.shards))
+            .collect();
+        for (coupon_id, shards) in coupons {
+            if let Some(left) = self.counters.coupon_stock_total(coupon_id, shards).await? {
+                crate::telemetry::metrics::coupon_stock(coupon_id, left);
+            }
+        }
+        Ok(())
+    }
+
     fn recently_exhausted(&self, coupon_id: i64) -> bool {
         self.exhausted
             .lock()
@@ -195,142 +337,16 @@ impl Decide for CouponLogic {
         _traces: &[Option<&str>],
     ) -> Result<Vec<NewResult>, WorkerError> {
         reconcile::reload_if_redis_replaced(&self.db, &self.counters).await?;
-        let user_ids: Vec<i64> = requests.iter().map(|r| r.user_id).collect();
-        let coupon_ids: Vec<i64> = requests
-            .iter()
-            .map(|r| r.coupon_id)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let (known_users, known_coupons) = tokio::try_join!(
-            users::existing(&self.db, &user_ids),
-            coupons::find_many(&self.db, &coupon_ids)
-        )?;
-
-        let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(requests.len());
-        let mut by_shard: BTreeMap<CouponShard, Vec<usize>> = BTreeMap::new();
-        for (i, r) in requests.iter().enumerate() {
-            if !known_users.contains(&r.user_id) {
-                verdicts.push(Some(Verdict::Rejected(Rejection::new(
-                    ErrorCode::UserNotFound,
-                    format!("user {} does not exist", r.user_id),
-                ))));
-            } else if !known_coupons.contains_key(&r.coupon_id) {
-                verdicts.push(Some(Verdict::Rejected(Rejection::new(
-                    ErrorCode::CouponNotFound,
-                    format!("coupon {} does not exist", r.coupon_id),
-                ))));
-            } else {
-                verdicts.push(None);
-                let shards = known_coupons[&r.coupon_id].shards();
-                by_shard
-                    .entry(CouponShard::of_user(r.coupon_id, shards, r.user_id))
-                    .or_default()
-                    .push(i);
-            }
-        }
-        let mut grants = Vec::new();
-        let mut granted_index = Vec::new();
-        for (&shard, indexes) in &by_shard {
-            let coupon_id = shard.coupon_id;
-            let asks: Vec<(&str, i64)> = indexes
-                .iter()
-                .map(|&i| (requests[i].request_id.as_str(), requests[i].user_id))
-                .collect();
-            let decisions = self.issue_at_home(shard, &asks).await?;
-            for (&i, decision) in indexes.iter().zip(decisions) {
-                verdicts[i] = Some(match decision.rejection(coupon_id, requests[i].user_id) {
-                    Some(rejection) => Verdict::Rejected(rejection),
-                    None => {
-                        granted_index.push(i);
-                        grants.push(Grant {
-                            request_id: requests[i].request_id.as_str().to_owned(),
-                            user_id: requests[i].user_id,
-                            coupon_id,
-                        });
-                        Verdict::Granted
-                    }
-                });
-            }
-        }
-
-        let mut tx = self.db.begin().await.map_err(StoreError::from)?;
-        let outcomes = coupons::issue(&mut tx, &grants).await?;
-        let mut issued = vec![None; requests.len()];
-        let mut drifted = BTreeMap::new();
-        for (&i, outcome) in granted_index.iter().zip(&outcomes) {
-            let r = requests[i];
-            issued[i] = Some(*outcome);
-            if !matches!(outcome, GrantOutcome::Issued { .. }) {
-                drifted.insert(r.coupon_id, ());
-            }
-        }
-        let mut results = Vec::with_capacity(requests.len());
-        for (i, r) in requests.iter().enumerate() {
-            let rejection = match (&verdicts[i], issued[i]) {
-                (Some(Verdict::Rejected(rejection)), _) => Some(rejection.clone()),
-                (_, Some(GrantOutcome::Issued { user_coupon_id })) => {
-                    let coupon = &known_coupons[&r.coupon_id];
-                    let result = CouponIssueResult {
-                        request_id: r.request_id.clone(),
-                        user_id: Some(r.user_id),
-                        status: Status::Succeeded,
-                        coupon_id: Some(r.coupon_id),
-                        user_coupon_id: Some(user_coupon_id),
-                        expires_at: Some(coupon.expires_at),
-                        error: None,
-                    };
-                    results.push(stored(&r.request_id, r.user_id, None, &result)?);
-                    continue;
-                }
-                (_, Some(GrantOutcome::AlreadyHeld)) => {
-                    IssueDecision::AlreadyIssued.rejection(r.coupon_id, r.user_id)
-                }
-                (_, Some(GrantOutcome::SoldOut)) | (_, None) => {
-                    IssueDecision::SoldOut.rejection(r.coupon_id, r.user_id)
-                }
-            };
-            let rejection = rejection.unwrap_or_else(|| {
-                Rejection::new(
-                    ErrorCode::CouponSoldOut,
-                    format!("coupon {} has no stock left", r.coupon_id),
-                )
-            });
-            let code = rejection.code;
-            let mut result =
-                CouponIssueResult::rejected(r.request_id.clone(), Some(r.user_id), rejection);
-            if code != ErrorCode::CouponNotFound {
-                result.coupon_id = Some(r.coupon_id);
-            }
-            results.push(stored(&r.request_id, r.user_id, Some(code), &result)?);
-        }
-        processed::insert_all(&mut tx, Flow::Coupon.kind(), &results).await?;
-        tx.commit().await.map_err(StoreError::from)?;
-
-        let granted: HashSet<usize> = granted_index.iter().copied().collect();
-        for (&shard, indexes) in &by_shard {
-            let done: Vec<&str> = indexes
-                .iter()
-                .filter(|i| granted.contains(i))
-                .map(|&i| requests[i].request_id.as_str())
-                .collect();
-            self.counters.finish_grants(shard, &done).await?;
-        }
-        for coupon in by_shard
-            .keys()
-            .map(|s| (s.coupon_id, s.shards))
-            .collect::<HashSet<_>>()
-        {
-            if let Some(left) = self.counters.coupon_stock_total(coupon.0, coupon.1).await? {
-                crate::telemetry::metrics::coupon_stock(coupon.0, left);
-            }
-        }
-        for coupon_id in drifted.keys() {
+        let mut batch = self.screen(requests).await?;
+        self.ask_redis(requests, &mut batch).await?;
+        let (results, drifted) = self.record(requests, &batch).await?;
+        self.after_commit(requests, &batch).await?;
+        for coupon_id in drifted {
             tracing::warn!(
                 coupon_id,
                 "Redis granted what PostgreSQL refused; reloading the coupon"
             );
-            reconcile::load_coupon(&self.db, &self.counters, *coupon_id, true).await?;
+            reconcile::load_coupon(&self.db, &self.counters, coupon_id, true).await?;
         }
         Ok(results)
     }
