@@ -116,155 +116,45 @@ pub async fn run(
 ) -> Result<Running, AppError> {
     metrics::install();
     let settings = Arc::new(settings);
-    let db = store::connect(&settings.database).await?;
-    let counters = Counters::connect(&settings.redis).await?;
-    let producer = Producer::new(&settings.kafka)?;
-    let topics = Topics::new(settings.kafka.topic_prefix.clone());
+    let parts = Parts {
+        db: store::connect(&settings.database).await?,
+        counters: Counters::connect(&settings.redis).await?,
+        producer: Producer::new(&settings.kafka)?,
+        topics: Topics::new(settings.kafka.topic_prefix.clone()),
+        settings,
+    };
     let consumers: Vec<(String, Arc<AtomicBool>)> = roles
         .workers
         .iter()
         .map(|k| (k.name().to_owned(), Arc::new(AtomicBool::new(false))))
         .collect();
-    let state = AppState {
-        line: Default::default(),
-        settings: settings.clone(),
-        db: db.clone(),
-        counters: counters.clone(),
-        producer: producer.clone(),
-        topics: topics.clone(),
-        waiters: Waiters::default(),
-        consumers: consumers.clone(),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(settings.gateway.max_in_flight)),
-        limits: Arc::new(crate::gateway::limits::Limiters::new(
-            &settings.gateway.limits,
-        )),
-    };
+    let state = parts.app_state(consumers.clone());
     let mut tasks = JoinSet::new();
-
     if roles
         .workers
         .iter()
         .any(|k| matches!(k, WorkerKind::Coupon | WorkerKind::Order))
     {
-        let report = reconcile::reconcile_all(&db, &counters, false)
-            .await
-            .map_err(|e| {
-                AppError::Task(
-                    anyhow::Error::new(e).context("loading counters from PostgreSQL failed"),
-                )
-            })?;
-        info!(
-            coupons = report.coupons.iter().filter(|c| c.loaded).count(),
-            products = report.products_written,
-            "counters missing from Redis loaded from PostgreSQL"
-        );
+        load_missing_counters(&parts).await?;
     }
-
-    let mut http_addr = None;
-    let mut metrics_addr = None;
-    if roles.gateway {
-        let (addr, handle) = gateway::serve(state.clone(), shutdown.clone()).await?;
-        http_addr = Some(addr);
-        tasks.spawn(async move {
-            handle
-                .await
-                .context("the gateway panicked")?
-                .context("gateway")
-        });
-    } else if let Some(addr) = settings.worker.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        metrics_addr = Some(listener.local_addr()?);
-        let app = gateway::ops_router(state.clone());
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
-                .context("metrics server")
-        });
-    }
-
-    let group = &settings.kafka.group_id;
-    let max_bytes = settings.kafka.max_message_bytes;
+    let (http_addr, metrics_addr) = serve_http(&roles, state, &shutdown, &mut tasks).await?;
     for (kind, (_, joined)) in roles.workers.iter().zip(&consumers) {
-        let options = ConsumerOptions {
-            joined: joined.clone(),
-            worker: kind.name().to_owned(),
-            group_id: format!("{group}.{}", kind.name()),
-            topics: vec![match kind {
-                WorkerKind::Charge => topics.requests(Flow::Charge),
-                WorkerKind::Coupon => topics.requests(Flow::Coupon),
-                WorkerKind::Order => topics.requests(Flow::Order),
-                WorkerKind::Stats => topics.stats(),
-            }],
-            // Statistics events carry no race to be fair in; balance charges
-            // take nothing anyone else could have had.
-            fcfs_wait: match kind {
-                WorkerKind::Stats => std::time::Duration::ZERO,
-                _ => std::time::Duration::from_millis(settings.worker.fcfs_wait_ms),
-            },
-            frontiers: match kind {
-                WorkerKind::Coupon | WorkerKind::Order if settings.worker.fcfs_wait_ms > 0 => Some(
-                    Arc::new(GroupFrontiers::new(
-                        counters.clone(),
-                        format!("{group}.{}", kind.name()),
-                    )) as Arc<dyn crate::kafka::merge::Frontiers>,
-                ),
-                _ => None,
-            },
-        };
-        let handler: Box<dyn crate::kafka::BatchHandler> = match kind {
-            WorkerKind::Charge => Box::new(RequestPipeline::new(
-                ChargeLogic {
-                    db: db.clone(),
-                    limits: settings.charge_limits(),
-                },
-                db.clone(),
-                topics.clone(),
-                max_bytes,
-            )),
-            WorkerKind::Coupon => Box::new(RequestPipeline::new(
-                CouponLogic::new(db.clone(), counters.clone()),
-                db.clone(),
-                topics.clone(),
-                max_bytes,
-            )),
-            WorkerKind::Order => Box::new(RequestPipeline::new(
-                OrderLogic {
-                    db: db.clone(),
-                    counters: counters.clone(),
-                },
-                db.clone(),
-                topics.clone(),
-                max_bytes,
-            )),
-            WorkerKind::Stats => Box::new(StatsConsumer { db: db.clone() }),
-        };
-        if *kind == WorkerKind::Order {
-            let relay = outbox::run_relay((*settings).clone(), db.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                relay.await;
-                Ok(())
-            });
-        }
-        let settings = settings.clone();
-        let producer = producer.clone();
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            Ok(run_batches(&settings, options, handler.as_ref(), &producer, token).await?)
-        });
+        parts.spawn_worker(*kind, joined.clone(), &shutdown, &mut tasks);
     }
-
     if roles.workers.iter().any(|k| *k != WorkerKind::Stats) {
-        let sweeper = retention::run_sweeper(settings.worker.clone(), db.clone(), shutdown.clone());
+        let sweeper = retention::run_sweeper(
+            parts.settings.worker.clone(),
+            parts.db.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
             sweeper.await;
             Ok(())
         });
     }
-
+    // At shutdown, what the producer still holds goes out.
     let token = shutdown.clone();
-    let flusher = producer.clone();
+    let flusher = parts.producer.clone();
     tasks.spawn(async move {
         token.cancelled().await;
         let _ =
@@ -278,4 +168,173 @@ pub async fn run(
         shutdown,
         tasks,
     })
+}
+
+/// What every part of a process shares.
+struct Parts {
+    settings: Arc<Settings>,
+    db: sqlx::PgPool,
+    counters: Counters,
+    producer: Producer,
+    topics: Topics,
+}
+
+impl Parts {
+    fn app_state(&self, consumers: Vec<(String, Arc<AtomicBool>)>) -> AppState {
+        let settings = &self.settings;
+        AppState {
+            line: Default::default(),
+            settings: settings.clone(),
+            db: self.db.clone(),
+            counters: self.counters.clone(),
+            producer: self.producer.clone(),
+            topics: self.topics.clone(),
+            waiters: Waiters::default(),
+            consumers,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(settings.gateway.max_in_flight)),
+            limits: Arc::new(crate::gateway::limits::Limiters::new(
+                &settings.gateway.limits,
+            )),
+        }
+    }
+
+    /// How worker `kind` consumes.
+    fn consumer_options(&self, kind: WorkerKind, joined: Arc<AtomicBool>) -> ConsumerOptions {
+        let group = format!("{}.{}", self.settings.kafka.group_id, kind.name());
+        let wait = self.settings.worker.fcfs_wait_ms;
+        ConsumerOptions {
+            joined,
+            worker: kind.name().to_owned(),
+            topics: vec![match kind {
+                WorkerKind::Charge => self.topics.requests(Flow::Charge),
+                WorkerKind::Coupon => self.topics.requests(Flow::Coupon),
+                WorkerKind::Order => self.topics.requests(Flow::Order),
+                WorkerKind::Stats => self.topics.stats(),
+            }],
+            // Statistics events carry no race to be fair in; balance charges
+            // take nothing anyone else could have had.
+            fcfs_wait: match kind {
+                WorkerKind::Stats => std::time::Duration::ZERO,
+                _ => std::time::Duration::from_millis(wait),
+            },
+            frontiers: match kind {
+                WorkerKind::Coupon | WorkerKind::Order if wait > 0 => Some(Arc::new(
+                    GroupFrontiers::new(self.counters.clone(), group.clone()),
+                )
+                    as Arc<dyn crate::kafka::merge::Frontiers>),
+                _ => None,
+            },
+            group_id: group,
+        }
+    }
+
+    /// What worker `kind` does with a batch.
+    fn handler(&self, kind: WorkerKind) -> Box<dyn crate::kafka::BatchHandler> {
+        let (db, counters) = (self.db.clone(), self.counters.clone());
+        let max_bytes = self.settings.kafka.max_message_bytes;
+        let topics = self.topics.clone();
+        match kind {
+            WorkerKind::Charge => Box::new(RequestPipeline::new(
+                ChargeLogic {
+                    db: db.clone(),
+                    limits: self.settings.charge_limits(),
+                },
+                db,
+                topics,
+                max_bytes,
+            )),
+            WorkerKind::Coupon => Box::new(RequestPipeline::new(
+                CouponLogic::new(db.clone(), counters),
+                db,
+                topics,
+                max_bytes,
+            )),
+            WorkerKind::Order => Box::new(RequestPipeline::new(
+                OrderLogic {
+                    db: db.clone(),
+                    counters,
+                },
+                db,
+                topics,
+                max_bytes,
+            )),
+            WorkerKind::Stats => Box::new(StatsConsumer { db }),
+        }
+    }
+
+    /// Starts worker `kind` (and, for orders, the outbox relay).
+    fn spawn_worker(
+        &self,
+        kind: WorkerKind,
+        joined: Arc<AtomicBool>,
+        shutdown: &CancellationToken,
+        tasks: &mut JoinSet<anyhow::Result<()>>,
+    ) {
+        if kind == WorkerKind::Order {
+            let relay =
+                outbox::run_relay((*self.settings).clone(), self.db.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                relay.await;
+                Ok(())
+            });
+        }
+        let options = self.consumer_options(kind, joined);
+        let handler = self.handler(kind);
+        let settings = self.settings.clone();
+        let producer = self.producer.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            Ok(run_batches(&settings, options, handler.as_ref(), &producer, token).await?)
+        });
+    }
+}
+
+/// Loads the counters Redis is missing from PostgreSQL before any worker
+/// decides.
+async fn load_missing_counters(parts: &Parts) -> Result<(), AppError> {
+    let report = reconcile::reconcile_all(&parts.db, &parts.counters, false)
+        .await
+        .map_err(|e| {
+            AppError::Task(anyhow::Error::new(e).context("loading counters from PostgreSQL failed"))
+        })?;
+    info!(
+        coupons = report.coupons.iter().filter(|c| c.loaded).count(),
+        products = report.products_written,
+        "counters missing from Redis loaded from PostgreSQL"
+    );
+    Ok(())
+}
+
+/// The gateway, or a workers-only process's `/metrics` server when one is
+/// configured. Returns their addresses.
+async fn serve_http(
+    roles: &Roles,
+    state: AppState,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), AppError> {
+    if roles.gateway {
+        let (addr, handle) = gateway::serve(state, shutdown.clone()).await?;
+        tasks.spawn(async move {
+            handle
+                .await
+                .context("the gateway panicked")?
+                .context("gateway")
+        });
+        return Ok((Some(addr), None));
+    }
+    let Some(addr) = state.settings.worker.metrics_addr else {
+        return Ok((None, None));
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = gateway::ops_router(state);
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+            .context("metrics server")
+    });
+    Ok((None, Some(local)))
 }

@@ -206,41 +206,17 @@ pub async fn run_batches(
             }
             Next::Batch(Some(batch)) => batch,
         };
-        metrics::batch_size(worker, batch.len());
         let started = std::time::Instant::now();
-        let handled = backoff
-            .retry(worker, "handle batch", &shutdown, || handler.handle(&batch))
-            .await;
-        metrics::batch_stage(worker, "decide", started.elapsed());
-        let outgoing = match handled {
-            Some(Ok(out)) => out,
-            Some(Err(fatal @ HandlerError::Fatal(_))) => {
-                break Err(ConsumerError::Fatal {
-                    worker: worker.to_owned(),
-                    source: fatal,
-                })
-            }
-            Some(Err(HandlerError::Retryable { .. })) | None => break Ok(()),
+        let outgoing = match decide(handler, &batch, &backoff, worker, &shutdown).await {
+            Decided::Publish(outgoing) => outgoing,
+            Decided::Stop(outcome) => break outcome,
         };
         if let Some(previous) = in_flight.take() {
             if !previous.finish(&consumer, worker).await? {
                 break Ok(());
             }
         }
-        let producer = producer.clone();
-        let token = shutdown.clone();
-        let name = worker.to_owned();
-        let publish = tokio::spawn(async move {
-            let published = backoff
-                .retry(&name, "publish results", &token, || async {
-                    producer
-                        .send_all(&outgoing)
-                        .await
-                        .map_err(|e| HandlerError::retryable("broker", e))
-                })
-                .await;
-            matches!(published, Some(Ok(())))
-        });
+        let publish = spawn_publish(producer.clone(), outgoing, backoff, worker, &shutdown);
         in_flight = Some(InFlight {
             batch,
             started,
@@ -260,6 +236,62 @@ pub async fn run_batches(
     commit_stored(&consumer, worker);
     info!(worker, "consumer stopped");
     outcome
+}
+
+/// What deciding a batch led to.
+enum Decided {
+    Publish(Vec<OutMessage>),
+    /// Shutdown came while retrying (`Ok`), or the batch can never be
+    /// handled (`Err`): the loop stops without storing its offsets.
+    Stop(Result<(), ConsumerError>),
+}
+
+/// Hands a batch to the handler, retrying while its dependencies are down.
+async fn decide(
+    handler: &dyn BatchHandler,
+    batch: &[Incoming],
+    backoff: &Backoff,
+    worker: &str,
+    shutdown: &CancellationToken,
+) -> Decided {
+    metrics::batch_size(worker, batch.len());
+    let started = std::time::Instant::now();
+    let handled = backoff
+        .retry(worker, "handle batch", shutdown, || handler.handle(batch))
+        .await;
+    metrics::batch_stage(worker, "decide", started.elapsed());
+    match handled {
+        Some(Ok(out)) => Decided::Publish(out),
+        Some(Err(fatal @ HandlerError::Fatal(_))) => Decided::Stop(Err(ConsumerError::Fatal {
+            worker: worker.to_owned(),
+            source: fatal,
+        })),
+        Some(Err(HandlerError::Retryable { .. })) | None => Decided::Stop(Ok(())),
+    }
+}
+
+/// Publishes a batch's results in the background, retrying while the broker
+/// is down; the task answers whether they went out.
+fn spawn_publish(
+    producer: Producer,
+    outgoing: Vec<OutMessage>,
+    backoff: Backoff,
+    worker: &str,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<bool> {
+    let token = shutdown.clone();
+    let name = worker.to_owned();
+    tokio::spawn(async move {
+        let published = backoff
+            .retry(&name, "publish results", &token, || async {
+                producer
+                    .send_all(&outgoing)
+                    .await
+                    .map_err(|e| HandlerError::retryable("broker", e))
+            })
+            .await;
+        matches!(published, Some(Ok(())))
+    })
 }
 
 /// A decided batch whose results are being published.

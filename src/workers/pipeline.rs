@@ -223,49 +223,85 @@ impl<D: Decide> BatchHandler for RequestPipeline<D> {
     }
 }
 
+/// The requests of a batch to decide, once replays are answered.
+struct Fresh<R> {
+    /// (index in the batch, request), in acceptance order, each id once.
+    requests: Vec<(usize, R)>,
+    /// (index, index into `requests` of the first with the same id): a
+    /// request published twice into one batch is decided once.
+    repeats: Vec<(usize, usize)>,
+    /// Per request, its span and the trace context it carries on.
+    spans: Vec<(Span, Option<String>)>,
+}
+
 impl<D: Decide> RequestPipeline<D> {
     async fn handle_batch(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, WorkerError> {
-        let kind = self.logic.flow().kind();
         let mut out = Vec::with_capacity(batch.len());
-        let mut decoded: Vec<(usize, D::Request)> = Vec::with_capacity(batch.len());
+        let mut decoded = self.decode_all(batch, &mut out)?;
+        // First come, first served inside the batch: a batch holds several
+        // partitions, each in offset order, but interleaved as the broker's
+        // fetches arrived; decide in the order the requests were accepted.
+        decoded.sort_by_key(|(index, r)| accepted_ms(r.requested_at(), batch[*index].timestamp_ms));
+        let fresh = self.answer_replays(batch, decoded, &mut out).await?;
+        let traces: Vec<Option<&str>> = fresh.spans.iter().map(|(_, t)| t.as_deref()).collect();
+        let results = self
+            .decide_isolating(batch, &fresh.requests, &traces, &mut out)
+            .await?;
+        self.answer_decided(batch, &fresh, &results, &mut out);
+        Ok(out)
+    }
+
+    /// Decodes every message; the unreadable and oversized ones go to the
+    /// DLQ (answered when their request id can be read).
+    fn decode_all(
+        &self,
+        batch: &[Incoming],
+        out: &mut Vec<OutMessage>,
+    ) -> Result<Vec<(usize, D::Request)>, WorkerError> {
+        let mut decoded = Vec::with_capacity(batch.len());
         for (index, message) in batch.iter().enumerate() {
             let Some(payload) = message.payload.as_deref() else {
-                self.invalid(message, None, None, "message has no payload", &mut out)?;
+                self.invalid(message, None, None, "message has no payload", out)?;
                 continue;
             };
-            if payload.len() > self.max_message_bytes {
+            let invalid = if payload.len() > self.max_message_bytes {
                 let reason = format!(
                     "message of {} bytes exceeds the limit of {} bytes",
                     payload.len(),
                     self.max_message_bytes
                 );
                 // Still answered when its request id can be read.
-                let invalid = salvage(payload, reason);
-                self.invalid(
-                    message,
-                    invalid.request_id,
-                    invalid.user_id,
-                    &invalid.reason,
-                    &mut out,
-                )?;
-                continue;
-            }
-            match decode::<D::Request>(payload) {
-                Ok(request) => decoded.push((index, request)),
-                Err(invalid) => self.invalid(
-                    message,
-                    invalid.request_id,
-                    invalid.user_id,
-                    &invalid.reason,
-                    &mut out,
-                )?,
-            }
+                salvage(payload, reason)
+            } else {
+                match decode::<D::Request>(payload) {
+                    Ok(request) => {
+                        decoded.push((index, request));
+                        continue;
+                    }
+                    Err(invalid) => invalid,
+                }
+            };
+            self.invalid(
+                message,
+                invalid.request_id,
+                invalid.user_id,
+                &invalid.reason,
+                out,
+            )?;
         }
+        Ok(decoded)
+    }
 
-        // First come, first served inside the batch: a batch holds several
-        // partitions, each in offset order, but interleaved as the broker's
-        // fetches arrived; decide in the order the requests were accepted.
-        decoded.sort_by_key(|(index, r)| accepted_ms(r.requested_at(), batch[*index].timestamp_ms));
+    /// Answers requests already decided with their stored result, byte for
+    /// byte (a request id reused by another flow is invalid); returns the
+    /// rest.
+    async fn answer_replays(
+        &self,
+        batch: &[Incoming],
+        decoded: Vec<(usize, D::Request)>,
+        out: &mut Vec<OutMessage>,
+    ) -> Result<Fresh<D::Request>, WorkerError> {
+        let kind = self.logic.flow().kind();
         let ids: Vec<String> = decoded
             .iter()
             .map(|(_, r)| r.request_id().as_str().to_owned())
@@ -273,57 +309,72 @@ impl<D: Decide> RequestPipeline<D> {
         let stored = processed::lookup(&self.db, &ids).await?;
         let mut replayed = Vec::new();
         let mut first_seen: HashMap<String, usize> = HashMap::new();
-        let mut fresh: Vec<(usize, D::Request)> = Vec::new();
-        let mut repeats: Vec<(usize, usize)> = Vec::new();
-        let mut spans: Vec<(Span, Option<String>)> = Vec::new();
+        let mut fresh = Fresh {
+            requests: Vec::new(),
+            repeats: Vec::new(),
+            spans: Vec::new(),
+        };
         for (index, request) in decoded {
             let message = &batch[index];
-            if let Some(previous) = stored.get(request.request_id().as_str()) {
-                let (span, traceparent) = request_span(&request, message);
-                let _entered = span.enter();
-                if previous.kind == kind {
-                    debug!("redelivered request answered with its stored result");
-                    metrics::replayed(kind);
-                    replayed.push(previous.request_id.as_str());
-                    out.push(self.result_message(
-                        previous.user_id,
-                        message,
-                        previous.result.clone(),
-                        traceparent.as_deref(),
-                    ));
-                } else {
-                    let reason = format!(
-                        "request_id {} was already used by a {} request",
-                        request.request_id(),
-                        previous.kind
-                    );
-                    self.invalid(
-                        message,
-                        Some(request.request_id().clone()),
-                        Some(request.user_id()),
-                        &reason,
-                        &mut out,
-                    )?;
+            let Some(previous) = stored.get(request.request_id().as_str()) else {
+                // A request published twice into the same batch: decided once.
+                if let Some(&first) = first_seen.get(request.request_id().as_str()) {
+                    fresh.repeats.push((index, first));
+                    continue;
                 }
+                first_seen.insert(
+                    request.request_id().as_str().to_owned(),
+                    fresh.requests.len(),
+                );
+                fresh.spans.push(request_span(&request, message));
+                fresh.requests.push((index, request));
                 continue;
+            };
+            let (span, traceparent) = request_span(&request, message);
+            let _entered = span.enter();
+            if previous.kind == kind {
+                debug!("redelivered request answered with its stored result");
+                metrics::replayed(kind);
+                replayed.push(previous.request_id.as_str());
+                out.push(self.result_message(
+                    previous.user_id,
+                    message,
+                    previous.result.clone(),
+                    traceparent.as_deref(),
+                ));
+            } else {
+                let reason = format!(
+                    "request_id {} was already used by a {} request",
+                    request.request_id(),
+                    previous.kind
+                );
+                self.invalid(
+                    message,
+                    Some(request.request_id().clone()),
+                    Some(request.user_id()),
+                    &reason,
+                    out,
+                )?;
             }
-            // A request published twice into the same batch: decided once.
-            if let Some(&first) = first_seen.get(request.request_id().as_str()) {
-                repeats.push((index, first));
-                continue;
-            }
-            first_seen.insert(request.request_id().as_str().to_owned(), fresh.len());
-            spans.push(request_span(&request, message));
-            fresh.push((index, request));
         }
         if !replayed.is_empty() {
             self.logic.replayed(&replayed).await?;
         }
-        let traces: Vec<Option<&str>> = spans.iter().map(|(_, t)| t.as_deref()).collect();
-        let results = self
-            .decide_isolating(batch, &fresh, &traces, &mut out)
-            .await?;
-        for (((index, _), result), (span, traceparent)) in fresh.iter().zip(&results).zip(&spans) {
+        Ok(fresh)
+    }
+
+    /// The results of the requests just decided (and of their repeats).
+    fn answer_decided(
+        &self,
+        batch: &[Incoming],
+        fresh: &Fresh<D::Request>,
+        results: &[Option<NewResult>],
+        out: &mut Vec<OutMessage>,
+    ) {
+        let kind = self.logic.flow().kind();
+        for (((index, _), result), (span, traceparent)) in
+            fresh.requests.iter().zip(results).zip(&fresh.spans)
+        {
             let Some(result) = result else { continue };
             let code = result.error_code;
             let _entered = span.enter();
@@ -337,18 +388,17 @@ impl<D: Decide> RequestPipeline<D> {
                 traceparent.as_deref(),
             ));
         }
-        for (index, first) in repeats {
+        for &(index, first) in &fresh.repeats {
             if let Some(Some(result)) = results.get(first) {
                 metrics::replayed(kind);
                 out.push(self.result_message(
                     result.user_id,
                     &batch[index],
                     result.result.clone(),
-                    spans[first].1.as_deref(),
+                    fresh.spans[first].1.as_deref(),
                 ));
             }
         }
-        Ok(out)
     }
 }
 
