@@ -351,6 +351,21 @@ impl Settings {
     /// Every problem at once, so a person can fix them in one go.
     pub fn validate(&self) -> Result<()> {
         let mut problems = Vec::new();
+        self.check_kafka(&mut problems);
+        self.check_stores(&mut problems);
+        self.check_rules(&mut problems);
+        self.check_worker(&mut problems);
+        self.check_gateway(&mut problems);
+        self.check_log(&mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The broker, topics and consumer group.
+    fn check_kafka(&self, problems: &mut Vec<String>) {
         for broker in self.kafka.brokers.split(',') {
             let broker = broker.trim();
             let ok = broker.rsplit_once(':').is_some_and(|(host, port)| {
@@ -400,6 +415,10 @@ impl Settings {
         if self.kafka.max_message_bytes < 1024 {
             problems.push("kafka.max_message_bytes must be at least 1024".into());
         }
+    }
+
+    /// PostgreSQL and Redis addresses and pools.
+    fn check_stores(&self, problems: &mut Vec<String>) {
         let db = self.database.url.as_str();
         if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
             problems.push(format!(
@@ -418,6 +437,10 @@ impl Settings {
                 ));
             }
         }
+    }
+
+    /// The business rules.
+    fn check_rules(&self, problems: &mut Vec<String>) {
         if self.rules.min_charge < 1 {
             problems.push(format!(
                 "rules.min_charge must be at least 1 KRW, got {}",
@@ -430,6 +453,10 @@ impl Settings {
                 self.rules.min_charge, self.rules.max_balance
             ));
         }
+    }
+
+    /// Batches, fairness, retries and retention.
+    fn check_worker(&self, problems: &mut Vec<String>) {
         if !(1..=50_000).contains(&self.worker.batch_size) {
             problems.push(format!(
                 "worker.batch_size must be 1 to 50000, got {}",
@@ -460,6 +487,10 @@ impl Settings {
                 "worker.retention_hours and worker.retention_sweep_secs must be positive".into(),
             );
         }
+    }
+
+    /// Rate limits, bodies, waits, keys, Redis timeouts and load shedding.
+    fn check_gateway(&self, problems: &mut Vec<String>) {
         for (flow, limit) in [
             ("charge", &self.gateway.limits.charge),
             ("coupon", &self.gateway.limits.coupon),
@@ -493,6 +524,10 @@ impl Settings {
         if self.gateway.max_in_flight == 0 {
             problems.push("gateway.max_in_flight must be at least 1".into());
         }
+    }
+
+    /// Logs and span export.
+    fn check_log(&self, problems: &mut Vec<String>) {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             problems.push(format!(
                 "log.format must be text or json, got {:?}",
@@ -516,11 +551,6 @@ impl Settings {
         }
         if self.log.service_name.trim().is_empty() {
             problems.push("log.service_name must not be empty".into());
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
         }
     }
 

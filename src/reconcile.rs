@@ -112,20 +112,14 @@ async fn load_locked_coupon(
         left: row.left(),
         loaded: false,
     };
+    // One sub-counter missing means all are dealt again.
     if !force && shards > 1 {
-        let mut missing = false;
-        for shard in CouponShard::all(row.id, shards) {
-            missing |= counters.coupon_stock(shard).await?.is_none();
-        }
-        if !missing {
+        if !any_shard_missing(counters, row.id, shards).await? {
             return Ok(unloaded);
         }
         force = true;
     }
-    let mut homes: Vec<Vec<i64>> = vec![Vec::new(); shards as usize];
-    for user in coupons::holders(&mut *conn, row.id).await? {
-        homes[home_shard(user, shards) as usize].push(user);
-    }
+    let homes = holders_by_home(conn, row.id, shards).await?;
     let mut previous_total: Option<i64> = None;
     let mut carry = 0;
     let mut spent = 0;
@@ -151,14 +145,7 @@ async fn load_locked_coupon(
             }
         }
     }
-    // Pending grants of the last sub-counters that the stock dealt to them
-    // could not cover come out of the stock written to the others.
-    for shard in CouponShard::all(row.id, shards) {
-        if carry <= 0 {
-            break;
-        }
-        carry -= counters.take_stock(shard, carry).await?;
-    }
+    take_back(counters, row.id, shards, carry).await?;
     if spent > 0 {
         tracing::info!(
             coupon_id = row.id,
@@ -185,6 +172,50 @@ async fn load_locked_coupon(
         loaded: true,
         ..unloaded
     })
+}
+
+async fn any_shard_missing(
+    counters: &Counters,
+    coupon_id: i64,
+    shards: u32,
+) -> Result<bool, ReconcileError> {
+    for shard in CouponShard::all(coupon_id, shards) {
+        if counters.coupon_stock(shard).await?.is_none() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The coupon's holders per PostgreSQL, by the sub-counter each is homed on.
+async fn holders_by_home(
+    conn: &mut PgConnection,
+    coupon_id: i64,
+    shards: u32,
+) -> Result<Vec<Vec<i64>>, ReconcileError> {
+    let mut homes: Vec<Vec<i64>> = vec![Vec::new(); shards as usize];
+    for user in coupons::holders(&mut *conn, coupon_id).await? {
+        homes[home_shard(user, shards) as usize].push(user);
+    }
+    Ok(homes)
+}
+
+/// Pending grants of the last sub-counters that the stock dealt to them
+/// could not cover (`carry` units) come out of the stock written to the
+/// others.
+async fn take_back(
+    counters: &Counters,
+    coupon_id: i64,
+    shards: u32,
+    mut carry: i64,
+) -> Result<(), ReconcileError> {
+    for shard in CouponShard::all(coupon_id, shards) {
+        if carry <= 0 {
+            break;
+        }
+        carry -= counters.take_stock(shard, carry).await?;
+    }
+    Ok(())
 }
 
 /// Reloads a split coupon whose sub-counters together hold less than

@@ -193,168 +193,180 @@ fn table_row(l: &DeadLetter) -> String {
 
 pub async fn run(command: DlqCommand, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
-        DlqCommand::List(args) => {
-            let (topic, _) = dlq_topic(&settings, args.select.flow);
-            let letters = dlq::read(&settings.kafka, &topic, &args.select.selection()?).await?;
-            if args.json {
-                let mut out = std::io::stdout().lock();
-                for l in &letters {
-                    let mut v = serde_json::to_value(l)?;
-                    v["request_id"] = l.request_id().into();
-                    v["error"] = l.error().into();
-                    v["truncated"] = l.truncated().into();
-                    writeln!(out, "{v}")?;
-                }
-            } else {
-                println!("{topic}: {} dead letter(s) selected", letters.len());
-                if !letters.is_empty() {
-                    println!(
-                        "{:<14} {:<24} {:<24} ERROR",
-                        "PARTITION:OFF", "DEAD-LETTERED AT", "REQUEST_ID"
-                    );
-                    for l in &letters {
-                        println!("{}", table_row(l));
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+        DlqCommand::List(args) => list(args, &settings).await,
+        DlqCommand::Show(args) => show(args, &settings).await,
+        DlqCommand::Replay(args) => replay(args, &settings).await,
+        DlqCommand::History(args) => history(args, &settings).await,
+    }
+}
+
+/// Lists the selected dead letters (a table, or JSON lines).
+async fn list(args: ListArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let (topic, _) = dlq_topic(settings, args.select.flow);
+    let letters = dlq::read(&settings.kafka, &topic, &args.select.selection()?).await?;
+    if args.json {
+        let mut out = std::io::stdout().lock();
+        for l in &letters {
+            let mut v = serde_json::to_value(l)?;
+            v["request_id"] = l.request_id().into();
+            v["error"] = l.error().into();
+            v["truncated"] = l.truncated().into();
+            writeln!(out, "{v}")?;
         }
-        DlqCommand::Show(args) => {
-            let (topic, _) = dlq_topic(&settings, args.flow);
-            let l = dlq::find(&settings.kafka, &topic, args.partition, args.offset).await?;
-            if args.raw {
-                std::io::stdout().lock().write_all(&l.payload)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!("{topic} partition {} offset {}", l.partition, l.offset);
-            if let Some(t) = l.timestamp {
-                println!("dead-lettered at {}", t.to_rfc3339());
-            }
+    } else {
+        println!("{topic}: {} dead letter(s) selected", letters.len());
+        if !letters.is_empty() {
             println!(
-                "request_id: {}",
-                l.request_id().as_deref().unwrap_or("(unreadable)")
+                "{:<14} {:<24} {:<24} ERROR",
+                "PARTITION:OFF", "DEAD-LETTERED AT", "REQUEST_ID"
             );
-            println!("headers:");
-            for (k, v) in &l.headers {
-                println!("  {k}: {}", String::from_utf8_lossy(v));
+            for l in &letters {
+                println!("{}", table_row(l));
             }
-            println!(
-                "key ({} bytes): {}",
-                l.key.len(),
-                String::from_utf8_lossy(&l.key)
-            );
-            let body = match serde_json::from_slice::<serde_json::Value>(&l.payload) {
-                Ok(v) => serde_json::to_string_pretty(&v)?,
-                Err(_) => String::from_utf8_lossy(&l.payload).into_owned(),
-            };
-            println!("payload ({} bytes):\n{body}", l.payload.len());
-            Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Replay(args) => {
-            let (topic, target) = dlq_topic(&settings, args.select.flow);
-            let db = store::connect(&settings.database)
-                .await
-                .context("the replay record is kept in PostgreSQL")?;
-            let options = ReplayOptions {
-                operator: args
-                    .operator
-                    .clone()
-                    .or_else(|| std::env::var("USER").ok())
-                    .unwrap_or_else(|| "unknown".into()),
-                dry_run: args.dry_run,
-                rate: args.rate,
-                again: args.again,
-            };
-            let mut last_shown = std::time::Instant::now();
-            let report = dlq::replay(
-                &settings.kafka,
-                &db,
-                &topic,
-                &target,
-                &args.select.selection()?,
-                &options,
-                |done, of| {
-                    if last_shown.elapsed().as_secs() >= 1 {
-                        last_shown = std::time::Instant::now();
-                        eprintln!("replaying: {done} of {of}");
-                    }
-                },
-            )
-            .await?;
-            for e in &report.entries {
-                let place = format!("{}:{}", e.dlq_partition, e.dlq_offset);
-                let went = e
-                    .target
-                    .map(|(p, o)| format!(" → {target} {p}:{o}"))
-                    .unwrap_or_default();
-                println!(
-                    "{place:<14} {:<24} {}{went}",
-                    e.request_id.as_deref().unwrap_or("-"),
-                    e.outcome.as_str()
-                );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Shows one dead letter whole: headers, key, payload.
+async fn show(args: ShowArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let (topic, _) = dlq_topic(settings, args.flow);
+    let l = dlq::find(&settings.kafka, &topic, args.partition, args.offset).await?;
+    if args.raw {
+        std::io::stdout().lock().write_all(&l.payload)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{topic} partition {} offset {}", l.partition, l.offset);
+    if let Some(t) = l.timestamp {
+        println!("dead-lettered at {}", t.to_rfc3339());
+    }
+    println!(
+        "request_id: {}",
+        l.request_id().as_deref().unwrap_or("(unreadable)")
+    );
+    println!("headers:");
+    for (k, v) in &l.headers {
+        println!("  {k}: {}", String::from_utf8_lossy(v));
+    }
+    println!(
+        "key ({} bytes): {}",
+        l.key.len(),
+        String::from_utf8_lossy(&l.key)
+    );
+    let body = match serde_json::from_slice::<serde_json::Value>(&l.payload) {
+        Ok(v) => serde_json::to_string_pretty(&v)?,
+        Err(_) => String::from_utf8_lossy(&l.payload).into_owned(),
+    };
+    println!("payload ({} bytes):\n{body}", l.payload.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sends the selected dead letters back to their request topic, recorded in PostgreSQL.
+async fn replay(args: ReplayArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let (topic, target) = dlq_topic(settings, args.select.flow);
+    let db = store::connect(&settings.database)
+        .await
+        .context("the replay record is kept in PostgreSQL")?;
+    let options = ReplayOptions {
+        operator: args
+            .operator
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "unknown".into()),
+        dry_run: args.dry_run,
+        rate: args.rate,
+        again: args.again,
+    };
+    let mut last_shown = std::time::Instant::now();
+    let report = dlq::replay(
+        &settings.kafka,
+        &db,
+        &topic,
+        &target,
+        &args.select.selection()?,
+        &options,
+        |done, of| {
+            if last_shown.elapsed().as_secs() >= 1 {
+                last_shown = std::time::Instant::now();
+                eprintln!("replaying: {done} of {of}");
             }
-            let verb = if args.dry_run {
+        },
+    )
+    .await?;
+    for e in &report.entries {
+        let place = format!("{}:{}", e.dlq_partition, e.dlq_offset);
+        let went = e
+            .target
+            .map(|(p, o)| format!(" → {target} {p}:{o}"))
+            .unwrap_or_default();
+        println!(
+            "{place:<14} {:<24} {}{went}",
+            e.request_id.as_deref().unwrap_or("-"),
+            e.outcome.as_str()
+        );
+    }
+    let verb = if args.dry_run {
+        "would replay"
+    } else {
+        "replayed"
+    };
+    let sent = report.count(Outcome::Replayed) + report.count(Outcome::WouldReplay);
+    println!(
+            "replay {} of {topic}{}: {verb} {sent}; skipped {} truncated, {} already replayed (recorded in dlq_replays)",
+            report.replay_id,
+            if args.dry_run { " (dry run)" } else { "" },
+            report.count(Outcome::Truncated),
+            report.count(Outcome::AlreadyReplayed),
+        );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The replays recorded, newest first.
+async fn history(args: HistoryArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let db = store::connect(&settings.database).await?;
+    let topic = args.flow.map(|f| dlq_topic(settings, f).0);
+    let rows = store::replays::history(&db, topic.as_deref(), args.limit).await?;
+    if rows.is_empty() {
+        println!("no replays recorded");
+    }
+    for r in rows {
+        println!(
+            "replay {} by {}@{} at {}{}: {} → {}, {} {}, {} skipped, selection {}{}",
+            r.id,
+            r.operator,
+            r.host,
+            r.started_at.to_rfc3339(),
+            if r.dry_run { " (dry run)" } else { "" },
+            r.dlq_topic,
+            r.target_topic,
+            if r.dry_run {
                 "would replay"
             } else {
                 "replayed"
-            };
-            let sent = report.count(Outcome::Replayed) + report.count(Outcome::WouldReplay);
-            println!(
-                "replay {} of {topic}{}: {verb} {sent}; skipped {} truncated, {} already replayed (recorded in dlq_replays)",
-                report.replay_id,
-                if args.dry_run { " (dry run)" } else { "" },
-                report.count(Outcome::Truncated),
-                report.count(Outcome::AlreadyReplayed),
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        DlqCommand::History(args) => {
-            let db = store::connect(&settings.database).await?;
-            let topic = args.flow.map(|f| dlq_topic(&settings, f).0);
-            let rows = store::replays::history(&db, topic.as_deref(), args.limit).await?;
-            if rows.is_empty() {
-                println!("no replays recorded");
-            }
-            for r in rows {
+            },
+            r.replayed,
+            r.skipped,
+            r.filter,
+            if r.finished_at.is_none() {
+                " (unfinished)"
+            } else {
+                ""
+            },
+        );
+        if args.records {
+            for e in store::replays::entries(&db, r.id).await? {
                 println!(
-                    "replay {} by {}@{} at {}{}: {} → {}, {} {}, {} skipped, selection {}{}",
-                    r.id,
-                    r.operator,
-                    r.host,
-                    r.started_at.to_rfc3339(),
-                    if r.dry_run { " (dry run)" } else { "" },
-                    r.dlq_topic,
-                    r.target_topic,
-                    if r.dry_run {
-                        "would replay"
-                    } else {
-                        "replayed"
-                    },
-                    r.replayed,
-                    r.skipped,
-                    r.filter,
-                    if r.finished_at.is_none() {
-                        " (unfinished)"
-                    } else {
-                        ""
-                    },
+                    "  {}:{} {} {}{}",
+                    e.dlq_partition,
+                    e.dlq_offset,
+                    e.request_id.as_deref().unwrap_or("-"),
+                    e.outcome.as_str(),
+                    e.target
+                        .map(|(p, o)| format!(" → {p}:{o}"))
+                        .unwrap_or_default()
                 );
-                if args.records {
-                    for e in store::replays::entries(&db, r.id).await? {
-                        println!(
-                            "  {}:{} {} {}{}",
-                            e.dlq_partition,
-                            e.dlq_offset,
-                            e.request_id.as_deref().unwrap_or("-"),
-                            e.outcome.as_str(),
-                            e.target
-                                .map(|(p, o)| format!(" → {p}:{o}"))
-                                .unwrap_or_default()
-                        );
-                    }
-                }
             }
-            Ok(ExitCode::SUCCESS)
         }
     }
+    Ok(ExitCode::SUCCESS)
 }

@@ -64,7 +64,7 @@ pub struct LoadgenArgs {
     #[arg(long)]
     pub max_inversion_ms: Option<f64>,
     /// Write the JSON report here (an HTML report is written next to it);
-    /// default bench/results/loadgen-<scenario>-<time>.json.
+    /// default `bench/results/loadgen-<scenario>-<time>.json`.
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// No progress bar.

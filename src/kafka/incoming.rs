@@ -14,7 +14,7 @@ pub struct Incoming {
     /// When the producer created the message (ms since the epoch), if known.
     pub timestamp_ms: Option<i64>,
     /// When the request counts as accepted (ms since the epoch), as the
-    /// handler reads it ([`BatchHandler::accepted_ms`]): the order batches
+    /// handler reads it ([`super::BatchHandler::accepted_ms`]): the order batches
     /// are formed and decided in.
     pub accepted_ms: i64,
 }

@@ -36,8 +36,8 @@ use crate::store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadgenError {
-    #[error("setup failed: {0}")]
-    Setup(String),
+    #[error("setup failed")]
+    Setup(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("kafka")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("http: {0}")]
@@ -152,20 +152,23 @@ struct Seen {
 }
 
 /// Runs a load test and returns its report (verdict included).
+///
+/// One function a little over 80 lines, as it reads as the run itself:
+/// set up, start following results, publish, collect, verify.
 pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report, LoadgenError> {
     let db = store::connect(&settings.database)
         .await
-        .map_err(|e| LoadgenError::Setup(e.to_string()))?;
+        .map_err(|e| LoadgenError::Setup(e.into()))?;
     let counters = Counters::connect(&settings.redis)
         .await
-        .map_err(|e| LoadgenError::Setup(e.to_string()))?;
+        .map_err(|e| LoadgenError::Setup(e.into()))?;
     let producer = Producer::new(&settings.kafka)?;
     let topics = Topics::new(settings.kafka.topic_prefix.clone());
     let run_id = format!("lg{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
 
     let setup = scenario::setup(&db, &counters, settings, options, &run_id)
         .await
-        .map_err(|e| LoadgenError::Setup(e.to_string()))?;
+        .map_err(LoadgenError::Setup)?;
     let plan = scenario::plan(options, &setup, &run_id);
     let flows: Vec<Flow> = {
         let mut f: Vec<Flow> = plan.iter().map(|p| p.flow).collect();
@@ -194,70 +197,29 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
         None => None,
     };
 
-    let bar = if options.progress {
-        indicatif::ProgressBar::new(plan.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} results ({per_sec}) {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(format!("{} via {:?}", options.scenario.name(), options.via));
+    let bar = progress_bar(options, plan.len());
 
     let started = Instant::now();
-    let sent_at: Arc<std::sync::Mutex<HashMap<String, Instant>>> =
-        Arc::new(std::sync::Mutex::new(HashMap::with_capacity(plan.len())));
+    let sent_at: SentAt = Arc::new(std::sync::Mutex::new(HashMap::with_capacity(plan.len())));
     let expected = plan.len();
-    let mut publish = {
-        let sent_at = sent_at.clone();
-        let producer = producer.clone();
-        let topics = topics.clone();
-        let options = options.clone();
-        let passthrough_in = setup.passthrough_in.clone();
-        tokio::spawn(async move {
-            publish_all(
-                plan,
-                &producer,
-                &topics,
-                passthrough_in.as_deref(),
-                &options,
-                started,
-                sent_at,
-            )
-            .await
-        })
-    };
+    let mut publish = spawn_publish(
+        plan,
+        producer.clone(),
+        topics.clone(),
+        setup.passthrough_in.clone(),
+        options.clone(),
+        started,
+        sent_at.clone(),
+    );
 
-    let mut results: HashMap<String, Vec<Seen>> = HashMap::with_capacity(expected);
-    let deadline = started + options.timeout;
-    let mut published: Option<Result<u64, LoadgenError>> = None;
-    while results.len() < expected {
-        tokio::select! {
-            seen = tokio::time::timeout_at(deadline.into(), rx.recv()) => match seen {
-                Ok(Some(seen)) => {
-                    let entry = results.entry(seen.request_id.clone()).or_default();
-                    if entry.is_empty() {
-                        bar.inc(1);
-                    }
-                    entry.push(seen);
-                }
-                Ok(None) | Err(_) => break,
-            },
-            // Publishing failed: no more results are coming for what it did
-            // not send, so stop waiting and say why.
-            outcome = &mut publish, if published.is_none() => {
-                let outcome = joined(outcome);
-                let failed = outcome.is_err();
-                published = Some(outcome);
-                if failed {
-                    break;
-                }
-            }
-        }
-    }
+    let (results, published) = collect_results(
+        &mut rx,
+        &mut publish,
+        started + options.timeout,
+        expected,
+        &bar,
+    )
+    .await;
     bar.finish_and_clear();
     let publish_outcome = match published {
         Some(outcome) => outcome,
@@ -287,6 +249,91 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
     Ok(report)
 }
 
+/// When each request was sent, by request id.
+type SentAt = Arc<std::sync::Mutex<HashMap<String, Instant>>>;
+
+/// Publishes the plan in the background; the task answers how many
+/// requests the gateway turned away.
+fn spawn_publish(
+    plan: Vec<Planned>,
+    producer: Producer,
+    topics: Topics,
+    passthrough_in: Option<String>,
+    options: LoadgenOptions,
+    started: Instant,
+    sent_at: SentAt,
+) -> tokio::task::JoinHandle<Result<u64, LoadgenError>> {
+    tokio::spawn(async move {
+        publish_all(
+            plan,
+            &producer,
+            &topics,
+            passthrough_in.as_deref(),
+            &options,
+            started,
+            sent_at,
+        )
+        .await
+    })
+}
+
+/// The progress bar of a run (hidden with `--quiet`).
+fn progress_bar(options: &LoadgenOptions, len: usize) -> indicatif::ProgressBar {
+    let bar = if options.progress {
+        indicatif::ProgressBar::new(len as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} results ({per_sec}) {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{} via {:?}", options.scenario.name(), options.via));
+    bar
+}
+
+/// Every result seen per request id, until each of `expected` requests has
+/// one, the deadline passes, or publishing fails (no more results come for
+/// what it did not send). Also the publish outcome, when it ended first.
+async fn collect_results(
+    rx: &mut mpsc::Receiver<Seen>,
+    publish: &mut tokio::task::JoinHandle<Result<u64, LoadgenError>>,
+    deadline: Instant,
+    expected: usize,
+    bar: &indicatif::ProgressBar,
+) -> (
+    HashMap<String, Vec<Seen>>,
+    Option<Result<u64, LoadgenError>>,
+) {
+    let mut results: HashMap<String, Vec<Seen>> = HashMap::with_capacity(expected);
+    let mut published: Option<Result<u64, LoadgenError>> = None;
+    while results.len() < expected {
+        tokio::select! {
+            seen = tokio::time::timeout_at(deadline.into(), rx.recv()) => match seen {
+                Ok(Some(seen)) => {
+                    let entry = results.entry(seen.request_id.clone()).or_default();
+                    if entry.is_empty() {
+                        bar.inc(1);
+                    }
+                    entry.push(seen);
+                }
+                Ok(None) | Err(_) => break,
+            },
+            outcome = &mut *publish, if published.is_none() => {
+                let outcome = joined(outcome);
+                let failed = outcome.is_err();
+                published = Some(outcome);
+                if failed {
+                    break;
+                }
+            }
+        }
+    }
+    (results, published)
+}
+
 fn results_outcomes(
     results: &HashMap<String, Vec<Seen>>,
 ) -> HashMap<String, (String, usize, bool)> {
@@ -306,7 +353,7 @@ async fn publish_all(
     passthrough_in: Option<&str>,
     options: &LoadgenOptions,
     started: Instant,
-    sent_at: Arc<std::sync::Mutex<HashMap<String, Instant>>>,
+    sent_at: SentAt,
 ) -> Result<u64, LoadgenError> {
     let mut turned_away = 0;
     let client = reqwest::Client::builder()

@@ -149,51 +149,12 @@ pub(super) fn build(
     sent_at: &HashMap<String, Instant>,
     results: &HashMap<String, Vec<Seen>>,
 ) -> Report {
-    let mut all = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds");
-    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-    let mut last = started;
-    let mut per_bucket: BTreeMap<usize, (u64, Histogram<u64>)> = BTreeMap::new();
-    let mut offered: BTreeMap<usize, u64> = BTreeMap::new();
-    for sent in sent_at.values() {
-        let bucket = (sent.saturating_duration_since(started).as_secs_f64() / BUCKET_SECS) as usize;
-        *offered.entry(bucket).or_default() += 1;
-    }
-    for (id, seen) in results {
-        let first = &seen[0];
-        *outcomes.entry(first.outcome.clone()).or_default() += 1;
-        last = last.max(first.at);
-        if let Some(sent) = sent_at.get(id) {
-            let micros = first.at.saturating_duration_since(*sent).as_micros().max(1) as u64;
-            let _ = all.record(micros);
-            let bucket =
-                (first.at.saturating_duration_since(started).as_secs_f64() / BUCKET_SECS) as usize;
-            let entry = per_bucket.entry(bucket).or_insert_with(|| {
-                (
-                    0,
-                    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("histogram bounds"),
-                )
-            });
-            entry.0 += 1;
-            let _ = entry.1.record(micros);
-        }
-    }
-    let duration = last
+    let seen = Tally::of(started, sent_at, results);
+    let duration = seen
+        .last
         .saturating_duration_since(started)
         .as_secs_f64()
         .max(1e-3);
-    let ms = |v: u64| v as f64 / 1000.0;
-    let latency = if all.is_empty() {
-        Latency::default()
-    } else {
-        Latency {
-            p50_ms: ms(all.value_at_quantile(0.5)),
-            p90_ms: ms(all.value_at_quantile(0.9)),
-            p99_ms: ms(all.value_at_quantile(0.99)),
-            p999_ms: ms(all.value_at_quantile(0.999)),
-            max_ms: ms(all.max()),
-            mean_ms: all.mean() / 1000.0,
-        }
-    };
     let fairness = fairness(results.iter().filter_map(|(id, seen)| {
         let won = if seen[0].coupon_won {
             Won::Yes
@@ -204,51 +165,6 @@ pub(super) fn build(
         };
         sent_at.get(id).map(|at| (*at, won))
     }));
-    let last_bucket = per_bucket
-        .keys()
-        .chain(offered.keys())
-        .copied()
-        .max()
-        .unwrap_or(0);
-    let timeline = (0..=last_bucket)
-        .filter(|b| per_bucket.contains_key(b) || offered.contains_key(b))
-        .map(|b| {
-            let sent = offered.get(&b).copied().unwrap_or(0) as f64 / BUCKET_SECS;
-            match per_bucket.get(&b) {
-                Some((n, h)) => Bucket {
-                    t_secs: b as f64 * BUCKET_SECS,
-                    results_per_sec: *n as f64 / BUCKET_SECS,
-                    offered_per_sec: sent,
-                    p50_ms: ms(h.value_at_quantile(0.5)),
-                    p90_ms: ms(h.value_at_quantile(0.9)),
-                    p99_ms: ms(h.value_at_quantile(0.99)),
-                    p999_ms: ms(h.value_at_quantile(0.999)),
-                },
-                None => Bucket {
-                    t_secs: b as f64 * BUCKET_SECS,
-                    results_per_sec: 0.0,
-                    offered_per_sec: sent,
-                    p50_ms: 0.0,
-                    p90_ms: 0.0,
-                    p99_ms: 0.0,
-                    p999_ms: 0.0,
-                },
-            }
-        })
-        .collect();
-    let distribution = if all.is_empty() {
-        Vec::new()
-    } else {
-        [
-            0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999,
-        ]
-        .into_iter()
-        .map(|p| Quantile {
-            percentile: p,
-            ms: ms(all.value_at_quantile(p / 100.0)),
-        })
-        .collect()
-    };
     Report {
         scenario: o.scenario.name().to_owned(),
         via: format!("{:?}", o.via).to_lowercase(),
@@ -257,16 +173,133 @@ pub(super) fn build(
         answered: results.len(),
         duration_secs: duration,
         throughput_per_sec: results.len() as f64 / duration,
-        latency,
-        outcomes,
-        timeline,
+        latency: latency(&seen.all),
+        timeline: seen.timeline(),
+        distribution: distribution(&seen.all),
+        outcomes: seen.outcomes,
         checks: Vec::new(),
         turned_away: 0,
         fairness,
-        distribution,
         settings: settings_of(o),
         machine: machine(),
     }
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+/// What a run's results add up to before they are summarised.
+struct Tally {
+    /// Publish → first result, µs, every request.
+    all: Histogram<u64>,
+    outcomes: BTreeMap<String, usize>,
+    /// When the last first result came.
+    last: Instant,
+    /// Per [`BUCKET_SECS`] since the start: results and their latencies.
+    per_bucket: BTreeMap<usize, (u64, Histogram<u64>)>,
+    /// Per bucket: requests sent.
+    offered: BTreeMap<usize, u64>,
+}
+
+impl Tally {
+    fn of(
+        started: Instant,
+        sent_at: &HashMap<String, Instant>,
+        results: &HashMap<String, Vec<Seen>>,
+    ) -> Self {
+        let bucket_of = |at: Instant| {
+            (at.saturating_duration_since(started).as_secs_f64() / BUCKET_SECS) as usize
+        };
+        let mut t = Tally {
+            all: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"),
+            outcomes: BTreeMap::new(),
+            last: started,
+            per_bucket: BTreeMap::new(),
+            offered: BTreeMap::new(),
+        };
+        for sent in sent_at.values() {
+            *t.offered.entry(bucket_of(*sent)).or_default() += 1;
+        }
+        for (id, seen) in results {
+            let first = &seen[0];
+            *t.outcomes.entry(first.outcome.clone()).or_default() += 1;
+            t.last = t.last.max(first.at);
+            let Some(sent) = sent_at.get(id) else {
+                continue;
+            };
+            let micros = first.at.saturating_duration_since(*sent).as_micros().max(1) as u64;
+            let _ = t.all.record(micros);
+            let entry = t.per_bucket.entry(bucket_of(first.at)).or_insert_with(|| {
+                (
+                    0,
+                    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("histogram bounds"),
+                )
+            });
+            entry.0 += 1;
+            let _ = entry.1.record(micros);
+        }
+        t
+    }
+
+    /// Results/s, offered/s and percentiles per bucket.
+    fn timeline(&self) -> Vec<Bucket> {
+        let last_bucket = self
+            .per_bucket
+            .keys()
+            .chain(self.offered.keys())
+            .copied()
+            .max()
+            .unwrap_or(0);
+        (0..=last_bucket)
+            .filter(|b| self.per_bucket.contains_key(b) || self.offered.contains_key(b))
+            .map(|b| {
+                let sent = self.offered.get(&b).copied().unwrap_or(0) as f64 / BUCKET_SECS;
+                let bucket = self.per_bucket.get(&b);
+                let n = bucket.map_or(0, |(n, _)| *n);
+                let q = |p: f64| bucket.map_or(0.0, |(_, h)| ms(h.value_at_quantile(p)));
+                Bucket {
+                    t_secs: b as f64 * BUCKET_SECS,
+                    results_per_sec: n as f64 / BUCKET_SECS,
+                    offered_per_sec: sent,
+                    p50_ms: q(0.5),
+                    p90_ms: q(0.9),
+                    p99_ms: q(0.99),
+                    p999_ms: q(0.999),
+                }
+            })
+            .collect()
+    }
+}
+
+fn latency(all: &Histogram<u64>) -> Latency {
+    if all.is_empty() {
+        return Latency::default();
+    }
+    Latency {
+        p50_ms: ms(all.value_at_quantile(0.5)),
+        p90_ms: ms(all.value_at_quantile(0.9)),
+        p99_ms: ms(all.value_at_quantile(0.99)),
+        p999_ms: ms(all.value_at_quantile(0.999)),
+        max_ms: ms(all.max()),
+        mean_ms: all.mean() / 1000.0,
+    }
+}
+
+/// Latency by percentile, for the report's distribution chart.
+fn distribution(all: &Histogram<u64>) -> Vec<Quantile> {
+    if all.is_empty() {
+        return Vec::new();
+    }
+    [
+        0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999,
+    ]
+    .into_iter()
+    .map(|p| Quantile {
+        percentile: p,
+        ms: ms(all.value_at_quantile(p / 100.0)),
+    })
+    .collect()
 }
 
 fn settings_of(o: &LoadgenOptions) -> BTreeMap<String, String> {
