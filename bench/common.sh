@@ -21,3 +21,33 @@ cleanup() {
   psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"$tag\" WITH (FORCE)" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+
+# Worker processes. start_workers N ONLY [NAME] starts N `stampede worker
+# --only ONLY`, each serving metrics on a port of its own (logs in
+# $out/worker-NAME-i.log), and returns once every one holds partitions;
+# $workers lists them as pid:port. stop_workers stops them (SIGTERM: they
+# finish their batch and commit) and waits for them.
+worker_port=${worker_port:-9300}
+start_workers() {
+  local n=$1 only=$2 name=${3:-$2-$1}
+  workers=()
+  for i in $(seq 1 "$n"); do
+    worker_port=$((worker_port + 1))
+    "$bin" worker --only "$only" --metrics-addr "127.0.0.1:$worker_port" >"$out/worker-$name-$i.log" 2>&1 &
+    pids+=($!)
+    workers+=("$!:$worker_port")
+  done
+  local w deadline
+  for w in "${workers[@]}"; do
+    deadline=$((SECONDS + 60))
+    until curl -sf "http://127.0.0.1:${w#*:}/metrics" | grep -q '^stampede_consumer_assigned_partitions{.*} [1-9]'; do
+      (( SECONDS < deadline )) || { echo "worker ${w%%:*} never got partitions" >&2; exit 1; }
+      sleep 0.2
+    done
+  done
+}
+stop_workers() {
+  local w
+  for w in "${workers[@]}"; do kill -TERM "${w%%:*}" 2>/dev/null || true; done
+  for w in "${workers[@]}"; do wait "${w%%:*}" 2>/dev/null || true; done
+}

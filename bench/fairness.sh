@@ -17,27 +17,14 @@ out=bench/results/$(date -u +%Y%m%dT%H%M%SZ)-fairness
 mkdir -p "$out"
 source bench/common.sh fair
 
-port=9400
+worker_port=9400
 run_drop() { # name, workers, extra loadgen args...
   local name=$1 n=$2; shift 2
-  local ws=()
-  for i in $(seq 1 "$n"); do
-    port=$((port + 1))
-    "$bin" worker --only coupon --metrics-addr "127.0.0.1:$port" >"$out/worker-$name-$i.log" 2>&1 &
-    pids+=($!); ws+=("$!:$port")
-  done
-  for w in "${ws[@]}"; do
-    local deadline=$((SECONDS + 60))
-    until curl -sf "http://127.0.0.1:${w#*:}/metrics" | grep -q '^stampede_consumer_assigned_partitions{.*} [1-9]'; do
-      (( SECONDS < deadline )) || { echo "worker never got partitions" >&2; exit 1; }
-      sleep 0.2
-    done
-  done
+  start_workers "$n" coupon "$name"
   echo "== $name: $n coupon worker(s), $requests requests, $stock stock $*"
   "$bin" loadgen --scenario coupon-drop --requests "$requests" --stock "$stock" --quiet \
     --json "$out/$name.json" "$@" | tee "$out/$name.txt"
-  for w in "${ws[@]}"; do kill -TERM "${w%%:*}" 2>/dev/null || true; done
-  for w in "${ws[@]}"; do wait "${w%%:*}" 2>/dev/null || true; done
+  stop_workers
 }
 
 runs=${BENCH_RUNS:-full-1 rate-1 full-2 rate-2}

@@ -35,28 +35,6 @@ source bench/common.sh bench
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml)
 echo "Apache Kafka $kafka_version (KRaft, one combined broker+controller on ${STAMPEDE_KAFKA__BROKERS:-127.0.0.1:9092}), PostgreSQL $(psql -h 127.0.0.1 -U postgres -Atc 'show server_version' | cut -d' ' -f1), Redis $(redis-cli info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p'); $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB" | tee "$out/machine.txt"
 
-port=9300
-start_workers() { # count, only
-  local n=$1 only=$2
-  workers=()
-  for i in $(seq 1 "$n"); do
-    port=$((port + 1))
-    "$bin" worker --only "$only" --metrics-addr "127.0.0.1:$port" >"$out/worker-$only-$n-$i.log" 2>&1 &
-    pids+=($!)
-    workers+=("$!:$port")
-  done
-  for w in "${workers[@]}"; do
-    local deadline=$((SECONDS + 60))
-    until curl -sf "http://127.0.0.1:${w#*:}/metrics" | grep -q '^stampede_consumer_assigned_partitions{.*} [1-9]'; do
-      (( SECONDS < deadline )) || { echo "worker ${w%%:*} never got partitions" >&2; exit 1; }
-      sleep 0.2
-    done
-  done
-}
-stop_workers() {
-  for w in "${workers[@]}"; do kill -TERM "${w%%:*}" 2>/dev/null || true; done
-  for w in "${workers[@]}"; do wait "${w%%:*}" 2>/dev/null || true; done
-}
 # CPU per request: each process's own CPU time (user + system, /proc/<pid>/stat)
 # over one loadgen run, divided by its requests. PostgreSQL is every postgres
 # process alive at the end (the workers' backends live through a run).

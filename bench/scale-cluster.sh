@@ -21,25 +21,12 @@ source bench/common.sh cluster
 
 echo "== Kafka passthrough on the cluster, $requests messages"
 "$bin" loadgen --scenario passthrough --requests "$requests" --quiet --no-verify --json "$out/passthrough.json" | sed -n 2,3p
-port=9500
+worker_port=9500
 for n in $scale; do
   echo "== coupon drop with $n worker process(es)"
-  ws=()
-  for i in $(seq 1 "$n"); do
-    port=$((port + 1))
-    "$bin" worker --only coupon --metrics-addr "127.0.0.1:$port" >"$out/worker-$n-$i.log" 2>&1 &
-    pids+=($!); ws+=("$!:$port")
-  done
-  for w in "${ws[@]}"; do
-    deadline=$((SECONDS + 60))
-    until curl -sf "http://127.0.0.1:${w#*:}/metrics" | grep -q '^stampede_consumer_assigned_partitions{.*} [1-9]'; do
-      (( SECONDS < deadline )) || { echo "worker never got partitions" >&2; exit 1; }
-      sleep 0.2
-    done
-  done
+  start_workers "$n" coupon "$n"
   "$bin" loadgen --scenario coupon-drop --requests "$requests" --stock "$stock" --quiet --json "$out/scale-$n.json" | sed -n 2,3p
-  for w in "${ws[@]}"; do kill -TERM "${w%%:*}" 2>/dev/null || true; done
-  for w in "${ws[@]}"; do wait "${w%%:*}" 2>/dev/null || true; done
+  stop_workers
 done
 
 python3 - "$out" "$scale" <<'PY' | tee "$out/summary.md"

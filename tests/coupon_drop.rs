@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
-use common::{ids, TestEnv};
+use common::{ids, post_and_wait, TestEnv};
 use serde_json::{json, Value};
 use stampede::app::Roles;
 use stampede::kafka::Flow;
@@ -308,26 +308,13 @@ async fn admin_coupons_load_their_stock_and_issue_over_http() {
     assert_eq!(env.counters.coupon_stock(id).await.unwrap(), Some(5));
     let bad = c.post(format!("{http}/v1/admin/coupons")).json(&json!({"name": "x", "discount": {"type": "percent", "percent": 120}, "total_quantity": 5, "expires_at": "2030-01-01T00:00:00Z"})).send().await.unwrap();
     assert_eq!(bad.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
-    let accepted: Value = c
-        .post(format!("{http}/v1/coupons/{id}/issue"))
-        .json(&json!({"user_id": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let result: Value = c
-        .get(format!(
-            "{http}/v1/requests/{}?wait_ms=20000",
-            accepted["request_id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let result = post_and_wait(
+        &c,
+        &http,
+        &format!("/v1/coupons/{id}/issue"),
+        json!({"user_id": 1}),
+    )
+    .await;
     assert_eq!(result["status"], "succeeded");
     assert_eq!(env.counters.coupon_stock(id).await.unwrap(), Some(4));
     app.stop().await;

@@ -2,33 +2,12 @@
 
 mod common;
 
-use common::TestEnv;
+use common::{get_json as get, post_json as post, TestEnv};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use stampede::app::Roles;
 use stampede::config::Secret;
 use stampede::workers::WorkerKind;
-
-async fn post(
-    client: &reqwest::Client,
-    url: String,
-    body: Value,
-    key: Option<&str>,
-) -> (StatusCode, Value) {
-    let mut request = client.post(url).json(&body);
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn get(client: &reqwest::Client, url: String) -> (StatusCode, Value) {
-    let response = client.get(url).send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charges_over_http_follow_every_rule() {

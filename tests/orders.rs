@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{eventually, ids, TestEnv};
+use common::{eventually, ids, post_and_wait, TestEnv};
 use serde_json::{json, Value};
 use stampede::app::Roles;
 use stampede::domain::coupon::Discount;
@@ -456,26 +456,13 @@ async fn products_and_orders_over_http() {
         .await
         .unwrap();
     assert_eq!(bad.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
-    let accepted: Value = c
-        .post(format!("{http}/v1/orders"))
-        .json(&json!({"user_id": 1, "items": [{"product_id": id, "quantity": 3}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let result: Value = c
-        .get(format!(
-            "{http}/v1/requests/{}?wait_ms=20000",
-            accepted["request_id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let result = post_and_wait(
+        &c,
+        &http,
+        "/v1/orders",
+        json!({"user_id": 1, "items": [{"product_id": id, "quantity": 3}]}),
+    )
+    .await;
     assert_eq!(result["paid_amount"], 36_000);
     let shown: Value = c
         .get(format!("{http}/v1/products/{id}"))

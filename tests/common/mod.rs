@@ -76,6 +76,41 @@ pub async fn metric(url: &str, name: &str) -> f64 {
     metric_sum(&scrape(url).await, name, &[])
 }
 
+/// POSTs JSON (with an `Idempotency-Key` when given): the status and the
+/// body (null when it is not JSON).
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: String,
+    body: Value,
+    key: Option<&str>,
+) -> (reqwest::StatusCode, Value) {
+    let mut request = client.post(url).json(&body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// GETs JSON: the status and the body (null when it is not JSON).
+pub async fn get_json(client: &reqwest::Client, url: String) -> (reqwest::StatusCode, Value) {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// POSTs a request to the gateway at `http` and waits for its result
+/// (`GET /v1/requests/{id}?wait_ms=…`).
+pub async fn post_and_wait(client: &reqwest::Client, http: &str, path: &str, body: Value) -> Value {
+    let (status, accepted) = post_json(client, format!("{http}{path}"), body, None).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{accepted}");
+    let id = accepted["request_id"].as_str().expect("a request id");
+    let (status, result) = get_json(client, format!("{http}/v1/requests/{id}?wait_ms=20000")).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{result}");
+    result
+}
+
 /// Asks `check` again and again until it answers `Some`, and returns that;
 /// fails the test, saying `what` never happened, after [`PATIENCE`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
