@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::consumer::HandlerError;
+use super::handler::HandlerError;
 use crate::telemetry::metrics;
 
 /// Exponential backoff with jitter for retryable failures.

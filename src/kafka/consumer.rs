@@ -17,7 +17,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -26,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::backoff::Backoff;
+use super::handler::{BatchHandler, HandlerError};
 use super::incoming::Incoming;
 use super::intake::Intake;
 use super::merge::{Frontiers, Merger};
@@ -33,51 +33,6 @@ use super::producer::{OutMessage, Producer};
 use super::rebalance::{commit_stored, CommitOnRevoke};
 use crate::config::Settings;
 use crate::telemetry::metrics;
-
-/// Any error, kept with its chain of causes.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A failure while handling a batch.
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// A dependency hiccup (database, Redis, broker): the same batch is
-    /// retried. `cause` names the dependency, for the retry metric.
-    #[error("{cause} failed")]
-    Retryable {
-        cause: &'static str,
-        #[source]
-        source: BoxError,
-    },
-    /// Nothing can be done by retrying: the worker stops without storing offsets.
-    #[error("the batch cannot be handled")]
-    Fatal(#[source] BoxError),
-}
-
-impl HandlerError {
-    pub fn retryable(cause: &'static str, source: impl Into<BoxError>) -> Self {
-        HandlerError::Retryable {
-            cause,
-            source: source.into(),
-        }
-    }
-
-    pub fn fatal(source: impl Into<BoxError>) -> Self {
-        HandlerError::Fatal(source.into())
-    }
-}
-
-/// What a worker does with a batch.
-#[async_trait]
-pub trait BatchHandler: Send + Sync {
-    /// Makes the effects of the batch durable and returns what to publish.
-    async fn handle(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, HandlerError>;
-
-    /// When a message counts as accepted, for first come, first served
-    /// across partitions: by default its Kafka timestamp (unstamped last).
-    fn accepted_ms(&self, message: &Incoming) -> i64 {
-        message.timestamp_ms.unwrap_or(i64::MAX)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {

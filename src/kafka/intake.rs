@@ -11,7 +11,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::BorrowedMessage;
 use tracing::{debug, warn};
 
-use super::consumer::BatchHandler;
+use super::handler::BatchHandler;
 use super::incoming::Incoming;
 use super::merge::{Frontiers, Merger, Take};
 use super::rebalance::CommitOnRevoke;

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod backoff;
 pub mod consumer;
 pub mod dlq;
+pub mod handler;
 pub mod incoming;
 mod intake;
 pub mod merge;
@@ -20,7 +21,8 @@ use rdkafka::ClientConfig;
 
 use crate::config::KafkaSettings;
 
-pub use consumer::{BatchHandler, ConsumerError};
+pub use consumer::ConsumerError;
+pub use handler::BatchHandler;
 pub use incoming::Incoming;
 pub use producer::{OutMessage, Producer};
 pub use topics::{Flow, Topics};

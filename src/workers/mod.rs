@@ -14,7 +14,7 @@ pub mod stats;
 use std::str::FromStr;
 
 use crate::counters::CounterError;
-use crate::kafka::consumer::HandlerError;
+use crate::kafka::handler::HandlerError;
 use crate::store::StoreError;
 
 /// Which workers a process runs (`worker --only charge,coupon,order,stats`).

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 use super::WorkerError;
 use crate::config::Settings;
 use crate::kafka::backoff::Backoff;
-use crate::kafka::consumer::HandlerError;
+use crate::kafka::handler::HandlerError;
 use crate::kafka::topics::partition_for;
 use crate::kafka::{OutMessage, Producer, Topics};
 use crate::store::orders::{self, OutboxRow};

@@ -8,8 +8,8 @@ use tracing::{debug, info_span, warn};
 
 use crate::domain::messages::OrderStats;
 use crate::domain::validate::Validate;
-use crate::kafka::consumer::{BatchHandler, HandlerError};
 use crate::kafka::dlq::dead_letter;
+use crate::kafka::handler::{BatchHandler, HandlerError};
 use crate::kafka::Incoming;
 use crate::kafka::OutMessage;
 use crate::store::stats;
