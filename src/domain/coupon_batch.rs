@@ -164,6 +164,39 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever the outcome: the result answers the request it is for,
+        /// succeeds exactly when no error code comes with it, and names the
+        /// coupon unless the coupon does not exist.
+        #[test]
+        fn every_outcome_answers_its_request(
+            user_exists: bool,
+            coupon_exists: bool,
+            recorded_as in 0u8..4,
+            user_coupon_id in 1i64..1_000_000,
+        ) {
+            let r = request();
+            let outcome = match admit(&r, user_exists, coupon_exists) {
+                Err(rejection) => IssueOutcome::Rejected(rejection),
+                Ok(()) => match recorded_as {
+                    0 => IssueOutcome::Rejected(IssueDecision::SoldOut.rejection(7, 4).unwrap()),
+                    1 => recorded(&r, Recorded::AlreadyHeld, Utc::now()),
+                    2 => recorded(&r, Recorded::SoldOut, Utc::now()),
+                    _ => recorded(&r, Recorded::Issued { user_coupon_id }, Utc::now()),
+                },
+            };
+            let (code, result) = issue_result(&r, outcome);
+            proptest::prop_assert_eq!(&result.request_id, &r.request_id);
+            proptest::prop_assert_eq!(result.user_id, Some(4));
+            proptest::prop_assert_eq!(code.is_none(), result.status == Status::Succeeded);
+            proptest::prop_assert_eq!(code.is_none(), result.user_coupon_id.is_some());
+            proptest::prop_assert_eq!(
+                result.coupon_id.is_none(),
+                code == Some(ErrorCode::CouponNotFound)
+            );
+        }
+    }
+
     #[test]
     fn a_missing_coupon_is_not_named_back() {
         let rejection = admit(&request(), true, false).unwrap_err();
