@@ -77,6 +77,9 @@ async fn partitions_fetched_one_after_another_are_decided_in_acceptance_order() 
     let app = env
         .start_with(Roles::workers(vec![WorkerKind::Coupon]), |s| {
             s.worker.batch_size = 20;
+            // Every partition of the backlog arrives within this, however
+            // busy the machine.
+            s.worker.fcfs_wait_ms = 2_000;
         })
         .await;
     let all = ids((1..=2 * PER_PARTITION).map(|u| format!("f-{u}")));
