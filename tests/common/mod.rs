@@ -422,19 +422,9 @@ impl TestEnv {
 
     /// Deletes every Redis key of this test, as if Redis had restarted empty.
     pub async fn wipe_redis(&self) {
-        let mut conn = self.counters.connection();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.tag))
-            .query_async(&mut conn)
+        delete_keys(&self.counters, &self.tag)
             .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: i64 = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
+            .expect("delete the test's Redis keys");
     }
 
     pub async fn audit(&self) -> stampede::audit::AuditReport {
@@ -472,6 +462,19 @@ impl Drop for TestEnv {
     }
 }
 
+/// Deletes every Redis key of test `tag`.
+async fn delete_keys(counters: &Counters, tag: &str) -> redis::RedisResult<()> {
+    let mut conn = counters.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{tag}:*"))
+        .query_async(&mut conn)
+        .await?;
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
+    }
+    Ok(())
+}
+
 /// Drops the database, deletes the Redis keys and the topics of test `tag`.
 async fn remove_world(tag: &str, settings: &Settings) {
     if let Ok(admin) = PgPool::connect(&format!(
@@ -488,16 +491,7 @@ async fn remove_world(tag: &str, settings: &Settings) {
             .await;
     }
     if let Ok(counters) = Counters::connect(&settings.redis).await {
-        let mut conn = counters.connection();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{tag}:*"))
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<i64> =
-                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-        }
+        let _ = delete_keys(&counters, tag).await;
     }
     let _ = stampede::kafka::admin::delete_topics(&settings.kafka).await;
 }
