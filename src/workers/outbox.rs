@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::kafka::tail::{read_to_end, reader, Start, TailConsumer};
-use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgPool};
