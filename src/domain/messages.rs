@@ -346,8 +346,6 @@ pub enum Outcome<T> {
 pub trait RequestMessage: DeserializeOwned + Validate + Send + Sync {
     fn request_id(&self) -> &RequestId;
     fn user_id(&self) -> i64;
-    /// When the gateway (or a direct producer) accepted the request.
-    fn requested_at(&self) -> Option<chrono::DateTime<chrono::Utc>>;
 }
 
 /// A result message of one flow.
@@ -363,9 +361,6 @@ macro_rules! request_message {
             }
             fn user_id(&self) -> i64 {
                 self.user_id
-            }
-            fn requested_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-                self.requested_at
             }
         }
     };

@@ -64,7 +64,7 @@ impl Intake {
                 }
             }
             // A revoke seen while no message came must not let its lanes go.
-            self.follow_assignment(consumer);
+            self.follow_assignment(consumer, Instant::now());
             self.report(false).await;
             // Until a message comes, or what is held may go, or (idle) it is
             // time to tell the group this process is caught up.
@@ -103,12 +103,13 @@ impl Intake {
         handler: &dyn BatchHandler,
         worker: &str,
     ) -> bool {
-        self.follow_assignment(consumer);
+        let now = Instant::now();
+        self.follow_assignment(consumer, now);
         match message {
             Some(Ok(m)) => {
                 let mut incoming = Incoming::from_message(&m);
                 incoming.accepted_ms = handler.accepted_ms(&incoming);
-                self.merger.push(incoming, Instant::now());
+                self.merger.push(incoming, now);
                 true
             }
             Some(Err(e)) => {
@@ -119,8 +120,7 @@ impl Intake {
         }
     }
 
-    fn follow_assignment(&mut self, consumer: &StreamConsumer<CommitOnRevoke>) {
-        let now = Instant::now();
+    fn follow_assignment(&mut self, consumer: &StreamConsumer<CommitOnRevoke>, now: Instant) {
         for change in consumer.context().take_changes() {
             self.merger.apply(change, now);
         }

@@ -132,11 +132,6 @@ impl Merger {
         }
     }
 
-    /// How long an empty lane (or the group's floor) is waited for.
-    pub fn wait(&self) -> Duration {
-        self.wait
-    }
-
     /// What the other processes of the group reported last (`None`: no
     /// other process, or unknown).
     pub fn set_floor(&mut self, floor: Option<i64>) {

@@ -173,10 +173,9 @@ impl CouponStock {
         if self.coupons.is_empty() {
             return;
         }
-        let mut coupons = self.coupons.clone();
-        coupons.sort_unstable();
+        self.coupons.sort_unstable();
         text.push_str("# TYPE stampede_coupon_stock_left gauge\n");
-        for (id, left, _) in coupons {
+        for (id, left, _) in &self.coupons {
             text.push_str(&format!(
                 "stampede_coupon_stock_left{{coupon_id=\"{id}\"}} {left}\n"
             ));

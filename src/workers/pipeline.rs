@@ -238,10 +238,11 @@ impl<D: Decide> RequestPipeline<D> {
     async fn handle_batch(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, WorkerError> {
         let mut out = Vec::with_capacity(batch.len());
         let mut decoded = self.decode_all(batch, &mut out)?;
-        // First come, first served inside the batch: a batch holds several
-        // partitions, each in offset order, but interleaved as the broker's
-        // fetches arrived; decide in the order the requests were accepted.
-        decoded.sort_by_key(|(index, r)| accepted_ms(r.requested_at(), batch[*index].timestamp_ms));
+        // First come, first served inside the batch: the intake merged the
+        // partitions in acceptance order, but a partition itself can hold
+        // requests slightly out of it; decide in the order they were accepted
+        // (each message's time as the intake read it, `Self::accepted_ms`).
+        decoded.sort_by_key(|(index, _)| batch[*index].accepted_ms);
         let fresh = self.answer_replays(batch, decoded, &mut out).await?;
         let traces: Vec<Option<&str>> = fresh.spans.iter().map(|(_, t)| t.as_deref()).collect();
         let results = self
