@@ -113,6 +113,10 @@ fn describe(invariant: Invariant) -> (&'static str, &'static str) {
             "one stats event per order",
             "every paid order queued exactly one stats event",
         ),
+        Invariant::ReferencesExist => (
+            "references exist",
+            "no history row, order or order item names a user, product, coupon or order that is not there",
+        ),
     }
 }
 

@@ -194,6 +194,8 @@ async fn the_audit_names_each_broken_promise() {
         "UPDATE users SET balance = balance + 1 WHERE id = 2",
         // A coupon counted as issued with nobody holding it.
         "UPDATE coupons SET issued = 1 WHERE id = 7",
+        // An order item for an order and a product that do not exist.
+        "INSERT INTO order_items (order_id, product_id, quantity, unit_price) VALUES (424242, 4242, 1, 0)",
     ] {
         sqlx::query(tamper).execute(&env.db).await.unwrap();
     }
@@ -204,6 +206,7 @@ async fn the_audit_names_each_broken_promise() {
         [
             "coupon issued = rows",
             "balance = sum(history)",
+            "references exist",
             "redis coupon stock"
         ],
         "{}",

@@ -18,10 +18,11 @@ pub enum Invariant {
     OneResultPerRequest,
     CouponUsedOnce,
     OneStatsEventPerOrder,
+    ReferencesExist,
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 10] = [
+    pub const ALL: [Invariant; 11] = [
         Invariant::IssuedWithinStock,
         Invariant::IssuedMatchesRows,
         Invariant::OneCouponPerUser,
@@ -32,6 +33,7 @@ impl Invariant {
         Invariant::OneResultPerRequest,
         Invariant::CouponUsedOnce,
         Invariant::OneStatsEventPerOrder,
+        Invariant::ReferencesExist,
     ];
 
     /// The query counting violations. `recent` bounds the checks that match
@@ -80,6 +82,19 @@ impl Invariant {
                  + (SELECT count(*) FROM outbox x WHERE x.order_id IS NOT NULL AND NOT EXISTS \
                    (SELECT 1 FROM orders o WHERE o.id = x.order_id))"
             ),
+            // The order path's references have no foreign keys (see the
+            // migration `hot_path_references`): checked here instead.
+            Invariant::ReferencesExist => "SELECT \
+                (SELECT count(*) FROM balance_history h WHERE NOT EXISTS \
+                   (SELECT 1 FROM users u WHERE u.id = h.user_id))
+                + (SELECT count(*) FROM orders o WHERE NOT EXISTS \
+                   (SELECT 1 FROM users u WHERE u.id = o.user_id) \
+                   OR (o.coupon_id IS NOT NULL AND NOT EXISTS \
+                   (SELECT 1 FROM coupons c WHERE c.id = o.coupon_id)))
+                + (SELECT count(*) FROM order_items i WHERE NOT EXISTS \
+                   (SELECT 1 FROM orders o WHERE o.id = i.order_id) \
+                   OR NOT EXISTS (SELECT 1 FROM products p WHERE p.id = i.product_id))"
+                .into(),
         }
     }
 }
