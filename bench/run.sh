@@ -36,30 +36,40 @@ kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' script
 echo "Apache Kafka $kafka_version (KRaft, one combined broker+controller on ${STAMPEDE_KAFKA__BROKERS:-127.0.0.1:9092}), PostgreSQL $(psql -h 127.0.0.1 -U postgres -Atc 'show server_version' | cut -d' ' -f1), Redis $(redis-cli info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p'); $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB" | tee "$out/machine.txt"
 
 # CPU per request: each process's own CPU time (user + system, /proc/<pid>/stat)
-# over one loadgen run, divided by its requests. PostgreSQL is every postgres
-# process alive at the end (the workers' backends live through a run).
+# divided by its requests. Over a loadgen run, loadgen itself counts from the
+# first publish to the last result (`--cpu`: setup and verdict excluded);
+# PostgreSQL is every postgres process (the workers' backends live through a
+# run). cpu_start/cpu_end measure the same around a command (the wrk drop).
 tick=$(getconf CLK_TCK)
 kafka_pid=$(cat .services/kafka/kafka.pid 2>/dev/null || pgrep -f kafka.Kafka | head -n 1)
 redis_pid=$(pgrep -f 'redis-server 127.0.0.1:6379' | head -n 1)
+gateway_pid=
 cpu_of() { local t=0 p; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+worker_pids() { local w; for w in "${workers[@]}"; do echo "${w%%:*}"; done; }
+loadgen_measured() { # name, loadgen arguments…: one run, its CPU per request in cpu.txt
+  local name=$1; shift
+  local pids; pids=$(worker_pids | paste -sd,)
+  "$bin" loadgen "$@" --cpu "stampede worker=$pids" --cpu "broker=$kafka_pid" --cpu PostgreSQL=postgres \
+    --cpu "Redis=$redis_pid" ${gateway_pid:+--cpu "gateway=$gateway_pid"} | sed -n 2,3p
+  python3 - "$name" "$out" "$@" <<'PY' | tee -a "$out/cpu.txt"
+import json, sys
+name, out, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+cpu = json.load(open(args[args.index("--json") + 1]))["cpu_us_per_request"]
+order = ["stampede worker", "gateway", "broker", "PostgreSQL", "Redis", "load generator"]
+print(f"{name}: " + ", ".join(f"{who} {cpu[who]:.1f} µs" for who in order if who in cpu) + " of CPU per request")
+PY
+}
 declare -A pg_before
 cpu_start() {
   w0=$(cpu_of $(worker_pids)); k0=$(cpu_of "$kafka_pid"); r0=$(cpu_of "$redis_pid")
   pg_before=(); local p; for p in $(pgrep -x postgres); do pg_before[$p]=$(cpu_of "$p"); done
 }
-worker_pids() { local w; for w in "${workers[@]}"; do echo "${w%%:*}"; done; }
-# Runs loadgen (arguments as given) and notes the CPU it used itself.
-loadgen_measured() {
-  bash -c '"$@"; status=$?; read -r -a f </proc/$$/stat; echo $((f[15] + f[16])) >"$LOADGEN_TICKS"; exit $status' _ "$bin" loadgen "$@"
-}
-export LOADGEN_TICKS=$out/.loadgen-ticks
-cpu_end() { # name, requests
-  local pg=0 p w1 k1 r1 lg
+cpu_end() { # name, requests, load generator's ticks
+  local pg=0 p w1 k1 r1
   w1=$(cpu_of $(worker_pids)); k1=$(cpu_of "$kafka_pid"); r1=$(cpu_of "$redis_pid")
   for p in $(pgrep -x postgres); do pg=$((pg + $(cpu_of "$p") - ${pg_before[$p]:-0})); done
-  lg=$(cat "$LOADGEN_TICKS")
   us() { python3 -c "print(f'{$1 * 1e6 / $tick / $2:.1f}')"; }
-  echo "$1: stampede worker $(us $((w1 - w0)) "$2") µs, broker $(us $((k1 - k0)) "$2") µs, PostgreSQL $(us "$pg" "$2") µs, Redis $(us $((r1 - r0)) "$2") µs, load generator $(us "$lg" "$2") µs of CPU per request" | tee -a "$out/cpu.txt"
+  echo "$1: stampede worker $(us $((w1 - w0)) "$2") µs, broker $(us $((k1 - k0)) "$2") µs, PostgreSQL $(us "$pg" "$2") µs, Redis $(us $((r1 - r0)) "$2") µs, load generator $(us "$3" "$2") µs of CPU per request" | tee -a "$out/cpu.txt"
 }
 peak_rss_mib() { local m=0; for w in "${workers[@]}"; do local v; v=$(awk '/VmHWM/{print $2}' "/proc/${w%%:*}/status" 2>/dev/null || echo 0); (( v > m )) && m=$v; done; echo $((m / 1024)); }
 
@@ -98,22 +108,22 @@ start_workers 1 coupon
 # Warm-up, not reported: the first drop after a start pays for cold caches
 # (PostgreSQL buffers and plans, connections, Redis scripts) once.
 "$bin" loadgen --scenario coupon-drop --requests $((requests / 10)) --stock "$stock" --quiet --no-verify --json "$out/warmup.json" >/dev/null
-cpu_start
-loadgen_measured --scenario coupon-drop --requests "$requests" --stock "$stock" --quiet --json "$out/drop-1.json" | sed -n 2,3p
-cpu_end "coupon drop" "$requests"
+loadgen_measured "coupon drop" --scenario coupon-drop --requests "$requests" --stock "$stock" --quiet --json "$out/drop-1.json"
 echo "worker peak RSS: $(peak_rss_mib) MiB" | tee "$out/drop-1-memory.txt"
 stop_workers
 
 echo "== (d) stampede orders: $orders orders of 1-3 products, 1 worker process"
 start_workers 1 order
-cpu_start
-loadgen_measured --scenario orders --requests "$orders" --users 20000 --stock 1000000 --quiet --json "$out/orders.json" | sed -n 2,3p
-cpu_end "orders" "$orders"
+loadgen_measured orders --scenario orders --requests "$orders" --users 20000 --stock 1000000 --quiet --json "$out/orders.json"
 echo "worker peak RSS: $(peak_rss_mib) MiB" | tee "$out/orders-memory.txt"
 stop_workers
 
 echo "== (d) stampede coupon drop at an offered 20,000 requests/s"
 start_workers 1 coupon
+# Warmed up as in (d): the latency of a worker that has served before, not of
+# its first batches (bench/results/20261125T222338Z, without this warm-up,
+# measured p99 390 ms in the first second and 30-50 ms after).
+"$bin" loadgen --scenario coupon-drop --requests $((requests / 10)) --stock "$stock" --quiet --no-verify --json "$out/warmup-rate.json" >/dev/null
 "$bin" loadgen --scenario coupon-drop --requests "$requests" --stock "$stock" --rate 20000 --quiet --json "$out/drop-rate20k.json" | sed -n 2,3p
 stop_workers
 
@@ -135,14 +145,48 @@ until curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null; do
   sleep 0.2
 done
 start_workers 1 coupon
-cpu_start
-loadgen_measured --scenario coupon-drop --requests "$http_requests" --stock "$stock" --quiet --json "$out/drop-kafka.json" | sed -n 2,3p
-cpu_end "drop via Kafka" "$http_requests"
-g0=$(cpu_of "$gateway_pid"); cpu_start
-loadgen_measured --scenario coupon-drop --requests "$http_requests" --stock "$stock" --via http --http-url "http://127.0.0.1:$gw_port" --quiet --json "$out/drop-http.json" | sed -n 2,3p
-cpu_end "drop via HTTP" "$http_requests"
-g1=$(cpu_of "$gateway_pid")
-echo "drop via HTTP: gateway $(python3 -c "print(f'{($g1 - $g0) * 1e6 / $tick / $http_requests:.1f}')") µs of CPU per request" | tee -a "$out/cpu.txt"
+loadgen_measured "drop via Kafka" --scenario coupon-drop --requests "$http_requests" --stock "$stock" --quiet --json "$out/drop-kafka.json"
+loadgen_measured "drop via HTTP" --scenario coupon-drop --requests "$http_requests" --stock "$stock" --via http --http-url "http://127.0.0.1:$gw_port" --quiet --json "$out/drop-http.json"
+
+# The same drop through the gateway with wrk as the load generator (C, far
+# cheaper per request than loadgen's HTTP client): each of $http_requests new
+# users posts once (bench/wrk/drop.lua); the run ends when the worker has
+# published the last result (stampede_messages_consumed_total counts a batch
+# once its results are out). Verdict: exactly min(stock, users) issued, and
+# `stampede audit` passes.
+consumed() { curl -sf "http://127.0.0.1:${workers[0]#*:}/metrics" | awk '/^stampede_messages_consumed_total[{]/ {s += $2} END {printf "%d", s}'; }
+first_user=$(psql -h 127.0.0.1 -U postgres -d "$tag" -Atc "SELECT COALESCE(max(id), 0) + 1 FROM users")
+wrk_coupon=$(psql -h 127.0.0.1 -U postgres -d "$tag" -Atc "SELECT COALESCE(max(id), 0) + 1 FROM coupons")
+"$bin" seed --users "$http_requests" --first-user-id "$first_user" --coupons 1 --first-coupon-id "$wrk_coupon" --coupon-stock "$stock" >/dev/null
+c0=$(consumed); cpu_start; g0=$(cpu_of "$gateway_pid")
+t0=$(date +%s.%N)
+bash -c 'wrk -t 2 -c 256 -d 600s -s bench/wrk/drop.lua "$1" -- "$2" "$3" "$4" 2 >"$5"; read -r -a f </proc/$$/stat; echo $((f[15] + f[16])) >"$6"' _ \
+  "http://127.0.0.1:$gw_port" "$first_user" "$http_requests" "$wrk_coupon" "$out/wrk-drop.txt" "$out/.wrk-ticks" &
+wrk_wrapper=$!
+deadline=$((SECONDS + 300))
+until (( $(consumed) >= c0 + http_requests )); do
+  (( SECONDS < deadline )) || { echo "the wrk drop's results never all came out" >&2; break; }
+  sleep 0.02
+done
+t1=$(date +%s.%N)
+pkill -INT -P "$wrk_wrapper" wrk || true
+wait "$wrk_wrapper" || true
+cpu_end "drop via HTTP (wrk)" "$http_requests" "$(cat "$out/.wrk-ticks")"
+echo "drop via HTTP (wrk): gateway $(python3 -c "print(f'{($(cpu_of "$gateway_pid") - $g0) * 1e6 / $tick / $http_requests:.1f}')") µs of CPU per request" | tee -a "$out/cpu.txt"
+issued=$(psql -h 127.0.0.1 -U postgres -d "$tag" -Atc "SELECT issued FROM coupons WHERE id = $wrk_coupon")
+audit_ok=false; "$bin" audit >"$out/wrk-drop-audit.txt" 2>&1 && audit_ok=true
+python3 - "$out" "$http_requests" "$stock" "$t0" "$t1" "$(( $(consumed) - c0 ))" "$issued" "$audit_ok" <<'PY'
+import json, sys
+out, n, stock, t0, t1, answered, issued, audit_ok = sys.argv[1:]
+n, stock, answered, issued = int(n), int(stock), int(answered), int(issued or -1)
+secs = float(t1) - float(t0)
+json.dump({"scenario": "coupon-drop", "via": "http (wrk)", "requests": n, "answered": min(answered, n),
+           "duration_secs": secs, "throughput_per_sec": min(answered, n) / secs,
+           "checks": [{"name": "issued = min(stock, users)", "passed": issued == min(stock, n), "detail": f"{issued} issued"},
+                      {"name": "stampede audit", "passed": audit_ok == "true", "detail": "wrk-drop-audit.txt"}]},
+          open(f"{out}/drop-http-wrk.json", "w"), indent=1)
+print(f"wrk drop: {min(answered, n)} answered in {secs:.2f}s: {min(answered, n) / secs:,.0f} requests/s (first post → last result published)")
+PY
 stop_workers
 # wrk: the gateway's own intake (202 answers) with a load generator that costs little.
 cat >"$out/wrk-issue.lua" <<'LUA'

@@ -37,5 +37,35 @@ if (out / "drop-http.json").exists() and (out / "drop-kafka.json").exists():
               f"| straight to Kafka | {kafka:,.0f} | {'pass' if ok('drop-kafka.json') else 'FAIL'} |",
               f"| through the gateway (HTTP) | {http:,.0f} | {'pass' if ok('drop-http.json') else 'FAIL'} |",
               "", f"- HTTP / Kafka: **{http / kafka:.2f}**"]
+    if (out / "drop-http-wrk.json").exists():
+        wrk = tp("drop-http-wrk.json")
+        lines.insert(-2, f"| through the gateway (HTTP), wrk as the load generator | {wrk:,.0f} | {'pass' if ok('drop-http-wrk.json') else 'FAIL'} |")
+        lines.append(f"- HTTP (wrk) / Kafka: **{wrk / kafka:.2f}**")
+
+# The targets of the throughput issue, each against this sitting's figures.
+cpu = {}
+for line in ((out / "cpu.txt").read_text().splitlines() if (out / "cpu.txt").exists() else []):
+    name, _, rest = line.partition(": ")
+    cpu.setdefault(name, {}).update({who.strip(): float(us) for who, us in re.findall(r"([A-Za-z ()]+?) ([\d.]+) µs", rest)})
+mark = lambda met: "met" if met else "**not met**"
+targets = [
+    ("coupon drop ≥ 0.6× passthrough", f"{drop / passthrough:.2f}×", drop / passthrough >= 0.6),
+    ("orders ≥ 0.25× passthrough", f"{orders / passthrough:.2f}×", orders / passthrough >= 0.25),
+]
+if pt_rate:
+    p99, pt_p99 = rate["latency"]["p99_ms"], pt_rate["latency"]["p99_ms"]
+    targets.append(("p99 at 20,000/s ≤ passthrough p99 + 25 ms",
+                    f"{p99:.0f} vs {pt_p99:.0f} + 25 ms (p99.9 {rate['latency']['p999_ms']:.0f} vs {pt_rate['latency']['p999_ms']:.0f})", p99 <= pt_p99 + 25))
+# Where the issue started (its own figures, worker process CPU per request).
+for run, start in (("coupon drop", 11.0), ("orders", 53.0)):
+    now = cpu.get(run, {}).get("stampede worker")
+    if now is not None:
+        targets.append((f"{run}: worker CPU per request halved (from {start:.0f} µs)", f"{now:.1f} µs", now <= start / 2))
+if (out / "drop-http.json").exists() and (out / "drop-kafka.json").exists():
+    targets.append(("drop via HTTP ≥ 0.5× via Kafka (loadgen's HTTP client)", f"{tp('drop-http.json') / tp('drop-kafka.json'):.2f}×", tp("drop-http.json") / tp("drop-kafka.json") >= 0.5))
+    if (out / "drop-http-wrk.json").exists():
+        targets.append(("drop via HTTP ≥ 0.5× via Kafka (wrk)", f"{tp('drop-http-wrk.json') / tp('drop-kafka.json'):.2f}×", tp("drop-http-wrk.json") / tp("drop-kafka.json") >= 0.5))
+lines += ["", "## Targets", "", "| target | this sitting | |", "|---|---|---|"]
+lines += [f"| {what} | {value} | {mark(met)} |" for what, value, met in targets]
 (out / "summary.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))

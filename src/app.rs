@@ -12,7 +12,7 @@ use tracing::{error, info};
 
 use crate::config::Settings;
 use crate::counters::{CounterError, Counters};
-use crate::gateway::{self, AppState, Waiters};
+use crate::gateway::{self, AppState, Shared, Waiters};
 use crate::kafka::consumer::{run_batches, ConsumerOptions};
 use crate::kafka::{Flow, Producer, Topics};
 use crate::reconcile;
@@ -182,7 +182,7 @@ struct Parts {
 impl Parts {
     fn app_state(&self, consumers: Vec<(String, Arc<AtomicBool>)>) -> AppState {
         let settings = &self.settings;
-        AppState {
+        AppState::new(Shared {
             line: Default::default(),
             settings: settings.clone(),
             db: self.db.clone(),
@@ -195,7 +195,7 @@ impl Parts {
             limits: Arc::new(crate::gateway::limits::Limiters::new(
                 &settings.gateway.limits,
             )),
-        }
+        })
     }
 
     /// How worker `kind` consumes.

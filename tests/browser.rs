@@ -164,6 +164,7 @@ fn drop_options(http: String, requests: usize, rate: Option<u64>) -> LoadgenOpti
         verify: true,
         progress: false,
         thresholds: Default::default(),
+        cpu: Vec::new(),
     }
 }
 

@@ -25,6 +25,7 @@ fn options(scenario: Scenario, requests: usize, via: Via, http: String) -> Loadg
         verify: true,
         progress: false,
         thresholds: Default::default(),
+        cpu: Vec::new(),
     }
 }
 
@@ -32,13 +33,22 @@ fn options(scenario: Scenario, requests: usize, via: Via, http: String) -> Loadg
 async fn a_mixed_run_over_kafka_and_a_drop_over_http_pass_their_verdicts() {
     let env = TestEnv::new().await;
     let app = env.start(Roles::everything()).await;
-    let report = loadgen::run(
-        &env.settings,
-        &options(Scenario::Mixed, 900, Via::Kafka, app.http()),
-    )
-    .await
-    .unwrap();
+    let mut mixed = options(Scenario::Mixed, 900, Via::Kafka, app.http());
+    // The workers run inside this test process: watched by pid. PostgreSQL
+    // and Redis by process name.
+    mixed.cpu = vec![
+        format!("stampede={}", std::process::id()).parse().unwrap(),
+        "PostgreSQL=postgres".parse().unwrap(),
+        "Redis=redis-server".parse().unwrap(),
+    ];
+    let report = loadgen::run(&env.settings, &mixed).await.unwrap();
     assert!(report.passed(), "{}", report.summary());
+    // Deciding 900 requests costs the workers and PostgreSQL CPU time.
+    let cpu = &report.cpu_us_per_request;
+    for who in ["stampede", "PostgreSQL", "Redis", "load generator"] {
+        assert!(cpu.get(who).is_some_and(|us| *us > 0.0), "{who}: {cpu:?}");
+    }
+    assert!(report.summary().contains("CPU per request over the run: "));
     assert_eq!(report.answered, 900);
     assert_eq!(report.outcomes.values().sum::<usize>(), 900);
     assert!(report.throughput_per_sec > 0.0 && report.latency.p99_ms >= report.latency.p50_ms);

@@ -70,6 +70,13 @@ pub struct LoadgenArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Report the CPU time of these processes per request, counted from the
+    /// first publish to the last result (setup and verdict excluded):
+    /// LABEL=PID[,PID…] or LABEL=PROCESS-NAME (every process of that name,
+    /// e.g. `PostgreSQL=postgres`); repeatable. The load generator's own is
+    /// always reported. Linux (/proc).
+    #[arg(long = "cpu", value_name = "LABEL=WHO")]
+    pub cpu: Vec<loadgen::cpu::Watched>,
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +118,7 @@ pub async fn run(args: LoadgenArgs, settings: &Settings) -> anyhow::Result<ExitC
             min_throughput: args.min_throughput,
             max_inversion_ms: args.max_inversion_ms,
         },
+        cpu: args.cpu,
     };
     let report = loadgen::run(settings, &options).await?;
     print!("{}", report.summary());

@@ -58,11 +58,15 @@ pub(super) fn read_json<T: DeserializeOwned>(
 
 /// A POST body's shape: not JSON → `Malformed` (400), JSON of the wrong
 /// shape → `Invalid` (422). Pure, so it can be fuzzed on its own.
+/// One pass: serde_json tells a syntax error (or a body cut short) from
+/// well-formed JSON of the wrong shape.
 pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::Malformed(format!("body is not valid JSON: {e}")))?;
-    serde_json::from_value(value)
-        .map_err(|e| ApiError::Invalid(format!("body does not match the API: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::Invalid(format!("body does not match the API: {e}"))
+        }
+        _ => ApiError::Malformed(format!("body is not valid JSON: {e}")),
+    })
 }
 
 /// The request id: the `Idempotency-Key` header when given, else a fresh one.
@@ -86,9 +90,9 @@ struct Publication<'a> {
     flow: Flow,
     user_id: i64,
     request_id: &'a RequestId,
-    /// Whether the id came from an `Idempotency-Key`.
-    keyed: bool,
-    fingerprint: String,
+    /// The `Idempotency-Key` fingerprint (route and body), when the id came
+    /// from one.
+    keyed: Option<String>,
     /// W3C trace context to carry into Kafka.
     traceparent: String,
 }
@@ -100,15 +104,14 @@ async fn publish<T: Serialize>(state: &AppState, p: Publication<'_>, request: &T
         user_id,
         request_id,
         keyed,
-        fingerprint,
         traceparent,
     } = p;
-    if keyed {
+    if let Some(fingerprint) = &keyed {
         idempotency::claim(
             &state.counters,
             state.settings.gateway.idempotency_ttl_secs,
             request_id.as_str(),
-            &fingerprint,
+            fingerprint,
         )
         .await?;
     }
@@ -125,7 +128,7 @@ async fn publish<T: Serialize>(state: &AppState, p: Publication<'_>, request: &T
             },
         ),
         Err(e) => {
-            if keyed {
+            if keyed.is_some() {
                 idempotency::release(&state.counters, request_id.as_str()).await;
             }
             metrics::gateway_request(endpoint, 503, "unavailable");
@@ -208,8 +211,7 @@ async fn accept<B: DeserializeOwned, R: RequestMessage + Serialize>(
             flow,
             user_id: request.user_id(),
             request_id: &request_id,
-            keyed,
-            fingerprint: idempotency::fingerprint(route, &raw),
+            keyed: keyed.then(|| idempotency::fingerprint(route, &raw)),
             traceparent,
         };
         publish(state, publication, &request).await
@@ -308,4 +310,44 @@ pub async fn post_order(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_malformed_or_of_the_wrong_shape() {
+        let malformed = |b: &str| {
+            matches!(
+                decode_body::<CouponIssueBody>(b.as_bytes()),
+                Err(ApiError::Malformed(_))
+            )
+        };
+        let invalid = |b: &str| {
+            matches!(
+                decode_body::<CouponIssueBody>(b.as_bytes()),
+                Err(ApiError::Invalid(_))
+            )
+        };
+        assert!(decode_body::<CouponIssueBody>(br#"{"user_id": 7, "extra": [1]}"#).is_ok());
+        for body in [
+            "",
+            "{",
+            r#"{"user_id": 7"#,
+            r#"{"user_id": 7} trailing"#,
+            "nul",
+        ] {
+            assert!(malformed(body), "{body:?} is not JSON: 400");
+        }
+        for body in [
+            r#""seven""#,
+            "{}",
+            r#"{"user_id": "7"}"#,
+            r#"{"user_id": 7.5}"#,
+            r#"{"user_id": 1, "user_id": 2}"#,
+        ] {
+            assert!(invalid(body), "{body:?} is JSON of the wrong shape: 422");
+        }
+    }
 }

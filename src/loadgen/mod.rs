@@ -9,6 +9,7 @@
 //! Every run ends with a correctness verdict checked against PostgreSQL,
 //! Redis and the topics; a run that breaks an invariant fails.
 
+pub mod cpu;
 pub mod html;
 mod report;
 mod scenario;
@@ -75,6 +76,8 @@ pub struct LoadgenOptions {
     pub progress: bool,
     /// Limits the run must stay within, checked in its verdict.
     pub thresholds: Thresholds,
+    /// Processes whose CPU time over the run is reported per request.
+    pub cpu: Vec<cpu::Watched>,
 }
 
 /// Limits a run must meet (like k6 thresholds): each one given becomes a
@@ -199,6 +202,7 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
 
     let bar = progress_bar(options, plan.len());
 
+    let cpu_before = cpu::Sample::take(&options.cpu);
     let started = Instant::now();
     let sent_at: SentAt = Arc::new(std::sync::Mutex::new(HashMap::with_capacity(plan.len())));
     let expected = plan.len();
@@ -220,6 +224,7 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
         &bar,
     )
     .await;
+    let cpu_after = cpu::Sample::take(&options.cpu);
     bar.finish_and_clear();
     let publish_outcome = match published {
         Some(outcome) => outcome,
@@ -233,6 +238,7 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
     let sent_at = std::mem::take(&mut *sent_at.lock().unwrap_or_else(|p| p.into_inner()));
     let mut report = report::build(options, started, &sent_at, &results);
     report.turned_away = turned_away;
+    report.cpu_us_per_request = cpu_before.per_request(&cpu_after, report.answered);
     options.thresholds.check(&mut report);
     if options.verify && options.scenario != Scenario::Passthrough {
         scenario::verify(

@@ -81,6 +81,10 @@ pub struct Report {
     /// Where it ran.
     #[serde(default)]
     pub machine: BTreeMap<String, String>,
+    /// µs of CPU time per answered request over the run (first publish →
+    /// last result), per watched process (`--cpu`) and the load generator.
+    #[serde(default)]
+    pub cpu_us_per_request: BTreeMap<String, f64>,
 }
 
 /// How first-come the coupon drop was: a winner accepted (handed to Kafka
@@ -182,6 +186,7 @@ pub(super) fn build(
         fairness,
         settings: settings_of(o),
         machine: machine(),
+        cpu_us_per_request: BTreeMap::new(),
     }
 }
 
@@ -400,6 +405,14 @@ impl Report {
         );
         let l = &self.latency;
         let _ = writeln!(s, "latency publish → result: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms", l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms);
+        if !self.cpu_us_per_request.is_empty() {
+            let cpu: Vec<String> = self
+                .cpu_us_per_request
+                .iter()
+                .map(|(who, us)| format!("{who} {us:.1} µs"))
+                .collect();
+            let _ = writeln!(s, "CPU per request over the run: {}", cpu.join(", "));
+        }
         let outcomes: Vec<String> = self
             .outcomes
             .iter()
