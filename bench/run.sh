@@ -171,7 +171,7 @@ done
 t1=$(date +%s.%N)
 pkill -INT -P "$wrk_wrapper" wrk || true
 wait "$wrk_wrapper" || true
-cpu_end "drop via HTTP (wrk)" "$http_requests" "$(cat "$out/.wrk-ticks")"
+cpu_end "drop via HTTP (wrk)" "$http_requests" "$(cat "$out/.wrk-ticks")"; rm -f "$out/.wrk-ticks"
 echo "drop via HTTP (wrk): gateway $(python3 -c "print(f'{($(cpu_of "$gateway_pid") - $g0) * 1e6 / $tick / $http_requests:.1f}')") µs of CPU per request" | tee -a "$out/cpu.txt"
 issued=$(psql -h 127.0.0.1 -U postgres -d "$tag" -Atc "SELECT issued FROM coupons WHERE id = $wrk_coupon")
 audit_ok=false; "$bin" audit >"$out/wrk-drop-audit.txt" 2>&1 && audit_ok=true

@@ -81,6 +81,11 @@ pub struct Report {
     /// Where it ran.
     #[serde(default)]
     pub machine: BTreeMap<String, String>,
+    /// Latency of the requests sent a second or more into the run: a run's
+    /// steady state, without the start every run has (clients and consumers
+    /// connecting, a coupon's first load into Redis, the fresh users' rows).
+    #[serde(default)]
+    pub latency_after_first_second: Option<Latency>,
     /// µs of CPU time per answered request over the run (first publish →
     /// last result), per watched process (`--cpu`) and the load generator.
     #[serde(default)]
@@ -147,6 +152,9 @@ pub enum Won {
 
 const BUCKET_SECS: f64 = 0.25;
 
+/// Requests sent this long after the start count for the steady state.
+const STEADY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) fn build(
     o: &LoadgenOptions,
     started: Instant,
@@ -178,6 +186,7 @@ pub(super) fn build(
         duration_secs: duration,
         throughput_per_sec: results.len() as f64 / duration,
         latency: latency(&seen.all),
+        latency_after_first_second: (!seen.steady.is_empty()).then(|| latency(&seen.steady)),
         timeline: seen.timeline(),
         distribution: distribution(&seen.all),
         outcomes: seen.outcomes,
@@ -198,6 +207,8 @@ fn ms(micros: u64) -> f64 {
 struct Tally {
     /// Publish → first result, µs, every request.
     all: Histogram<u64>,
+    /// The same, of requests sent a second or more after the start.
+    steady: Histogram<u64>,
     outcomes: BTreeMap<String, usize>,
     /// When the last first result came.
     last: Instant,
@@ -218,6 +229,7 @@ impl Tally {
         };
         let mut t = Tally {
             all: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"),
+            steady: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"),
             outcomes: BTreeMap::new(),
             last: started,
             per_bucket: BTreeMap::new(),
@@ -235,6 +247,9 @@ impl Tally {
             };
             let micros = first.at.saturating_duration_since(*sent).as_micros().max(1) as u64;
             let _ = t.all.record(micros);
+            if sent.saturating_duration_since(started) >= STEADY_AFTER {
+                let _ = t.steady.record(micros);
+            }
             let entry = t.per_bucket.entry(bucket_of(first.at)).or_insert_with(|| {
                 (
                     0,
@@ -413,6 +428,9 @@ impl Report {
                 .collect();
             let _ = writeln!(s, "CPU per request over the run: {}", cpu.join(", "));
         }
+        if let (Some(_), Some(l)) = (self.offered_rate, &self.latency_after_first_second) {
+            let _ = writeln!(s, "latency after the first second: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms", l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms);
+        }
         let outcomes: Vec<String> = self
             .outcomes
             .iter()
@@ -493,5 +511,34 @@ mod tests {
             None,
             "no loser, nothing to compare"
         );
+    }
+
+    #[test]
+    fn the_steady_state_leaves_out_the_first_second() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut sent_at = HashMap::new();
+        let mut results = HashMap::new();
+        // A slow start (400 ms each), then quick answers (5 ms each).
+        for (i, (sent, took)) in [(0, 400), (500, 400), (1_000, 5), (1_500, 5), (2_000, 5)]
+            .into_iter()
+            .enumerate()
+        {
+            let id = format!("r{i}");
+            sent_at.insert(id.clone(), at(sent));
+            let seen = Seen {
+                request_id: id.clone(),
+                at: at(sent + took),
+                outcome: "succeeded".into(),
+                coupon_won: false,
+                payload: Vec::new(),
+            };
+            results.insert(id, vec![seen]);
+        }
+        let tally = Tally::of(t0, &sent_at, &results);
+        assert!((latency(&tally.all).max_ms - 400.0).abs() < 1.0);
+        let steady = latency(&tally.steady);
+        assert!((steady.max_ms - 5.0).abs() < 0.1, "{steady:?}");
+        assert_eq!(tally.steady.len(), 3);
     }
 }
