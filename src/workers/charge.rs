@@ -25,15 +25,23 @@ pub struct ChargeLogic {
 impl Decide for ChargeLogic {
     type Request = ChargeRequest;
     type Result = ChargeResult;
+    /// A charge locks its users' rows in its own transaction: nothing to
+    /// look up before.
+    type Context = ();
 
     fn flow(&self) -> Flow {
         Flow::Charge
+    }
+
+    async fn prepare(&self, _requests: &[&ChargeRequest]) -> Result<(), WorkerError> {
+        Ok(())
     }
 
     async fn decide(
         &self,
         requests: &[&ChargeRequest],
         _traces: &[Option<&str>],
+        _context: &(),
     ) -> Result<Vec<NewResult>, WorkerError> {
         let mut tx = self
             .db

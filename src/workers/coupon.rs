@@ -3,7 +3,8 @@
 //! # The hand-off between Redis and PostgreSQL
 //!
 //! 1. Users and coupons that do not exist are rejected first (one query each
-//!    per batch), so they never touch the stock.
+//!    per batch, made while the pipeline looks up stored results), so they
+//!    never touch the stock.
 //! 2. One Lua call per coupon per batch (`issue_coupons.lua`) decides every
 //!    request atomically: already-holding users and sold-out come out before
 //!    any write; a granted unit is recorded as a *grant* keyed by
@@ -73,6 +74,12 @@ const EXHAUSTED_FOR: Duration = Duration::from_secs(1);
 /// Rounds of moving stock to a home and asking again, when other processes
 /// take the units moved before this one's requests get them.
 const HAND_OVER_ROUNDS: usize = 3;
+
+/// The users and coupons of a batch that exist (one query each).
+pub struct Known {
+    users: HashSet<i64>,
+    coupons: HashMap<i64, CouponRow>,
+}
 
 /// A batch on its way: what is rejected so far, where each admitted request
 /// is asked, which were granted, and the coupons it names.
@@ -172,30 +179,20 @@ impl CouponLogic {
         Ok(moved)
     }
 
-    /// Step 1: rejects unknown users and coupons (one query each), and
-    /// sorts the rest by the sub-counter their user is homed on.
-    async fn screen(&self, requests: &[&CouponIssueRequest]) -> Result<Batch, WorkerError> {
-        let user_ids: Vec<i64> = requests.iter().map(|r| r.user_id).collect();
-        let coupon_ids: Vec<i64> = requests
-            .iter()
-            .map(|r| r.coupon_id)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let (known_users, coupons) = tokio::try_join!(
-            users::existing(&self.db, &user_ids),
-            coupons::find_many(&self.db, &coupon_ids)
-        )?;
+    /// Step 1: rejects unknown users and coupons (found by
+    /// [`Decide::prepare`]), and sorts the rest by the sub-counter their
+    /// user is homed on.
+    fn screen(&self, requests: &[&CouponIssueRequest], known: &Known) -> Batch {
         let mut batch = Batch {
             rejected: Vec::with_capacity(requests.len()),
             homes: BTreeMap::new(),
             granted: Vec::new(),
-            coupons,
+            coupons: known.coupons.clone(),
         };
         for (i, r) in requests.iter().enumerate() {
             let admitted = admit(
                 r,
-                known_users.contains(&r.user_id),
+                known.users.contains(&r.user_id),
                 batch.coupons.contains_key(&r.coupon_id),
             );
             if admitted.is_ok() {
@@ -208,7 +205,7 @@ impl CouponLogic {
             }
             batch.rejected.push(admitted.err());
         }
-        Ok(batch)
+        batch
     }
 
     /// Step 2: one Lua call per sub-counter decides its requests.
@@ -326,18 +323,35 @@ impl CouponLogic {
 impl Decide for CouponLogic {
     type Request = CouponIssueRequest;
     type Result = CouponIssueResult;
+    type Context = Known;
 
     fn flow(&self) -> Flow {
         Flow::Coupon
+    }
+
+    async fn prepare(&self, requests: &[&CouponIssueRequest]) -> Result<Known, WorkerError> {
+        let user_ids: Vec<i64> = requests.iter().map(|r| r.user_id).collect();
+        let coupon_ids: Vec<i64> = requests
+            .iter()
+            .map(|r| r.coupon_id)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let (users, coupons) = tokio::try_join!(
+            users::existing(&self.db, &user_ids),
+            coupons::find_many(&self.db, &coupon_ids)
+        )?;
+        Ok(Known { users, coupons })
     }
 
     async fn decide(
         &self,
         requests: &[&CouponIssueRequest],
         _traces: &[Option<&str>],
+        known: &Known,
     ) -> Result<Vec<NewResult>, WorkerError> {
         reconcile::reload_if_redis_replaced(&self.db, &self.counters).await?;
-        let mut batch = self.screen(requests).await?;
+        let mut batch = self.screen(requests, known);
         self.ask_redis(requests, &mut batch).await?;
         let (results, drifted) = self.record(requests, &batch).await?;
         self.after_commit(requests, &batch).await?;

@@ -274,15 +274,23 @@ async fn writes<'a>(
 impl Decide for OrderLogic {
     type Request = OrderRequest;
     type Result = OrderResult;
+    /// An order locks its user, products and coupon rows in its own
+    /// transaction: nothing to look up before.
+    type Context = ();
 
     fn flow(&self) -> Flow {
         Flow::Order
+    }
+
+    async fn prepare(&self, _requests: &[&OrderRequest]) -> Result<(), WorkerError> {
+        Ok(())
     }
 
     async fn decide(
         &self,
         requests: &[&OrderRequest],
         traces: &[Option<&str>],
+        _context: &(),
     ) -> Result<Vec<NewResult>, WorkerError> {
         let mut fresh = Vec::new();
         let mut committed = false;

@@ -65,16 +65,28 @@ pub trait Decide: Send + Sync {
     type Request: RequestMessage;
     type Result: ResultMessage;
 
+    /// What [`Decide::prepare`] finds out about a batch.
+    type Context: Send + Sync;
+
     fn flow(&self) -> Flow;
+
+    /// Looks up what deciding needs that does not depend on which requests
+    /// are replays (which users exist, the coupons named), for every request
+    /// of a batch: it runs while the batch's stored results are looked up,
+    /// so the two round trips overlap. Rows it reads are never deleted, so
+    /// the answer stays true for `decide`.
+    async fn prepare(&self, requests: &[&Self::Request]) -> Result<Self::Context, WorkerError>;
 
     /// Decides requests never processed before, in arrival order, and stores
     /// their effects and results durably. Returns one result per request.
     /// `traces[i]` is the trace context (`traceparent`) that events caused by
-    /// `requests[i]` carry on.
+    /// `requests[i]` carry on; `context` was prepared for a batch holding
+    /// every one of `requests`.
     async fn decide(
         &self,
         requests: &[&Self::Request],
         traces: &[Option<&str>],
+        context: &Self::Context,
     ) -> Result<Vec<NewResult>, WorkerError>;
 
     /// Called with a request that failed for good and went to the DLQ, to
@@ -162,11 +174,11 @@ impl<D: Decide> RequestPipeline<D> {
         &self,
         batch: &[Incoming],
         fresh: &[(usize, D::Request)],
-        traces: &[Option<&str>],
+        (traces, context): (&[Option<&str>], &D::Context),
         out: &mut Vec<OutMessage>,
     ) -> Result<Vec<Option<NewResult>>, WorkerError> {
         let requests: Vec<&D::Request> = fresh.iter().map(|(_, r)| r).collect();
-        match self.logic.decide(&requests, traces).await {
+        match self.logic.decide(&requests, traces, context).await {
             Ok(results) => return Ok(results.into_iter().map(Some).collect()),
             Err(e) if e.is_retryable() => return Err(e),
             Err(e) => {
@@ -175,7 +187,7 @@ impl<D: Decide> RequestPipeline<D> {
         }
         let mut results = Vec::with_capacity(fresh.len());
         for ((index, request), trace) in fresh.iter().zip(traces) {
-            match self.logic.decide(&[request], &[*trace]).await {
+            match self.logic.decide(&[request], &[*trace], context).await {
                 Ok(mut one) => results.push(one.pop()),
                 Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => {
@@ -243,10 +255,23 @@ impl<D: Decide> RequestPipeline<D> {
         // requests slightly out of it; decide in the order they were accepted
         // (each message's time as the intake read it, `Self::accepted_ms`).
         decoded.sort_by_key(|(index, _)| batch[*index].accepted_ms);
-        let fresh = self.answer_replays(batch, decoded, &mut out).await?;
+        let (stored, context) = {
+            let requests: Vec<&D::Request> = decoded.iter().map(|(_, r)| r).collect();
+            let ids: Vec<String> = requests
+                .iter()
+                .map(|r| r.request_id().as_str().to_owned())
+                .collect();
+            tokio::try_join!(
+                async { Ok(processed::lookup(&self.db, &ids).await?) },
+                self.logic.prepare(&requests)
+            )?
+        };
+        let fresh = self
+            .answer_replays(batch, decoded, &stored, &mut out)
+            .await?;
         let traces: Vec<Option<&str>> = fresh.spans.iter().map(|(_, t)| t.as_deref()).collect();
         let results = self
-            .decide_isolating(batch, &fresh.requests, &traces, &mut out)
+            .decide_isolating(batch, &fresh.requests, (&traces, &context), &mut out)
             .await?;
         self.answer_decided(batch, &fresh, &results, &mut out);
         Ok(out)
@@ -293,21 +318,17 @@ impl<D: Decide> RequestPipeline<D> {
         Ok(decoded)
     }
 
-    /// Answers requests already decided with their stored result, byte for
-    /// byte (a request id reused by another flow is invalid); returns the
-    /// rest.
+    /// Answers requests already decided (`stored`, by request id) with their
+    /// stored result, byte for byte (a request id reused by another flow is
+    /// invalid); returns the rest.
     async fn answer_replays(
         &self,
         batch: &[Incoming],
         decoded: Vec<(usize, D::Request)>,
+        stored: &HashMap<String, processed::StoredResult>,
         out: &mut Vec<OutMessage>,
     ) -> Result<Fresh<D::Request>, WorkerError> {
         let kind = self.logic.flow().kind();
-        let ids: Vec<String> = decoded
-            .iter()
-            .map(|(_, r)| r.request_id().as_str().to_owned())
-            .collect();
-        let stored = processed::lookup(&self.db, &ids).await?;
         let mut replayed = Vec::new();
         let mut first_seen: HashMap<String, usize> = HashMap::new();
         let mut fresh = Fresh {
