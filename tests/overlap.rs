@@ -46,8 +46,8 @@ async fn the_order_worker_that_loses_the_race_gives_its_stock_back() {
         counters: env.counters.clone(),
     };
     let request: OrderRequest = serde_json::from_value(order).unwrap();
-    let context = loser.prepare(&[&request]).await.unwrap();
-    let attempt = loser.decide(&[&request], &[None], &context).await;
+    loser.prepare(&[&request]).await.unwrap();
+    let attempt = loser.decide(&[&request], &[None], &()).await;
     assert!(attempt.is_err(), "a second commit of the same request");
     loser.replayed(&["o-raced"]).await.unwrap();
 
