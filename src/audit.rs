@@ -115,7 +115,7 @@ fn describe(invariant: Invariant) -> (&'static str, &'static str) {
         ),
         Invariant::ReferencesExist => (
             "references exist",
-            "no history row, order or order item names a user, product, coupon or order that is not there",
+            "no history row, order, order item or issued coupon names a user, product, coupon or order that is not there",
         ),
     }
 }

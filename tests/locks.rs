@@ -32,8 +32,8 @@ async fn a_coupon_issue_commits_while_a_balance_batch_holds_the_users() {
         )
         .await;
     }
-    // Issuing references the users (a foreign key) but changes nothing of
-    // theirs: it must not wait for the balance batch.
+    // Issuing refers to the users but changes nothing of theirs: it must
+    // not wait for the balance batch.
     let ids = common::ids((1..=2).map(|u| format!("k-{u}")));
     for results in env.wait_results(Flow::Coupon, &ids).await.values() {
         assert_eq!(results[0]["status"], "succeeded", "{}", results[0]);

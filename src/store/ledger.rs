@@ -82,8 +82,9 @@ impl Invariant {
                  + (SELECT count(*) FROM outbox x WHERE x.order_id IS NOT NULL AND NOT EXISTS \
                    (SELECT 1 FROM orders o WHERE o.id = x.order_id))"
             ),
-            // The order path's references have no foreign keys (see the
-            // migration `hot_path_references`): checked here instead.
+            // The order and coupon paths' references have no foreign keys
+            // (migrations `hot_path_references`, `issue_references`):
+            // checked here instead.
             Invariant::ReferencesExist => "SELECT \
                 (SELECT count(*) FROM balance_history h WHERE NOT EXISTS \
                    (SELECT 1 FROM users u WHERE u.id = h.user_id))
@@ -93,7 +94,10 @@ impl Invariant {
                    (SELECT 1 FROM coupons c WHERE c.id = o.coupon_id)))
                 + (SELECT count(*) FROM order_items i WHERE NOT EXISTS \
                    (SELECT 1 FROM orders o WHERE o.id = i.order_id) \
-                   OR NOT EXISTS (SELECT 1 FROM products p WHERE p.id = i.product_id))"
+                   OR NOT EXISTS (SELECT 1 FROM products p WHERE p.id = i.product_id))
+                + (SELECT count(*) FROM user_coupons uc WHERE NOT EXISTS \
+                   (SELECT 1 FROM users u WHERE u.id = uc.user_id) \
+                   OR NOT EXISTS (SELECT 1 FROM coupons c WHERE c.id = uc.coupon_id))"
                 .into(),
         }
     }

@@ -10,14 +10,16 @@
 //!
 //! Locks: a batch locks the rows whose figures it changes (users' balances,
 //! products' stock, coupons' issued count), each kind by ascending id, with
-//! `FOR NO KEY UPDATE`: that never conflicts with the `KEY SHARE` locks that
-//! foreign-key checks take when another batch inserts a row referring to
-//! them (an issued coupon refers to its user, an order to its coupon). So a
-//! charge batch holding users does not stall a coupon drop for them, and an
-//! order batch (users, then products, then the coupon it uses) and a drop
-//! (the coupon, then its new rows referring to users) wait on no common lock
-//! in opposite orders. Counter reloads take the same row locks as the
-//! batches that commit those figures (see the reconcile module).
+//! `FOR NO KEY UPDATE`. Rows a batch inserts that refer to others (an
+//! issued coupon to its user, an order to its coupon) take no lock on them:
+//! the ledger's hot tables have no foreign-key triggers (the writing
+//! transaction keeps the reference, `stampede audit` checks it; migrations
+//! `hot_path_references` and `issue_references`). So a charge batch holding
+//! users does not stall a coupon drop for them, and an order batch (users,
+//! then products, then the coupon holdings it uses) and a drop (the coupon,
+//! then its new rows) wait on no common lock in opposite orders. Counter
+//! reloads take the same row locks as the batches that commit those figures
+//! (see the reconcile module).
 
 pub mod counter_source;
 pub mod coupons;
