@@ -20,6 +20,16 @@ pub struct Latency {
     pub mean_ms: f64,
 }
 
+impl Latency {
+    /// `p50 … ms, p90 … ms, p99 … ms, p99.9 … ms, max … ms`
+    pub fn percentiles(&self) -> String {
+        format!(
+            "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
+            self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.max_ms
+        )
+    }
+}
+
 /// One 250 ms slice of the run, by when results arrived.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bucket {
@@ -418,8 +428,14 @@ impl Report {
             "answered {} in {:.2}s: {:.0} requests/s end to end (first publish → last result)",
             self.answered, self.duration_secs, self.throughput_per_sec
         );
-        let l = &self.latency;
-        let _ = writeln!(s, "latency publish → result: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms", l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms);
+        let _ = writeln!(
+            s,
+            "latency publish → result: {}",
+            self.latency.percentiles()
+        );
+        if let (Some(_), Some(l)) = (self.offered_rate, &self.latency_after_first_second) {
+            let _ = writeln!(s, "latency after the first second: {}", l.percentiles());
+        }
         if !self.cpu_us_per_request.is_empty() {
             let cpu: Vec<String> = self
                 .cpu_us_per_request
@@ -427,9 +443,6 @@ impl Report {
                 .map(|(who, us)| format!("{who} {us:.1} µs"))
                 .collect();
             let _ = writeln!(s, "CPU per request over the run: {}", cpu.join(", "));
-        }
-        if let (Some(_), Some(l)) = (self.offered_rate, &self.latency_after_first_second) {
-            let _ = writeln!(s, "latency after the first second: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms", l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms);
         }
         let outcomes: Vec<String> = self
             .outcomes
