@@ -34,19 +34,23 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Ok(()) => "ok".to_owned(),
         Err(e) => e.clone(),
     };
-    let joined =
-        |flag: &std::sync::atomic::AtomicBool| flag.load(std::sync::atomic::Ordering::Relaxed);
-    let consumers: serde_json::Map<String, serde_json::Value> = state
+    // Each flag read once: the answer's status and its body agree even when
+    // an assignment arrives while it is being written.
+    let joined: Vec<(&String, bool)> = state
         .consumers
         .iter()
-        .map(|(worker, flag)| {
+        .map(|(worker, flag)| (worker, flag.load(std::sync::atomic::Ordering::Relaxed)))
+        .collect();
+    let consumers: serde_json::Map<String, serde_json::Value> = joined
+        .iter()
+        .map(|(worker, joined)| {
             (
-                worker.clone(),
-                json!(if joined(flag) { "assigned" } else { "joining" }),
+                (*worker).clone(),
+                json!(if *joined { "assigned" } else { "joining" }),
             )
         })
         .collect();
-    let assigned = state.consumers.iter().all(|(_, flag)| joined(flag));
+    let assigned = joined.iter().all(|(_, joined)| *joined);
     let ready = postgres.is_ok() && redis.is_ok() && kafka.is_ok() && assigned;
     let body = Json(
         json!({"ready": ready, "postgres": show(&postgres), "redis": show(&redis), "kafka": show(&kafka), "consumers": consumers}),
