@@ -121,8 +121,7 @@ stop_workers
 echo "== (d) stampede coupon drop at an offered 20,000 requests/s"
 start_workers 1 coupon
 # Warmed up as in (d): the latency of a worker that has served before, not of
-# its first batches (bench/results/20261125T222338Z, without this warm-up,
-# measured p99 390 ms in the first second and 30-50 ms after).
+# its first batches with cold caches.
 "$bin" loadgen --scenario coupon-drop --requests $((requests / 10)) --stock "$stock" --quiet --no-verify --json "$out/warmup-rate.json" >/dev/null
 "$bin" loadgen --scenario coupon-drop --requests "$requests" --stock "$stock" --rate 20000 --quiet --json "$out/drop-rate20k.json" | sed -n 2,3p
 stop_workers

@@ -92,8 +92,8 @@ pub struct Report {
     #[serde(default)]
     pub machine: BTreeMap<String, String>,
     /// Latency of the requests sent a second or more into the run: a run's
-    /// steady state, without the start every run has (clients and consumers
-    /// connecting, a coupon's first load into Redis, the fresh users' rows).
+    /// steady state, without its start (clients connecting; in a drop, the
+    /// first requests are the winners, each an issued coupon).
     #[serde(default)]
     pub latency_after_first_second: Option<Latency>,
     /// µs of CPU time per answered request over the run (first publish →
@@ -213,6 +213,11 @@ fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
+/// Latencies in µs, up to an hour, to `digits` significant digits.
+fn latencies(digits: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, digits).expect("histogram bounds")
+}
+
 /// What a run's results add up to before they are summarised.
 struct Tally {
     /// Publish → first result, µs, every request.
@@ -238,8 +243,8 @@ impl Tally {
             (at.saturating_duration_since(started).as_secs_f64() / BUCKET_SECS) as usize
         };
         let mut t = Tally {
-            all: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"),
-            steady: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"),
+            all: latencies(3),
+            steady: latencies(3),
             outcomes: BTreeMap::new(),
             last: started,
             per_bucket: BTreeMap::new(),
@@ -260,12 +265,10 @@ impl Tally {
             if sent.saturating_duration_since(started) >= STEADY_AFTER {
                 let _ = t.steady.record(micros);
             }
-            let entry = t.per_bucket.entry(bucket_of(first.at)).or_insert_with(|| {
-                (
-                    0,
-                    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("histogram bounds"),
-                )
-            });
+            let entry = t
+                .per_bucket
+                .entry(bucket_of(first.at))
+                .or_insert_with(|| (0, latencies(2)));
             entry.0 += 1;
             let _ = entry.1.record(micros);
         }

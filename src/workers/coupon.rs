@@ -83,14 +83,14 @@ pub struct Known {
 
 /// A batch on its way: what is rejected so far, where each admitted request
 /// is asked, which were granted, and the coupons it names.
-struct Batch {
+struct Batch<'a> {
     /// Per request, its rejection once it has one.
     rejected: Vec<Option<Rejection>>,
     /// Admitted requests (indexes) by the sub-counter their user is homed on.
     homes: BTreeMap<CouponShard, Vec<usize>>,
     /// Requests Redis granted a unit, in the order they were asked.
     granted: Vec<usize>,
-    coupons: HashMap<i64, CouponRow>,
+    coupons: &'a HashMap<i64, CouponRow>,
 }
 
 impl CouponLogic {
@@ -182,12 +182,12 @@ impl CouponLogic {
     /// Step 1: rejects unknown users and coupons (found by
     /// [`Decide::prepare`]), and sorts the rest by the sub-counter their
     /// user is homed on.
-    fn screen(&self, requests: &[&CouponIssueRequest], known: &Known) -> Batch {
+    fn screen<'a>(&self, requests: &[&CouponIssueRequest], known: &'a Known) -> Batch<'a> {
         let mut batch = Batch {
             rejected: Vec::with_capacity(requests.len()),
             homes: BTreeMap::new(),
             granted: Vec::new(),
-            coupons: known.coupons.clone(),
+            coupons: &known.coupons,
         };
         for (i, r) in requests.iter().enumerate() {
             let admitted = admit(
@@ -212,7 +212,7 @@ impl CouponLogic {
     async fn ask_redis(
         &self,
         requests: &[&CouponIssueRequest],
-        batch: &mut Batch,
+        batch: &mut Batch<'_>,
     ) -> Result<(), WorkerError> {
         for (&home, indexes) in &batch.homes {
             let asks: Vec<(&str, i64)> = indexes
@@ -235,7 +235,7 @@ impl CouponLogic {
     async fn record(
         &self,
         requests: &[&CouponIssueRequest],
-        batch: &Batch,
+        batch: &Batch<'_>,
     ) -> Result<(Vec<NewResult>, BTreeSet<i64>), WorkerError> {
         let grants: Vec<Grant> = batch
             .granted
@@ -279,7 +279,7 @@ impl CouponLogic {
     async fn after_commit(
         &self,
         requests: &[&CouponIssueRequest],
-        batch: &Batch,
+        batch: &Batch<'_>,
     ) -> Result<(), WorkerError> {
         let granted: HashSet<usize> = batch.granted.iter().copied().collect();
         for (&home, indexes) in &batch.homes {
