@@ -1,9 +1,10 @@
 //! Prometheus metrics: every name and label set lives here.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::ErrorCode;
@@ -31,6 +32,31 @@ pub fn install() {
     });
 }
 
+/// Histogram samples recorded since they were last drained into buckets.
+static UNDRAINED: AtomicU64 = AtomicU64::new(0);
+
+/// The recorder keeps each histogram sample raw (16 bytes) until it is
+/// drained into its buckets, which a scrape does — and a process nobody
+/// scrapes would keep one per request for ever. Drained here every this many
+/// samples instead, whether scraped or not.
+const DRAIN_EVERY: u64 = 1 << 16;
+
+/// Records `values` into `histogram`, draining every histogram's samples
+/// into its buckets once [`DRAIN_EVERY`] have come.
+fn record(histogram: &Histogram, values: impl IntoIterator<Item = f64>) {
+    let mut samples = 0;
+    for value in values {
+        histogram.record(value);
+        samples += 1;
+    }
+    if UNDRAINED.fetch_add(samples, Ordering::Relaxed) + samples >= DRAIN_EVERY {
+        UNDRAINED.store(0, Ordering::Relaxed);
+        if let Some(handle) = HANDLE.get().and_then(Option::as_ref) {
+            handle.run_upkeep();
+        }
+    }
+}
+
 /// The Prometheus text exposition of every metric.
 pub fn render() -> String {
     install();
@@ -47,13 +73,18 @@ pub fn render() -> String {
 }
 
 pub fn batch_size(worker: &str, size: usize) {
-    histogram!("stampede_batch_size", "worker" => worker.to_owned()).record(size as f64);
+    record(
+        &histogram!("stampede_batch_size", "worker" => worker.to_owned()),
+        [size as f64],
+    );
 }
 
 /// A batch of `messages` (read from `topic`) handled in `elapsed`.
 pub fn batch_done(worker: &str, topic: &str, messages: usize, elapsed: Duration) {
-    histogram!("stampede_batch_processing_seconds", "worker" => worker.to_owned())
-        .record(elapsed.as_secs_f64());
+    record(
+        &histogram!("stampede_batch_processing_seconds", "worker" => worker.to_owned()),
+        [elapsed.as_secs_f64()],
+    );
     if messages > 0 {
         counter!("stampede_messages_consumed_total", "worker" => worker.to_owned(), "topic" => topic.to_owned()).increment(messages as u64);
     }
@@ -61,8 +92,10 @@ pub fn batch_done(worker: &str, topic: &str, messages: usize, elapsed: Duration)
 
 /// Time into a batch at which a stage ended.
 pub fn batch_stage(worker: &str, stage: &'static str, elapsed: Duration) {
-    histogram!("stampede_batch_stage_seconds", "worker" => worker.to_owned(), "stage" => stage)
-        .record(elapsed.as_secs_f64());
+    record(
+        &histogram!("stampede_batch_stage_seconds", "worker" => worker.to_owned(), "stage" => stage),
+        [elapsed.as_secs_f64()],
+    );
 }
 
 pub fn retry(worker: &str, cause: &str) {
@@ -114,9 +147,12 @@ pub fn consumer_lag(worker: &str, topic: &str, partition: i32, lag: i64) {
 pub fn request_latency(worker: &str, created_ms: impl IntoIterator<Item = i64>) {
     let now = chrono::Utc::now().timestamp_millis();
     let histogram = histogram!("stampede_request_latency_seconds", "flow" => worker.to_owned());
-    for created in created_ms {
-        histogram.record((now - created).max(0) as f64 / 1000.0);
-    }
+    record(
+        &histogram,
+        created_ms
+            .into_iter()
+            .map(|created| (now - created).max(0) as f64 / 1000.0),
+    );
 }
 
 pub fn assigned_partitions(worker: &str, count: usize) {
