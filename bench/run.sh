@@ -9,6 +9,8 @@
 #   (f) the HTTP path: a drop through `stampede gateway` against the same drop
 #       straight to Kafka, with the gateway's CPU per request; and the
 #       gateway's intake alone under wrk
+#   (g) worker memory under a backlog four times larger: drops of 2N then 8N
+#       requests straight to Kafka at full speed, each drop's own peak
 #   CPU per request of the worker, broker, PostgreSQL, Redis and load generator
 #   over the drop and the orders run (cpu.txt)
 # Results: bench/results/<time>/ (JSON + HTML per run, summary.md, index.html
@@ -71,6 +73,8 @@ cpu_end() { # name, requests, load generator's ticks
   us() { python3 -c "print(f'{$1 * 1e6 / $tick / $2:.1f}')"; }
   echo "$1: stampede worker $(us $((w1 - w0)) "$2") µs, broker $(us $((k1 - k0)) "$2") µs, PostgreSQL $(us "$pg" "$2") µs, Redis $(us $((r1 - r0)) "$2") µs, load generator $(us "$3" "$2") µs of CPU per request" | tee -a "$out/cpu.txt"
 }
+# Writing 5 to clear_refs resets a process's peak (VmHWM; Linux ≥ 4.0).
+reset_peak_rss() { local w; for w in "${workers[@]}"; do echo 5 >"/proc/${w%%:*}/clear_refs" 2>/dev/null || true; done; }
 peak_rss_mib() { local m=0; for w in "${workers[@]}"; do local v; v=$(awk '/VmHWM/{print $2}' "/proc/${w%%:*}/status" 2>/dev/null || echo 0); (( v > m )) && m=$v; done; echo $((m / 1024)); }
 
 echo "== (a) Kafka passthrough, $requests messages"
@@ -209,6 +213,16 @@ print(f"wrk intake: {float(rate):,.0f} requests/s accepted; gateway {g * 1e6 / t
 PY
 kill -TERM "$gateway_pid" 2>/dev/null || true
 wait "$gateway_pid" 2>/dev/null || true
+
+echo "== (g) worker memory under a backlog four times larger: $((requests * 2)), then $((requests * 8)) requests straight to Kafka"
+start_workers 1 coupon
+: >"$out/backlog-memory.txt"
+for n in $((requests * 2)) $((requests * 8)); do
+  reset_peak_rss
+  "$bin" loadgen --scenario coupon-drop --requests "$n" --stock "$stock" --timeout-secs 900 --quiet --json "$out/backlog-$n.json" | sed -n 2p
+  echo "$n: $(peak_rss_mib) MiB" | tee -a "$out/backlog-memory.txt"
+done
+stop_workers
 
 python3 bench/summary.py "$out"
 runs=()

@@ -70,6 +70,13 @@ if (out / "drop-http.json").exists() and (out / "drop-kafka.json").exists():
     targets.append(("drop via HTTP ≥ 0.5× via Kafka (loadgen's HTTP client)", f"{http / kafka:.2f}×", http / kafka >= 0.5))
     if (out / "drop-http-wrk.json").exists():
         targets.append(("drop via HTTP ≥ 0.5× via Kafka (wrk)", f"{wrk / kafka:.2f}×", wrk / kafka >= 0.5))
+# Worker memory: each drop's own peak, the second drop's backlog four times the first's.
+backlog = [l.split(":") for l in ((out / "backlog-memory.txt").read_text().splitlines() if (out / "backlog-memory.txt").exists() else [])]
+if len(backlog) == 2:
+    (small, small_mib), (large, large_mib) = [(int(n), int(m.split()[0])) for n, m in backlog]
+    passed = all(ok(f"backlog-{n}.json") for n in (small, large))
+    lines += ["", f"- worker peak memory under a backlog of {small:,} requests: {small_mib} MiB; of {large:,}: {large_mib} MiB (verdicts: {'pass' if passed else 'FAIL'})"]
+    targets.append(("worker memory flat under a 4× backlog (peak within 10%)", f"{small_mib} → {large_mib} MiB ({small:,} → {large:,} requests)", passed and large_mib <= small_mib * 1.1))
 lines += ["", "## Targets", "", "| target | this sitting | |", "|---|---|---|"]
 lines += [f"| {what} | {value} | {mark(met)} |" for what, value, met in targets]
 (out / "summary.md").write_text("\n".join(lines) + "\n")
