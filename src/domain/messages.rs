@@ -33,7 +33,11 @@ pub struct ChargeRequest {
     /// producers may): workers decide first come, first served by it, across
     /// partitions and worker processes. Counted at most 1 s before the
     /// message's broker timestamp; the broker timestamp stands in when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::timestamp::deserialize_opt"
+    )]
     pub requested_at: Option<DateTime<Utc>>,
 }
 
@@ -49,7 +53,11 @@ pub struct CouponIssueRequest {
     /// producers may): workers decide first come, first served by it, across
     /// partitions and worker processes. Counted at most 1 s before the
     /// message's broker timestamp; the broker timestamp stands in when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::timestamp::deserialize_opt"
+    )]
     pub requested_at: Option<DateTime<Utc>>,
 }
 
@@ -78,7 +86,11 @@ pub struct OrderRequest {
     /// producers may): workers decide first come, first served by it, across
     /// partitions and worker processes. Counted at most 1 s before the
     /// message's broker timestamp; the broker timestamp stands in when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::timestamp::deserialize_opt"
+    )]
     pub requested_at: Option<DateTime<Utc>>,
 }
 

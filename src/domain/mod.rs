@@ -9,6 +9,7 @@ pub mod messages;
 pub mod order;
 pub mod order_batch;
 pub mod request_id;
+pub mod timestamp;
 pub mod validate;
 
 pub use error_code::{ErrorCode, Rejection};

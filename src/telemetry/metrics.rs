@@ -104,11 +104,12 @@ pub fn retry(worker: &str, cause: &str) {
 }
 
 pub fn processed(flow: &str, code: Option<ErrorCode>) {
-    processed_code(flow, code.map(ErrorCode::as_str));
+    processed_code(flow, code.map(ErrorCode::as_str), 1);
 }
 
-pub fn processed_code(flow: &str, code: Option<&str>) {
-    counter!("stampede_requests_processed_total", "flow" => flow.to_owned(), "outcome" => code.unwrap_or("succeeded").to_owned()).increment(1);
+/// `count` requests of `flow` decided with `code` (`None`: succeeded).
+pub fn processed_code(flow: &str, code: Option<&str>, count: u64) {
+    counter!("stampede_requests_processed_total", "flow" => flow.to_owned(), "outcome" => code.unwrap_or("succeeded").to_owned()).increment(count);
 }
 
 pub fn replayed(flow: &str) {

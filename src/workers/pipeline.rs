@@ -222,7 +222,10 @@ impl<D: Decide> BatchHandler for RequestPipeline<D> {
     fn accepted_ms(&self, message: &Incoming) -> i64 {
         #[derive(serde::Deserialize)]
         struct Stamp {
-            #[serde(default)]
+            #[serde(
+                default,
+                deserialize_with = "crate::domain::timestamp::deserialize_opt"
+            )]
             requested_at: Option<chrono::DateTime<chrono::Utc>>,
         }
         let stamp = message
@@ -273,7 +276,7 @@ impl<D: Decide> RequestPipeline<D> {
         let results = self
             .decide_isolating(batch, &fresh.requests, (&traces, &context), &mut out)
             .await?;
-        self.answer_decided(batch, &fresh, &results, &mut out);
+        self.answer_decided(batch, &fresh, results, &mut out);
         Ok(out)
     }
 
@@ -390,10 +393,22 @@ impl<D: Decide> RequestPipeline<D> {
         &self,
         batch: &[Incoming],
         fresh: &Fresh<D::Request>,
-        results: &[Option<NewResult>],
+        results: Vec<Option<NewResult>>,
         out: &mut Vec<OutMessage>,
     ) {
         let kind = self.logic.flow().kind();
+        // A repeat carries a copy of its first's result; each first then
+        // hands its own over without one.
+        let repeats: Vec<(usize, usize, Option<i64>, String)> = fresh
+            .repeats
+            .iter()
+            .filter_map(|&(index, first)| {
+                let result = results.get(first)?.as_ref()?;
+                Some((index, first, result.user_id, result.result.clone()))
+            })
+            .collect();
+        // Counted per outcome once per batch, not once per request.
+        let mut outcomes: Vec<(Option<&'static str>, u64)> = Vec::new();
         for (((index, _), result), (span, traceparent)) in
             fresh.requests.iter().zip(results).zip(&fresh.spans)
         {
@@ -402,24 +417,28 @@ impl<D: Decide> RequestPipeline<D> {
             let _entered = span.enter();
             span.record("outcome", code.unwrap_or("succeeded"));
             debug!("request decided");
-            metrics::processed_code(kind, code);
+            match outcomes.iter_mut().find(|(seen, _)| *seen == code) {
+                Some((_, count)) => *count += 1,
+                None => outcomes.push((code, 1)),
+            }
             out.push(self.result_message(
                 result.user_id,
                 &batch[*index],
-                result.result.clone(),
+                result.result,
                 traceparent.as_deref(),
             ));
         }
-        for &(index, first) in &fresh.repeats {
-            if let Some(Some(result)) = results.get(first) {
-                metrics::replayed(kind);
-                out.push(self.result_message(
-                    result.user_id,
-                    &batch[index],
-                    result.result.clone(),
-                    fresh.spans[first].1.as_deref(),
-                ));
-            }
+        for (code, count) in outcomes {
+            metrics::processed_code(kind, code, count);
+        }
+        for (index, first, user_id, json) in repeats {
+            metrics::replayed(kind);
+            out.push(self.result_message(
+                user_id,
+                &batch[index],
+                json,
+                fresh.spans[first].1.as_deref(),
+            ));
         }
     }
 }
