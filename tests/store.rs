@@ -152,7 +152,7 @@ async fn batch_lookups_probe_the_index_of_a_table_of_hundreds_of_thousands() {
     );
     let users = plan(
         &env,
-        stampede::store::users::EXISTING,
+        stampede::store::users::MISSING,
         (1..=2_000i64).map(|i| i * 97).collect::<Vec<_>>(),
     )
     .await;

@@ -18,16 +18,18 @@ pub struct HistoryRow {
     pub order_id: Option<i64>,
 }
 
-/// The statement of [`existing`] (`$1`: distinct user ids).
-pub const EXISTING: &str =
-    "SELECT u.id FROM unnest($1::int8[]) AS k(id) JOIN users u ON u.id = k.id";
+/// The statement of [`missing`] (`$1`: distinct user ids).
+pub const MISSING: &str = "SELECT k.id FROM unnest($1::int8[]) AS k(id)
+     WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = k.id)";
 
-/// The users among `ids` that exist.
-pub async fn existing(db: &PgPool, ids: &[i64]) -> Result<HashSet<i64>> {
+/// The users among `ids` that do not exist. Asked this way round, a batch
+/// of known users (the usual case) returns no rows: reading back 2,000 ids
+/// that exist was 6% of a coupon worker's CPU.
+pub async fn missing(db: &PgPool, ids: &[i64]) -> Result<HashSet<i64>> {
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
-    let rows: Vec<i64> = sqlx::query_scalar(EXISTING)
+    let rows: Vec<i64> = sqlx::query_scalar(MISSING)
         .bind(super::distinct(ids))
         .fetch_all(db)
         .await?;

@@ -75,9 +75,10 @@ const EXHAUSTED_FOR: Duration = Duration::from_secs(1);
 /// take the units moved before this one's requests get them.
 const HAND_OVER_ROUNDS: usize = 3;
 
-/// The users and coupons of a batch that exist (one query each).
+/// The users of a batch that do not exist and its coupons that do (one
+/// query each).
 pub struct Known {
-    users: HashSet<i64>,
+    missing_users: HashSet<i64>,
     coupons: HashMap<i64, CouponRow>,
 }
 
@@ -192,7 +193,7 @@ impl CouponLogic {
         for (i, r) in requests.iter().enumerate() {
             let admitted = admit(
                 r,
-                known.users.contains(&r.user_id),
+                !known.missing_users.contains(&r.user_id),
                 batch.coupons.contains_key(&r.coupon_id),
             );
             if admitted.is_ok() {
@@ -337,11 +338,14 @@ impl Decide for CouponLogic {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let (users, coupons) = tokio::try_join!(
-            users::existing(&self.db, &user_ids),
+        let (missing_users, coupons) = tokio::try_join!(
+            users::missing(&self.db, &user_ids),
             coupons::find_many(&self.db, &coupon_ids)
         )?;
-        Ok(Known { users, coupons })
+        Ok(Known {
+            missing_users,
+            coupons,
+        })
     }
 
     async fn decide(
