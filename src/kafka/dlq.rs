@@ -42,12 +42,16 @@ pub fn dead_letter(message: &Incoming, reason: &str) -> OutMessage {
     .header(HEADER_SOURCE_PARTITION, message.partition.to_string())
     .header(HEADER_SOURCE_OFFSET, message.offset.to_string());
     for (name, value) in &message.headers {
-        if name == HEADER_REPLAY_ID || name == HEADER_REPLAY_OF {
-            copy = copy.header(
-                name,
-                value.iter().take(MAX_REASON).copied().collect::<Vec<u8>>(),
-            );
-        }
+        let Some(&kept) = [HEADER_REPLAY_ID, HEADER_REPLAY_OF]
+            .iter()
+            .find(|kept| **kept == name)
+        else {
+            continue;
+        };
+        copy = copy.header(
+            kept,
+            value.iter().take(MAX_REASON).copied().collect::<Vec<u8>>(),
+        );
     }
     if key.len() > MAX_COPY_KEY || payload.len() > MAX_COPY_PAYLOAD {
         copy = copy.header(
@@ -86,7 +90,7 @@ mod tests {
         let copy = dead_letter(&incoming(2, 100), "bad");
         assert_eq!(copy.topic, "charge.requests.v1.dlq");
         assert_eq!(copy.payload.len(), 100);
-        assert!(copy.headers.iter().all(|(k, _)| k != HEADER_TRUNCATED));
+        assert!(copy.headers.iter().all(|(k, _)| *k != HEADER_TRUNCATED));
     }
 
     #[test]
@@ -103,7 +107,7 @@ mod tests {
         let truncated = &copy
             .headers
             .iter()
-            .find(|(k, _)| k == HEADER_TRUNCATED)
+            .find(|(k, _)| *k == HEADER_TRUNCATED)
             .unwrap()
             .1;
         assert_eq!(

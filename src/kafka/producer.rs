@@ -18,7 +18,8 @@ pub struct OutMessage {
     pub topic: String,
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Header names are the protocol's own constants.
+    pub headers: Vec<(&'static str, Vec<u8>)>,
     /// Set when the sender chooses the partition itself.
     pub partition: Option<i32>,
 }
@@ -38,8 +39,8 @@ impl OutMessage {
         }
     }
 
-    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
-        self.headers.push((name.to_owned(), value.into()));
+    pub fn header(mut self, name: &'static str, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name, value.into()));
         self
     }
 }

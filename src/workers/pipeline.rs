@@ -106,16 +106,17 @@ pub trait Decide: Send + Sync {
 pub struct RequestPipeline<D: Decide> {
     logic: D,
     db: PgPool,
-    topics: Topics,
+    /// The flow's result topic, named once.
+    results_topic: String,
     max_message_bytes: usize,
 }
 
 impl<D: Decide> RequestPipeline<D> {
     pub fn new(logic: D, db: PgPool, topics: Topics, max_message_bytes: usize) -> Self {
         Self {
+            results_topic: topics.results(logic.flow()),
             logic,
             db,
-            topics,
             max_message_bytes,
         }
     }
@@ -132,7 +133,7 @@ impl<D: Decide> RequestPipeline<D> {
             Some(id) => id.to_string().into_bytes(),
             None => message.key.clone().unwrap_or_default(),
         };
-        let mut out = OutMessage::new(self.topics.results(self.logic.flow()), key, json)
+        let mut out = OutMessage::new(self.results_topic.clone(), key, json)
             .header(HEADER_SOURCE_PARTITION, message.partition.to_string())
             .header(HEADER_SOURCE_OFFSET, message.offset.to_string());
         if let Some(traceparent) = traceparent {
