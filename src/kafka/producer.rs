@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use futures::future::{try_join_all, BoxFuture};
+use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -154,10 +154,28 @@ impl Producer {
         }
     }
 
-    /// Publishes all messages concurrently and waits until the broker has
-    /// every one. Per-partition order is kept by the idempotent producer.
+    /// Publishes all messages and waits until the broker has every one.
+    /// Each is queued in the client at once, in order (a delivery channel
+    /// per message, no future, timer or clock read per message); one that
+    /// meets a full queue waits there before the ones after it are queued,
+    /// so per-partition order is the slice's order.
     pub async fn send_all(&self, messages: &[OutMessage]) -> Result<(), KafkaError> {
-        try_join_all(messages.iter().map(|m| self.send(m))).await?;
+        let mut deliveries = Vec::with_capacity(messages.len());
+        for message in messages {
+            match self.inner.send_result(record(message)) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err(_) => {
+                    self.send(message).await?;
+                }
+            }
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(e),
+                Err(_) => return Err(KafkaError::Canceled),
+            }
+        }
         Ok(())
     }
 
