@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
 use crate::config::KafkaSettings;
@@ -62,6 +62,15 @@ fn record(message: &OutMessage) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
         record = record.partition(partition);
     }
     record
+}
+
+/// Where the broker put a message queued with `send_result`, once it has it.
+async fn delivered(delivery: DeliveryFuture) -> Result<(i32, i64), KafkaError> {
+    match delivery.await {
+        Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+        Ok(Err((e, _))) => Err(e),
+        Err(_) => Err(KafkaError::Canceled),
+    }
 }
 
 #[derive(Clone)]
@@ -138,14 +147,7 @@ impl Producer {
         message: &OutMessage,
     ) -> BoxFuture<'static, Result<(i32, i64), KafkaError>> {
         match self.inner.send_result(record(message)) {
-            Ok(delivery) => async move {
-                match delivery.await {
-                    Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
-                    Ok(Err((e, _))) => Err(e),
-                    Err(_) => Err(KafkaError::Canceled),
-                }
-            }
-            .boxed(),
+            Ok(delivery) => delivered(delivery).boxed(),
             Err(_) => {
                 let producer = self.clone();
                 let message = message.clone();
@@ -170,11 +172,7 @@ impl Producer {
             }
         }
         for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(e),
-                Err(_) => return Err(KafkaError::Canceled),
-            }
+            delivered(delivery).await?;
         }
         Ok(())
     }
