@@ -27,6 +27,11 @@ trap cleanup EXIT
 # $out/worker-NAME-i.log), and returns once every one holds partitions;
 # $workers lists them as pid:port. stop_workers stops them (SIGTERM: they
 # finish their batch and commit) and waits for them.
+# A process's peak resident memory (VmHWM) in MiB; reset_peak starts each
+# given process's peak afresh (writing 5 to clear_refs; Linux ≥ 4.0).
+peak_mib() { awk '/VmHWM/{print int($2 / 1024)}' "/proc/$1/status" 2>/dev/null || echo 0; }
+reset_peak() { local p; for p in "$@"; do { echo 5 >"/proc/$p/clear_refs"; } 2>/dev/null || true; done; }
+
 worker_port=${worker_port:-9300}
 start_workers() {
   local n=$1 only=$2 name=${3:-$2-$1}

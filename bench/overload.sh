@@ -44,7 +44,6 @@ until curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null &&
 done
 
 rss() { awk '/VmRSS/{print int($2 / 1024)}' "/proc/$1/status" 2>/dev/null || echo 0; }
-peak() { awk '/VmHWM/{print int($2 / 1024)}' "/proc/$1/status" 2>/dev/null || echo 0; }
 echo "t_secs,gateway_rss_mib,worker_rss_mib" >"$out/overload-rss.csv"
 (
   start=$EPOCHREALTIME
@@ -60,12 +59,10 @@ drop() { # name, requests, extra loadgen args…
   local name=$1 n=$2
   shift 2
   echo "== $name: $n requests $*"
-  # Each drop's own peak: writing 5 to clear_refs resets VmHWM (Linux ≥ 4.0).
-  echo 5 >"/proc/$gateway/clear_refs" 2>/dev/null || true
-  echo 5 >"/proc/$worker/clear_refs" 2>/dev/null || true
+  reset_peak "$gateway" "$worker" # each drop's own peak
   "$bin" loadgen --scenario coupon-drop --requests "$n" --stock "$stock" --timeout-secs 900 --quiet \
     --json "$out/$name.json" "$@" | sed -n 2,4p
-  python3 - "$out/$name.json" "$name" "$(peak "$gateway")" "$(peak "$worker")" >>"$out/overload.csv" <<'PY'
+  python3 - "$out/$name.json" "$name" "$(peak_mib "$gateway")" "$(peak_mib "$worker")" >>"$out/overload.csv" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 ok = r["answered"] == r["requests"] and all(c["passed"] for c in r["checks"])

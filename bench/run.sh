@@ -73,9 +73,7 @@ cpu_end() { # name, requests, load generator's ticks
   us() { python3 -c "print(f'{$1 * 1e6 / $tick / $2:.1f}')"; }
   echo "$1: stampede worker $(us $((w1 - w0)) "$2") µs, broker $(us $((k1 - k0)) "$2") µs, PostgreSQL $(us "$pg" "$2") µs, Redis $(us $((r1 - r0)) "$2") µs, load generator $(us "$3" "$2") µs of CPU per request" | tee -a "$out/cpu.txt"
 }
-# Writing 5 to clear_refs resets a process's peak (VmHWM; Linux ≥ 4.0).
-reset_peak_rss() { local w; for w in "${workers[@]}"; do echo 5 >"/proc/${w%%:*}/clear_refs" 2>/dev/null || true; done; }
-peak_rss_mib() { local m=0; for w in "${workers[@]}"; do local v; v=$(awk '/VmHWM/{print $2}' "/proc/${w%%:*}/status" 2>/dev/null || echo 0); (( v > m )) && m=$v; done; echo $((m / 1024)); }
+peak_rss_mib() { local m=0 p v; for p in $(worker_pids); do v=$(peak_mib "$p"); (( v > m )) && m=$v; done; echo "$m"; }
 
 echo "== (a) Kafka passthrough, $requests messages"
 "$bin" loadgen --scenario passthrough --requests "$requests" --quiet --no-verify --json "$out/passthrough.json" | sed -n 2,3p
@@ -218,7 +216,7 @@ echo "== (g) worker memory under a backlog four times larger: $((requests * 2)),
 start_workers 1 coupon
 : >"$out/backlog-memory.txt"
 for n in $((requests * 2)) $((requests * 8)); do
-  reset_peak_rss
+  reset_peak $(worker_pids)
   "$bin" loadgen --scenario coupon-drop --requests "$n" --stock "$stock" --timeout-secs 900 --quiet --json "$out/backlog-$n.json" | sed -n 2p
   echo "$n: $(peak_rss_mib) MiB" | tee -a "$out/backlog-memory.txt"
 done
