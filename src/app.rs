@@ -24,7 +24,7 @@ use crate::workers::fairness::GroupFrontiers;
 use crate::workers::order::OrderLogic;
 use crate::workers::pipeline::RequestPipeline;
 use crate::workers::stats::StatsConsumer;
-use crate::workers::{outbox, retention, WorkerKind};
+use crate::workers::{counter_watch, outbox, retention, WorkerKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -136,6 +136,16 @@ pub async fn run(
         .any(|k| matches!(k, WorkerKind::Coupon | WorkerKind::Order))
     {
         load_missing_counters(&parts).await?;
+        let watch = counter_watch::run(
+            parts.db.clone(),
+            parts.counters.clone(),
+            std::time::Duration::from_millis(parts.settings.redis.watch_interval_ms),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            watch.await;
+            Ok(())
+        });
     }
     let (http_addr, metrics_addr) = serve_http(&roles, state, &shutdown, &mut tasks).await?;
     for (kind, (_, joined)) in roles.workers.iter().zip(&consumers) {

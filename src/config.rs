@@ -129,6 +129,10 @@ pub struct RedisSettings {
     /// How long a command may wait for its answer before it fails (and the
     /// work is retried, or the gateway answers 503).
     pub response_timeout_ms: u64,
+    /// How often a coupon or order worker asks which Redis server answers,
+    /// so counters of a Redis restarted, restored from a snapshot or failed
+    /// over are reloaded from PostgreSQL even while no request arrives.
+    pub watch_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +264,7 @@ impl Default for RedisSettings {
             key_prefix: "stampede".into(),
             cluster: false,
             response_timeout_ms: 500,
+            watch_interval_ms: 1_000,
         }
     }
 }
@@ -520,6 +525,9 @@ impl Settings {
         }
         if self.redis.response_timeout_ms == 0 {
             problems.push("redis.response_timeout_ms must be at least 1".into());
+        }
+        if self.redis.watch_interval_ms == 0 {
+            problems.push("redis.watch_interval_ms must be at least 1".into());
         }
         if self.gateway.max_in_flight == 0 {
             problems.push("gateway.max_in_flight must be at least 1".into());

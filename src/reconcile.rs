@@ -320,16 +320,23 @@ async fn load_locked_products(
 /// (stock sold since comes back, holders vanish), which no per-key check
 /// notices. The server last loaded is recorded in PostgreSQL, so a process
 /// started after such a change notices it too. Called by the coupon and
-/// order workers before each batch; costs one `INFO` when nothing changed.
+/// order workers before each batch and, between batches, by their watch of
+/// the server ([`crate::workers::counter_watch`]); costs one `INFO` when
+/// nothing changed. Returns whether it reloaded.
 pub async fn reload_if_redis_replaced(
     db: &PgPool,
     counters: &Counters,
-) -> Result<(), ReconcileError> {
+) -> Result<bool, ReconcileError> {
     let Some(server) = counters.server_id().await? else {
-        return Ok(());
+        return Ok(false);
     };
     if counters.known_server().as_deref() == Some(server.as_str()) {
-        return Ok(());
+        return Ok(false);
+    }
+    let _gate = counters.reload_gate().await;
+    // Another task of this process may have reloaded it meanwhile.
+    if counters.known_server().as_deref() == Some(server.as_str()) {
+        return Ok(false);
     }
     let recorded = counter_source::recorded(db).await?;
     if recorded.as_deref() != Some(server.as_str()) {
@@ -340,9 +347,11 @@ pub async fn reload_if_redis_replaced(
         );
         reconcile_all(db, counters, true).await?;
         counter_source::record(db, &server).await?;
+        counters.remember_server(server);
+        return Ok(true);
     }
     counters.remember_server(server);
-    Ok(())
+    Ok(false)
 }
 
 /// Every coupon and product: loaded where missing, or forced to PostgreSQL's figures.

@@ -189,6 +189,9 @@ pub struct Counters {
     /// The Redis server (its `run_id`) whose counters this process last knew
     /// to match PostgreSQL; shared by every clone.
     known_server: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Held while this process reloads every counter, so its batches and its
+    /// watch of the server do not reload the same replaced Redis twice.
+    reload_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Counters {
@@ -197,6 +200,7 @@ impl Counters {
             conn: RedisConn::connect(settings).await?,
             prefix: settings.key_prefix.clone(),
             known_server: Default::default(),
+            reload_gate: Default::default(),
         })
     }
 
@@ -246,6 +250,11 @@ impl Counters {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Taken by whoever reloads every counter for a replaced server.
+    pub async fn reload_gate(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reload_gate.lock().await
     }
 
     pub fn remember_server(&self, id: String) {

@@ -3,6 +3,7 @@
 //! shared request pipeline lives in [`pipeline`].
 
 pub mod charge;
+pub mod counter_watch;
 pub mod coupon;
 pub mod fairness;
 pub mod order;

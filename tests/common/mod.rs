@@ -22,6 +22,7 @@ use stampede::store;
 use tokio_util::sync::CancellationToken;
 
 pub mod link;
+pub mod private_redis;
 
 /// How long any single wait may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(90);
