@@ -29,6 +29,18 @@ pub enum AuditError {
     StatsTopic(String),
 }
 
+impl AuditError {
+    /// Whether running the audit again can succeed: PostgreSQL, Redis or
+    /// the brokers did not answer (paused, restarting, failing over).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AuditError::Store(e) => e.is_retryable(),
+            AuditError::Counters(e) => e.is_retryable(),
+            AuditError::StatsTopic(_) => true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
     pub name: &'static str,
@@ -145,6 +157,34 @@ pub async fn audit(
         audit_stats_topic(db, settings, &mut r).await?;
     }
     Ok(r)
+}
+
+/// [`audit`], run again while it fails only because a dependency does not
+/// answer (paused, restarting; a connection broken by the fault reconnects on
+/// the next call), for up to `patience`; then the last error.
+pub async fn audit_when_reachable(
+    db: &PgPool,
+    counters: &Counters,
+    settings: Option<&Settings>,
+    patience: std::time::Duration,
+) -> Result<AuditReport, AuditError> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut told = false;
+    loop {
+        match audit(db, counters, settings).await {
+            Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
+                if !told {
+                    tracing::warn!(
+                        error = %crate::telemetry::error_chain(&e),
+                        "the audit waits for PostgreSQL, Redis and the brokers to answer"
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
 /// Redis's counters against PostgreSQL's figures (meaningful when idle).

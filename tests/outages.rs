@@ -126,6 +126,46 @@ async fn charges_wait_out_a_postgres_outage_and_lose_nothing() {
     env.cleanup().await;
 }
 
+/// The audit run while PostgreSQL is away (the load generator's verdict
+/// while a fault is still under way) waits for it instead of failing at
+/// once; past its patience it gives the dependency's error, as retryable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_waits_out_a_postgres_outage() {
+    let link = Link::to("127.0.0.1:5432").await;
+    let env = TestEnv::new().await;
+    users::seed(&env.db, 1, 10, 0).await.unwrap();
+    let mut database = env.settings.database.clone();
+    database.url = Url(link.route(database.url.as_str()));
+    let db = stampede::store::connect(&database).await.unwrap();
+    link.cut();
+
+    let patience = std::time::Duration::from_secs(1);
+    let gave_up = stampede::audit::audit_when_reachable(&db, &env.counters, None, patience)
+        .await
+        .expect_err("PostgreSQL is away");
+    assert!(gave_up.is_retryable(), "{gave_up:?}");
+
+    let refused = link.refused();
+    let waiting = {
+        let (db, counters) = (db.clone(), env.counters.clone());
+        tokio::spawn(async move {
+            stampede::audit::audit_when_reachable(&db, &counters, None, common::PATIENCE).await
+        })
+    };
+    eventually("the audit tries PostgreSQL while it is away", || async {
+        (link.refused() > refused).then_some(())
+    })
+    .await;
+    link.restore();
+    let report = waiting
+        .await
+        .unwrap()
+        .expect("the audit once PostgreSQL is back");
+    assert!(report.passed(), "{}", report.render());
+    db.close().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coupon_drop_waits_out_a_redis_outage_and_never_oversells() {
     const COUPON: i64 = 77;

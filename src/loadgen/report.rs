@@ -59,6 +59,10 @@ pub struct CheckResult {
     pub name: String,
     pub passed: bool,
     pub detail: String,
+    /// The check could not be made (a dependency did not answer): the run
+    /// is not verified, which is not the same as an invariant found broken.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_run: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -407,6 +411,17 @@ impl Report {
             name: name.to_owned(),
             passed,
             detail,
+            not_run: false,
+        });
+    }
+
+    /// A check that could not be made: it fails the run, as unverified.
+    pub fn not_run(&mut self, name: &str, detail: String) {
+        self.checks.push(CheckResult {
+            name: name.to_owned(),
+            passed: false,
+            detail,
+            not_run: true,
         });
     }
 
@@ -475,7 +490,11 @@ impl Report {
             let _ = writeln!(
                 s,
                 "{} {:<28} {}",
-                if c.passed { "PASS" } else { "FAIL" },
+                match (c.passed, c.not_run) {
+                    (true, _) => "PASS",
+                    (false, false) => "FAIL",
+                    (false, true) => "SKIP",
+                },
                 c.name,
                 c.detail
             );
@@ -485,6 +504,10 @@ impl Report {
             "verdict: {}",
             if self.passed() {
                 "every invariant holds"
+            } else if self.answered == self.requests
+                && self.checks.iter().all(|c| c.passed || c.not_run)
+            {
+                "NOT VERIFIED (a check could not run)"
             } else {
                 "INVARIANT BROKEN"
             }
@@ -556,5 +579,59 @@ mod tests {
         let steady = latency(&tally.steady);
         assert!((steady.max_ms - 5.0).abs() < 0.1, "{steady:?}");
         assert_eq!(tally.steady.len(), 3);
+    }
+
+    fn answered_run() -> Report {
+        let o = LoadgenOptions {
+            scenario: crate::loadgen::Scenario::CouponDrop,
+            requests: 1,
+            users: 1,
+            stock: 1,
+            coupon_shards: 1,
+            products: 1,
+            rate: None,
+            via: crate::loadgen::Via::Kafka,
+            concurrency: None,
+            http_url: String::new(),
+            timeout: Duration::from_secs(1),
+            verify: true,
+            progress: false,
+            thresholds: Default::default(),
+            cpu: Vec::new(),
+        };
+        let t0 = Instant::now();
+        let sent_at = HashMap::from([("r".to_owned(), t0)]);
+        let seen = Seen {
+            request_id: "r".into(),
+            at: t0 + Duration::from_millis(3),
+            outcome: "succeeded".into(),
+            coupon_won: true,
+            payload: Vec::new(),
+        };
+        let results = HashMap::from([("r".to_owned(), vec![seen])]);
+        build(&o, t0, &sent_at, &results)
+    }
+
+    #[test]
+    fn a_check_that_could_not_run_fails_the_run_as_not_verified_not_as_broken() {
+        let mut report = answered_run();
+        report.check("one result per request", true, "ok".into());
+        report.not_run("audit", "PostgreSQL did not answer".into());
+        assert!(!report.passed());
+        let summary = report.summary();
+        assert!(summary.contains("SKIP audit"), "{summary}");
+        assert!(
+            summary.contains("verdict: NOT VERIFIED (a check could not run)"),
+            "{summary}"
+        );
+
+        report.check("balance >= 0", false, "1 violation".into());
+        assert!(
+            report.summary().contains("verdict: INVARIANT BROKEN"),
+            "a broken invariant wins over a check not run"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["checks"][1]["not_run"], true);
+        assert!(json["checks"][0].get("not_run").is_none());
     }
 }

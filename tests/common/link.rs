@@ -2,6 +2,8 @@
 //! a stalled server, a network partition or a restart looks like to a client.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -21,6 +23,7 @@ pub struct Link {
     addr: SocketAddr,
     target: String,
     state: watch::Sender<State>,
+    refused: Arc<AtomicUsize>,
 }
 
 /// Moves bytes one way while the link is up; holds them while it is paused.
@@ -52,9 +55,12 @@ impl Link {
         let addr = listener.local_addr().expect("link address");
         let (state, watching) = watch::channel(State::Up);
         let forward_to = target.to_owned();
+        let refused = Arc::new(AtomicUsize::new(0));
+        let refusing = refused.clone();
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if *watching.borrow() == State::Cut {
+                    refusing.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 let watching = watching.clone();
@@ -76,6 +82,7 @@ impl Link {
             addr,
             target: target.to_owned(),
             state,
+            refused,
         }
     }
 
@@ -97,6 +104,11 @@ impl Link {
     /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
         self.state.send_replace(State::Cut);
+    }
+
+    /// Connections refused while the link was cut, so far.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
     }
 
     pub fn restore(&self) {
