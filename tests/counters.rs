@@ -132,6 +132,98 @@ proptest! {
     }
 }
 
+/// The inventory as `reserve_stock.lua` must leave it, one order after the
+/// other: stock per product (`None`: not loaded) and holds per request.
+#[derive(Debug, Default)]
+struct Inventory {
+    stock: HashMap<i64, Option<i64>>,
+    holds: HashMap<String, Vec<(i64, i64)>>,
+}
+
+impl Inventory {
+    fn decide(&mut self, order: &StockRequest) -> StockAnswer {
+        if order.reserve && self.holds.contains_key(&order.request_id) {
+            return StockAnswer::ReservedEarlier;
+        }
+        for (p, q) in self.holds.remove(&order.request_id).unwrap_or_default() {
+            let units = self.stock.get(&p).copied().flatten().unwrap_or(0);
+            self.stock.insert(p, Some(units + q));
+        }
+        for (p, q) in &order.items {
+            match self.stock.get(p).copied().flatten() {
+                None => return StockAnswer::NotLoaded { product_id: *p },
+                Some(units) if units < *q => return StockAnswer::OutOfStock { product_id: *p },
+                Some(_) => {}
+            }
+        }
+        if !order.reserve {
+            return StockAnswer::CheckPassed;
+        }
+        for (p, q) in &order.items {
+            let units = self.stock[p].unwrap();
+            self.stock.insert(*p, Some(units - q));
+        }
+        self.holds
+            .insert(order.request_id.clone(), order.items.clone());
+        StockAnswer::Reserved
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A whole round in one call — reservations, checks, redeliveries and
+    /// one request id more than once — answers and leaves the stock and
+    /// holds exactly as deciding its orders one after the other would.
+    /// Product 4 is not loaded.
+    #[test]
+    fn a_round_decides_its_orders_one_after_the_other(
+        stocks in proptest::collection::vec(0i64..8, 3),
+        rounds in proptest::collection::vec(
+            proptest::collection::vec(
+                (0usize..10, any::<bool>(), proptest::collection::btree_map(1i64..5, 1i64..4, 1..4)),
+                1..30,
+            ),
+            1..4,
+        ),
+    ) {
+        runtime().block_on(async {
+            let (counters, prefix) = counters().await;
+            let products: Vec<(i64, i64)> = stocks.iter().enumerate().map(|(i, s)| (i as i64 + 1, *s)).collect();
+            counters.load_products(&products, &[], true).await.unwrap();
+            let mut model = Inventory::default();
+            for (p, s) in &products {
+                model.stock.insert(*p, Some(*s));
+            }
+            for round in rounds {
+                let orders: Vec<StockRequest> = round
+                    .into_iter()
+                    .map(|(id, reserve, items)| StockRequest {
+                        request_id: format!("o{id}"),
+                        reserve,
+                        items: items.into_iter().collect(),
+                    })
+                    .collect();
+                let answers = counters.reserve_stock(&orders).await.unwrap();
+                let expected: Vec<StockAnswer> = orders.iter().map(|o| model.decide(o)).collect();
+                prop_assert_eq!(answers, expected);
+                for p in 1..=4 {
+                    prop_assert_eq!(
+                        counters.product_stock(p).await.unwrap(),
+                        model.stock.get(&p).copied().flatten(),
+                        "product {}", p
+                    );
+                }
+                let holds: HashSet<String> = counters.hold_ids().await.unwrap().into_iter().collect();
+                let want: HashSet<String> = model.holds.keys().cloned().collect();
+                prop_assert_eq!(holds, want);
+            }
+            wipe(&counters, &prefix).await;
+            Ok(())
+        })?;
+    }
+}
+
 /// With `redis.cluster = true` the same scripts run on a Redis Cluster
 /// (started by scripts/services.sh on 127.0.0.1:7001-7003): every key of one
 /// script shares a hash tag, and different coupons land on different shards.
