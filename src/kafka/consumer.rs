@@ -12,7 +12,6 @@
 //! harmless. Infrastructure failures are retried with backoff on the same
 //! batch, so a partition never skips a message.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -302,17 +301,41 @@ impl InFlight {
     }
 }
 
+/// The offset to store per topic and partition of `batch`: one past its
+/// highest message there, in order of first appearance.
+fn next_offsets(batch: &[Incoming]) -> Vec<(&str, i32, i64)> {
+    // A batch holds a few partitions of one topic: a short list searched
+    // from its last hit costs less per message than hashing the topic name.
+    let mut next: Vec<(&str, i32, i64)> = Vec::new();
+    let mut last = 0;
+    for m in batch {
+        let hit = match next.get(last) {
+            Some((t, p, _)) if *p == m.partition && *t == m.topic => Some(last),
+            _ => next
+                .iter()
+                .position(|(t, p, _)| *p == m.partition && *t == m.topic),
+        };
+        match hit {
+            Some(i) => {
+                next[i].2 = next[i].2.max(m.offset + 1);
+                last = i;
+            }
+            None => {
+                last = next.len();
+                next.push((m.topic.as_str(), m.partition, m.offset + 1));
+            }
+        }
+    }
+    next
+}
+
 fn store_offsets(
     consumer: &StreamConsumer<CommitOnRevoke>,
     batch: &[Incoming],
 ) -> Result<(), KafkaError> {
-    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
-    for m in batch {
-        let entry = next.entry((m.topic.as_str(), m.partition)).or_insert(0);
-        *entry = (*entry).max(m.offset + 1);
-    }
+    let next = next_offsets(batch);
     let mut tpl = TopicPartitionList::with_capacity(next.len());
-    for ((topic, partition), offset) in next {
+    for (topic, partition, offset) in next {
         tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     }
     match consumer.store_offsets(&tpl) {
@@ -322,5 +345,43 @@ fn store_offsets(
             RDKafkaErrorCode::State | RDKafkaErrorCode::UnknownPartition,
         )) => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str, partition: i32, offset: i64) -> Incoming {
+        Incoming {
+            topic: topic.into(),
+            partition,
+            offset,
+            key: None,
+            payload: None,
+            headers: Vec::new(),
+            timestamp_ms: None,
+            accepted_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_offset_stored_is_one_past_the_highest_per_topic_and_partition() {
+        // Decided in acceptance order: partitions interleave and a
+        // partition's messages need not come in offset order.
+        let batch = [
+            message("a", 0, 10),
+            message("a", 1, 4),
+            message("a", 0, 12),
+            message("b", 0, 7),
+            message("a", 0, 11),
+            message("a", 1, 3),
+            message("b", 0, 6),
+        ];
+        assert_eq!(
+            next_offsets(&batch),
+            vec![("a", 0, 13), ("a", 1, 5), ("b", 0, 8)]
+        );
+        assert!(next_offsets(&[]).is_empty());
     }
 }
