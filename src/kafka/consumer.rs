@@ -248,7 +248,7 @@ fn spawn_publish(
                     .map_err(|e| HandlerError::retryable("broker", e))
             })
             .await;
-        matches!(published, Some(Ok(())))
+        matches!(published, Some(Ok(_)))
     })
 }
 

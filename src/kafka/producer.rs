@@ -156,25 +156,25 @@ impl Producer {
         }
     }
 
-    /// Publishes all messages and waits until the broker has every one.
+    /// Publishes all messages and waits until the broker has every one;
+    /// returns where each landed (partition, offset), in the slice's order.
     /// Each is queued in the client at once, in order (a delivery channel
     /// per message, no future, timer or clock read per message); one that
     /// meets a full queue waits there before the ones after it are queued,
     /// so per-partition order is the slice's order.
-    pub async fn send_all(&self, messages: &[OutMessage]) -> Result<(), KafkaError> {
+    pub async fn send_all(&self, messages: &[OutMessage]) -> Result<Vec<(i32, i64)>, KafkaError> {
+        let mut places = vec![(0, 0); messages.len()];
         let mut deliveries = Vec::with_capacity(messages.len());
-        for message in messages {
+        for (i, message) in messages.iter().enumerate() {
             match self.inner.send_result(record(message)) {
-                Ok(delivery) => deliveries.push(delivery),
-                Err(_) => {
-                    self.send(message).await?;
-                }
+                Ok(delivery) => deliveries.push((i, delivery)),
+                Err(_) => places[i] = self.send(message).await?,
             }
         }
-        for delivery in deliveries {
-            delivered(delivery).await?;
+        for (i, delivery) in deliveries {
+            places[i] = delivered(delivery).await?;
         }
-        Ok(())
+        Ok(places)
     }
 
     /// Waits for everything queued to be delivered.

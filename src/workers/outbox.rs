@@ -122,14 +122,14 @@ async fn relay_as_leader(
                 }
                 continue;
             }
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             let messages: Vec<OutMessage> = rows
-                .iter()
+                .into_iter()
                 .map(|row| event_message(row, &topic, partitions))
                 .collect();
             let positions = publish(&producer, &messages).await?;
-            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             orders::mark_published(db, &ids, &topic, &positions).await?;
-            metrics::stats_published(rows.len(), 0);
+            metrics::stats_published(ids.len(), 0);
             if shutdown.is_cancelled() {
                 return Ok(());
             }
@@ -143,12 +143,12 @@ async fn relay_as_leader(
     result
 }
 
-fn event_message(row: &OutboxRow, topic: &str, partitions: i32) -> OutMessage {
-    let mut m = OutMessage::new(topic, row.key.clone(), row.payload.clone())
-        .header(HEADER_OUTBOX_ID, row.id.to_string());
+fn event_message(row: OutboxRow, topic: &str, partitions: i32) -> OutMessage {
+    let mut m =
+        OutMessage::new(topic, row.key, row.payload).header(HEADER_OUTBOX_ID, row.id.to_string());
     m.partition = Some(partition_for(row.order_id.unwrap_or(row.id), partitions));
-    if let Some(traceparent) = &row.traceparent {
-        m = m.header(trace_context::HEADER, traceparent.as_str());
+    if let Some(traceparent) = row.traceparent {
+        m = m.header(trace_context::HEADER, traceparent);
     }
     m
 }
@@ -160,7 +160,7 @@ async fn publish(
     messages: &[OutMessage],
 ) -> Result<HashMap<i32, i64>, RelayError> {
     producer.begin_transaction().await?;
-    let sent = futures::future::try_join_all(messages.iter().map(|m| producer.send(m))).await;
+    let sent = producer.send_all(messages).await;
     let delivered = match sent {
         Ok(delivered) => delivered,
         Err(e) => {
