@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The long fault run: a mixed load (charges, coupon requests, orders) through
 # stampede on Apache Kafka while faults are injected, then loadgen's verdict
-# and `stampede audit` after every round. Not part of CI.
+# and `stampede audit` after every round. A short round of it runs in
+# scripts/test.sh (and so in CI).
 #
 # The run has services of its own, so nothing it does touches the machine's
 # shared ones: a Redis on CHAOS_REDIS_PORT, a PostgreSQL cluster on
@@ -50,6 +51,16 @@ pg_port=${CHAOS_PG_PORT:-5439}
 kafka_port=${CHAOS_KAFKA_PORT:-19392}
 
 say() { printf '[chaos] %s\n' "$*"; }
+# Announces a fault of this round, saying so when it comes after the load
+# ended (nothing in flight then: it tests recovery, not the requests).
+fault() {
+  if kill -0 "$load" 2>/dev/null; then
+    say "round $round: $*"
+  else
+    after_load=$((after_load + 1))
+    say "round $round: $* (after the load ended)"
+  fi
+}
 wants() { [[ " $faults_wanted " == *" $1 "* ]]; }
 
 tag=chaos-$(date -u +%Y%m%dT%H%M%SZ)
@@ -163,11 +174,11 @@ broker_fault() {
     local topic="$tag.coupon.requests.v1" leader
     leader=$(python3 scripts/kafka/metadata.py leader "${brokers%%,*}" "$topic" 0 2>/dev/null \
       || python3 scripts/kafka/metadata.py leader "$(echo "$brokers" | cut -d, -f2)" "$topic" 0)
-    say "round $round: SIGKILL broker $leader, leader of $topic-0"
+    fault "SIGKILL broker $leader, leader of $topic-0"
     bash scripts/kafka.sh cluster kill "$leader" >/dev/null
     killed_leader=$leader
   else
-    say "round $round: restart the broker"
+    fault "restart the broker"
     kafka_node_stop "$chaos_kafka_dir" TERM
     kafka_start
   fi
@@ -176,41 +187,41 @@ broker_fault() {
 printf 'round,requests,rate,workers,faults,kills,loadgen_verdict,audit_violations,answered_per_s\n' >"$out/chaos.csv"
 total_faults=0
 for round in $(seq 1 "$rounds"); do
-  faults=0 round_kills=0
+  faults=0 round_kills=0 after_load=0
   for _ in $(seq 1 "$nworkers"); do start_worker; done
   run loadgen --scenario mixed --requests "$requests" --rate "$rate" --timeout-secs 1200 --quiet \
     --json "$out/round-$round.json" >"$out/round-$round.txt" 2>&1 &
   load=$!
   if wants kill; then
     for kill_no in $(seq 1 "$kills"); do
-      sleep 2; say "round $round: SIGKILL a worker ($kill_no/$kills), restart it"
+      sleep 2; fault "SIGKILL a worker ($kill_no/$kills), restart it"
       kill -9 "${workers[0]}"; wait "${workers[0]}" 2>/dev/null || true
       workers=("${workers[@]:1}"); start_worker; faults=$((faults + 1)); round_kills=$((round_kills + 1))
     done
   fi
   if wants broker; then sleep 2; broker_fault; faults=$((faults + 1)); fi
   if wants scale; then
-    sleep 3; say "round $round: scale $nworkers → $((nworkers + 2)) workers"
+    sleep 3; fault "scale $nworkers → $((nworkers + 2)) workers"
     start_worker; start_worker; faults=$((faults + 1))
-    sleep 5; say "round $round: scale back to $nworkers"
+    sleep 5; fault "scale back to $nworkers"
     for p in "${workers[@]:$nworkers}"; do kill -TERM "$p"; wait "$p" 2>/dev/null || true; done
     workers=("${workers[@]:0:$nworkers}"); faults=$((faults + 1))
   fi
   if wants stall; then
-    sleep 2; say "round $round: SIGSTOP a worker for 10 s (past its 6 s session timeout)"
+    sleep 2; fault "SIGSTOP a worker for 10 s (past its 6 s session timeout)"
     kill -STOP "${workers[0]}"; sleep 10; kill -CONT "${workers[0]}"; faults=$((faults + 1))
   fi
   if wants redis; then
-    sleep 3; say "round $round: restart Redis empty"
+    sleep 3; fault "restart Redis empty"
     redis_restart_empty; faults=$((faults + 1))
   fi
   if wants snapshot; then
-    sleep 2; say "round $round: snapshot Redis, then 4 s later restart it from that snapshot"
+    sleep 2; fault "snapshot Redis, then 4 s later restart it from that snapshot"
     redis-cli -p "$redis_port" save >/dev/null
     sleep 4; redis_stop; redis_start; faults=$((faults + 1))
   fi
   if wants postgres; then
-    sleep 3; say "round $round: pause PostgreSQL for $pg_pause s"
+    sleep 3; fault "pause PostgreSQL for $pg_pause s"
     pm=$(pg_postmaster)
     pkill -STOP -P "$pm" || true; kill -STOP "$pm"
     sleep "$pg_pause"
@@ -223,6 +234,9 @@ for round in $(seq 1 "$rounds"); do
   verdict=pass
   wait "$load" || verdict=FAIL
   grep -E '^(answered|latency|outcomes|verdict)' "$out/round-$round.txt" | sed "s/^/[chaos] round $round: /" || true
+  if (( after_load > 0 )); then
+    say "round $round: $after_load fault(s) came after the load ended; more CHAOS_REQUESTS or a lower CHAOS_RATE keeps them under load"
+  fi
   stop_all
   run audit >"$out/round-$round-audit.txt" 2>&1 || true
   violations=$( (run audit --json || true) | python3 -c 'import json,sys; print(sum(not c["passed"] for c in json.load(sys.stdin)["checks"]))' 2>/dev/null || echo "?")
