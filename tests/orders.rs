@@ -14,16 +14,6 @@ use stampede::reconcile;
 use stampede::store::{coupons, products, users};
 use stampede::workers::WorkerKind;
 
-async fn product(env: &TestEnv, id: i64, price: i64, stock: i64) {
-    products::create(&env.db, Some(id), &format!("product-{id}"), price, stock)
-        .await
-        .unwrap();
-    env.counters
-        .load_products(&[(id, stock)], &[], true)
-        .await
-        .unwrap();
-}
-
 async fn coupon(env: &TestEnv, id: i64, discount: Discount, expires_in: chrono::Duration) {
     let spec = CouponSpec {
         name: format!("coupon-{id}"),
@@ -88,8 +78,8 @@ async fn every_order_rule_answers_as_the_contract_says() {
     let env = TestEnv::new().await;
     users::create(&env.db, Some(1), 100_000).await.unwrap();
     users::create(&env.db, Some(2), 5_000).await.unwrap();
-    product(&env, 1, 10_000, 10).await;
-    product(&env, 2, 999, 10).await;
+    env.create_product(1, 10_000, 10).await;
+    env.create_product(2, 999, 10).await;
     coupon(
         &env,
         7,
@@ -224,7 +214,7 @@ async fn two_orders_racing_for_the_last_unit_have_one_winner() {
     let env = TestEnv::new().await;
     users::seed(&env.db, 1, 40, 100_000).await.unwrap();
     for p in 1..=20 {
-        product(&env, p, 1_000, 1).await;
+        env.create_product(p, 1_000, 1).await;
     }
     let a = env.start(Roles::workers(vec![WorkerKind::Order])).await;
     let b = env.start(Roles::workers(vec![WorkerKind::Order])).await;
@@ -257,7 +247,7 @@ async fn two_orders_racing_for_the_last_unit_have_one_winner() {
 async fn a_duplicate_order_request_charges_once() {
     let env = TestEnv::new().await;
     users::create(&env.db, Some(1), 50_000).await.unwrap();
-    product(&env, 1, 10_000, 5).await;
+    env.create_product(1, 10_000, 5).await;
     let app = env.start(Roles::workers(vec![WorkerKind::Order])).await;
     let body = order("dup-order", 1, &[(1, 2)], None);
     env.publish(Flow::Order, 1, &body).await;
@@ -286,7 +276,7 @@ async fn the_stats_topic_holds_one_event_per_paid_order_after_a_crash() {
     .await;
     users::seed(&env.db, 1, 200, 1_000_000).await.unwrap();
     for p in 1..=5 {
-        product(&env, p, 1_000, 1_000).await;
+        env.create_product(p, 1_000, 1_000).await;
     }
     let orders: Vec<(i64, Value)> = (0..2_000)
         .map(|i| {
@@ -346,7 +336,7 @@ async fn popular_products_come_from_the_stats_stream_and_rebuild_the_same() {
     let env = TestEnv::new().await;
     users::seed(&env.db, 1, 10, 1_000_000).await.unwrap();
     for p in 1..=7 {
-        product(&env, p, 100 * p, 1_000).await;
+        env.create_product(p, 100 * p, 1_000).await;
     }
     let app = env
         .start(Roles {

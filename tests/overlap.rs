@@ -19,13 +19,7 @@ use stampede::workers::WorkerKind;
 async fn the_order_worker_that_loses_the_race_gives_its_stock_back() {
     let env = TestEnv::new().await;
     users::create(&env.db, Some(1), 100_000).await.unwrap();
-    products::create(&env.db, Some(1), "shoe", 10_000, 10)
-        .await
-        .unwrap();
-    env.counters
-        .load_products(&[(1, 10)], &[], true)
-        .await
-        .unwrap();
+    env.create_product(1, 10_000, 10).await;
     let order =
         json!({"request_id": "o-raced", "user_id": 1, "items": [{"product_id": 1, "quantity": 2}]});
 
@@ -68,13 +62,7 @@ async fn the_order_worker_that_loses_the_race_gives_its_stock_back() {
 async fn coupons_and_an_order_decided(env: &TestEnv, coupon_users: i64) {
     users::seed(&env.db, 1, 3, 100_000).await.unwrap();
     env.create_coupon(5, 10).await;
-    products::create(&env.db, Some(1), "shoe", 1_000, 10)
-        .await
-        .unwrap();
-    env.counters
-        .load_products(&[(1, 10)], &[], true)
-        .await
-        .unwrap();
+    env.create_product(1, 1_000, 10).await;
     let app = env
         .start(Roles::workers(vec![WorkerKind::Coupon, WorkerKind::Order]))
         .await;

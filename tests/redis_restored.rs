@@ -15,7 +15,7 @@ use serde_json::json;
 use stampede::app::Roles;
 use stampede::config::{Settings, Url};
 use stampede::kafka::Flow;
-use stampede::store::{products, users};
+use stampede::store::users;
 use stampede::workers::WorkerKind;
 
 /// Users 1 to 6 with money, coupon 5 (10 units), product 1 (10 units), the
@@ -29,13 +29,7 @@ async fn shop(redis: &PrivateRedis, adjust: impl FnOnce(&mut Settings)) -> TestE
     .await;
     users::seed(&env.db, 1, 6, 100_000).await.unwrap();
     env.create_coupon(5, 10).await;
-    products::create(&env.db, Some(1), "shoe", 1_000, 10)
-        .await
-        .unwrap();
-    env.counters
-        .load_products(&[(1, 10)], &[], true)
-        .await
-        .unwrap();
+    env.create_product(1, 1_000, 10).await;
     env
 }
 

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use stampede::app::Roles;
 use stampede::config::Url;
 use stampede::kafka::Flow;
-use stampede::store::{products, users};
+use stampede::store::users;
 use stampede::workers::WorkerKind;
 use tokio::sync::Notify;
 
@@ -135,13 +135,7 @@ async fn an_order_keeps_its_trace_from_http_to_the_stats_consumer_and_exports_ev
     })
     .await;
     users::seed(&env.db, 1, 1, 100_000).await.unwrap();
-    products::create(&env.db, Some(7), "lamp", 2_500, 10)
-        .await
-        .unwrap();
-    env.counters
-        .load_products(&[(7, 10)], &[], true)
-        .await
-        .unwrap();
+    env.create_product(7, 2_500, 10).await;
     // The gateway and the stats consumer here; the order worker in its own
     // process, exporting on its own.
     let app = env

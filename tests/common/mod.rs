@@ -244,6 +244,18 @@ impl TestEnv {
             .expect("load its stock into Redis");
     }
 
+    /// Product `id` (named `product-<id>`) at `price` with `stock` units,
+    /// its stock loaded into Redis as the admin API would.
+    pub async fn create_product(&self, id: i64, price: i64, stock: i64) {
+        store::products::create(&self.db, Some(id), &format!("product-{id}"), price, stock)
+            .await
+            .expect("create a product");
+        self.counters
+            .load_products(&[(id, stock)], &[], true)
+            .await
+            .expect("load its stock into Redis");
+    }
+
     /// Starts gateway and/or workers in this process.
     pub async fn start(&self, roles: Roles) -> App {
         self.start_with(roles, |_| {}).await
