@@ -157,6 +157,33 @@ async fn bad_input_is_refused_and_nothing_is_published() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(big["error"]["code"], "payload_too_large");
 
+    // Query strings that do not parse, and a method a path does not
+    // answer: the same error shape as every other refusal.
+    for path in [
+        "/v1/products/popular?days=abc",
+        "/v1/products/popular?limit=-",
+        "/v1/requests/c-1?wait_ms=-1",
+        "/v1/requests/c-1?wait_ms=soon",
+    ] {
+        let (status, answer) = get(&c, format!("{http}{path}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "invalid_request",
+            "{path}: {answer}"
+        );
+    }
+    let wrong = c.delete(format!("{http}/v1/charges")).send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        wrong
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        Some("POST".to_owned())
+    );
+    let body: Value = wrong.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+
     // Nothing reached the request topic: a marker sent afterwards is the first message.
     let (status, marker) = post(
         &c,

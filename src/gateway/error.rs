@@ -25,6 +25,8 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("Idempotency-Key {0} was already used with a different request")]
     IdempotencyConflict(String),
@@ -51,6 +53,7 @@ impl ApiError {
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::Malformed(_) | ApiError::Invalid(_) => "invalid_request",
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::IdempotencyConflict(_) => "idempotency_key_reused",
             ApiError::Unauthorized => "unauthorized",

@@ -12,6 +12,7 @@ mod intake;
 pub mod limits;
 pub mod line;
 mod ops;
+mod query;
 mod reads;
 pub mod results;
 
@@ -92,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/dashboard", get(dashboard::page))
         .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,

@@ -74,3 +74,8 @@ pub async fn metrics() -> Response {
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
+
+/// A path that exists, asked with a method it does not answer.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}
