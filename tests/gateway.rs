@@ -113,6 +113,8 @@ async fn bad_input_is_refused_and_nothing_is_published() {
         json!({"user_id": 1, "amount": 0}),
         json!({"user_id": -1, "amount": 5000}),
         json!({"user_id": 1}),
+        // The fields in an array: serde's derive would read it; not the API's shape.
+        json!([1, 5000]),
     ] {
         let (status, answer) = post(&c, format!("{http}/v1/charges"), body.clone(), None).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
@@ -131,6 +133,18 @@ async fn bad_input_is_refused_and_nothing_is_published() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let (status, _) = post(&c, format!("{http}/v1/orders"), json!({"user_id": 1, "items": [{"product_id": 1, "quantity": 1}, {"product_id": 1, "quantity": 2}]}), None).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = post(
+        &c,
+        format!("{http}/v1/orders"),
+        json!({"user_id": 1, "items": [[1, 1]]}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an item as an array"
+    );
     let (status, _) = post(
         &c,
         format!("{http}/v1/charges"),

@@ -62,12 +62,67 @@ pub struct CouponIssueRequest {
 }
 
 /// One line of an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct OrderItem {
     #[schemars(range(min = 1))]
     pub product_id: i64,
     #[schemars(range(min = 1, max = 1000))]
     pub quantity: i64,
+}
+
+/// Read from an object only: serde's derived impl also takes an array of
+/// the fields (`[1, 2]`), which is not the contract's shape. Unknown fields
+/// are ignored and a field given twice is refused, as derived.
+impl<'de> Deserialize<'de> for OrderItem {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case")]
+        enum Field {
+            ProductId,
+            Quantity,
+            #[serde(other)]
+            Other,
+        }
+
+        struct ItemVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ItemVisitor {
+            type Value = OrderItem;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object with product_id and quantity")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<OrderItem, A::Error> {
+                use serde::de::Error;
+                let (mut product_id, mut quantity) = (None, None);
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::ProductId if product_id.is_some() => {
+                            return Err(A::Error::duplicate_field("product_id"))
+                        }
+                        Field::ProductId => product_id = Some(map.next_value()?),
+                        Field::Quantity if quantity.is_some() => {
+                            return Err(A::Error::duplicate_field("quantity"))
+                        }
+                        Field::Quantity => quantity = Some(map.next_value()?),
+                        Field::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(OrderItem {
+                    product_id: product_id.ok_or_else(|| A::Error::missing_field("product_id"))?,
+                    quantity: quantity.ok_or_else(|| A::Error::missing_field("quantity"))?,
+                })
+            }
+        }
+
+        deserializer.deserialize_map(ItemVisitor)
+    }
 }
 
 /// Order and pay (topic `order.requests.v1`, key `user_id`).
@@ -483,6 +538,29 @@ mod tests {
         assert!(decode::<OrderRequest>(&order((1..=51).map(|p| item(p, 1)).collect())).is_err());
         assert!(decode::<OrderRequest>(&order((1..=50).map(|p| item(p, 1)).collect())).is_ok());
         assert!(decode::<OrderRequest>(&order(vec![item(1, 1), item(1, 2)])).is_err());
+        // Objects only: an item or a request written as an array of its
+        // fields is refused, though serde's derive would read it.
+        assert!(decode::<OrderRequest>(&order(vec![serde_json::json!([1, 2])])).is_err());
+        let with_extra = serde_json::json!({"product_id": 1, "quantity": 2, "note": [1]});
+        assert_eq!(
+            decode::<OrderRequest>(&order(vec![with_extra]))
+                .unwrap()
+                .items,
+            vec![OrderItem {
+                product_id: 1,
+                quantity: 2
+            }]
+        );
+        assert!(decode::<OrderRequest>(br#"{"request_id":"o-1","user_id":1,"items":[{"product_id":1,"product_id":2,"quantity":1}]}"#).is_err());
+        assert!(decode::<OrderRequest>(
+            br#"{"request_id":"o-1","user_id":1,"items":[{"quantity":1}]}"#
+        )
+        .is_err());
+        let array = decode::<ChargeRequest>(br#" ["c-1", 1, 5000, null]"#).unwrap_err();
+        assert_eq!(
+            array.reason,
+            "not a valid request: a request is a JSON object"
+        );
         assert!(decode::<OrderRequest>(&order(vec![item(1, 0)])).is_err());
         assert!(decode::<OrderRequest>(&order(vec![item(1, 1001)])).is_err());
     }

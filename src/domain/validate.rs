@@ -23,12 +23,26 @@ pub struct Invalid {
 /// still read when present and well-formed, so the requester can be answered.
 pub fn decode<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Invalid> {
     match serde_json::from_slice::<T>(bytes) {
+        Ok(_) if !is_object(bytes) => Err(salvage(
+            bytes,
+            "not a valid request: a request is a JSON object".into(),
+        )),
         Ok(message) => match message.validate() {
             Ok(()) => Ok(message),
             Err(reason) => Err(salvage(bytes, reason)),
         },
         Err(e) => Err(salvage(bytes, format!("not a valid request: {e}"))),
     }
+}
+
+/// Whether well-formed JSON `bytes` hold an object. serde reads a struct from
+/// an array of its fields too (`[1, 5000]` as a charge); the contract's
+/// messages and bodies are objects only.
+pub fn is_object(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|b| *b == b'{')
 }
 
 /// What can still be read of a message refused for `reason`: its request id

@@ -61,12 +61,18 @@ pub(super) fn read_json<T: DeserializeOwned>(
 /// One pass: serde_json tells a syntax error (or a body cut short) from
 /// well-formed JSON of the wrong shape.
 pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+    let body = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
             ApiError::Invalid(format!("body does not match the API: {e}"))
         }
         _ => ApiError::Malformed(format!("body is not valid JSON: {e}")),
-    })
+    })?;
+    if !crate::domain::validate::is_object(bytes) {
+        return Err(ApiError::Invalid(
+            "body does not match the API: a body is a JSON object".into(),
+        ));
+    }
+    Ok(body)
 }
 
 /// The request id: the `Idempotency-Key` header when given, else a fresh one.
