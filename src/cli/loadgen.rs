@@ -47,7 +47,11 @@ pub struct LoadgenArgs {
     /// Give up waiting for results after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
-    /// Skip the correctness verdict.
+    /// Skip the correctness verdict. The verdict checks every request got
+    /// one result content and the scenario's own rules, then runs `stampede
+    /// audit`, waiting up to 120 s for PostgreSQL, Redis and the brokers to
+    /// answer; a check that still cannot run is reported SKIP and the run
+    /// fails as NOT VERIFIED.
     #[arg(long)]
     pub no_verify: bool,
     /// Fail the run (exit 1) when its p99 publish → result latency is above this (ms).
