@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 
+use super::values::{at_least_one, not_negative};
 use crate::config::Settings;
 use crate::loadgen::{self, LoadgenOptions, Scenario, Via};
 
@@ -15,25 +16,26 @@ pub struct LoadgenArgs {
     /// What to generate.
     #[arg(long, value_enum, default_value = "coupon-drop")]
     pub scenario: Scenario,
-    /// Requests to send.
-    #[arg(long, default_value_t = 200_000)]
+    /// Requests to send (at least 1).
+    #[arg(long, default_value_t = 200_000, value_parser = at_least_one)]
     pub requests: usize,
     /// Distinct users (default: one per request); fewer means repeat requests.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub users: Option<usize>,
-    /// Coupon stock (coupon-drop, mixed) or stock of each product (orders, mixed).
-    #[arg(long, default_value_t = 10_000)]
+    /// Coupon stock (coupon-drop, mixed) or stock of each product (orders,
+    /// mixed); 0 is a drop that is sold out from the start.
+    #[arg(long, default_value_t = 10_000, value_parser = not_negative)]
     pub stock: i64,
     /// Split the drop's coupon stock over this many Redis sub-counters (1 to
     /// 64): one mega-drop spread over the shards of a Redis Cluster.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub coupon_shards: u32,
-    /// Products to order from.
-    #[arg(long, default_value_t = 100)]
+    /// Products to order from (at least 1).
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
     pub products: usize,
-    /// Offered load in requests/s (open loop); full speed when absent.
-    #[arg(long)]
-    pub rate: Option<u64>,
+    /// Offered load in requests/s (open loop, at least 1); full speed when absent.
+    #[arg(long, value_parser = at_least_one)]
+    pub rate: Option<usize>,
     /// Publish straight to Kafka, or post to the gateway.
     #[arg(long, value_enum, default_value = "kafka")]
     pub via: Via,
@@ -42,7 +44,7 @@ pub struct LoadgenArgs {
     pub http_url: Option<String>,
     /// Requests awaiting their 202 (HTTP) or broker ack (Kafka) at once;
     /// default 256 over HTTP, 20000 to Kafka.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub concurrency: Option<usize>,
     /// Give up waiting for results after this many seconds.
     #[arg(long, default_value_t = 600)]
@@ -97,19 +99,16 @@ pub struct ReportArgs {
 }
 
 pub async fn run(args: LoadgenArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
-    if args.requests == 0 {
-        bail!("--requests must be at least 1");
-    }
     let options = LoadgenOptions {
         scenario: args.scenario,
         requests: args.requests,
-        users: args.users.unwrap_or(args.requests).max(1),
+        users: args.users.unwrap_or(args.requests),
         stock: args.stock,
         coupon_shards: args.coupon_shards,
-        products: args.products.max(1),
-        rate: args.rate.filter(|r| *r > 0),
+        products: args.products,
+        rate: args.rate.map(|r| r as u64),
         via: args.via,
-        concurrency: args.concurrency.filter(|c| *c > 0),
+        concurrency: args.concurrency,
         http_url: args
             .http_url
             .unwrap_or_else(|| format!("http://{}", settings.gateway.listen)),

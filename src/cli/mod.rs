@@ -11,6 +11,7 @@ pub mod loadgen;
 pub mod seed;
 pub mod top;
 pub mod topics;
+mod values;
 
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
+use super::values::{not_negative, positive_id};
 use crate::config::Settings;
 use crate::counters::Counters;
 use crate::domain::coupon::Discount;
@@ -14,31 +15,31 @@ use crate::store;
 #[derive(Debug, Args)]
 pub struct SeedArgs {
     /// Users to create, with ids from --first-user-id.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = not_negative)]
     pub users: i64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive_id)]
     pub first_user_id: i64,
     /// Opening balance of each created user, in KRW.
     #[arg(long, default_value_t = 50_000)]
     pub balance: i64,
     /// Products to create, with ids from --first-product-id.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = not_negative)]
     pub products: i64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive_id)]
     pub first_product_id: i64,
     /// Unit price of each created product, in KRW.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = not_negative)]
     pub price: i64,
     /// Stock of each created product.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = not_negative)]
     pub stock: i64,
     /// Coupons to create, with ids from --first-coupon-id.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = not_negative)]
     pub coupons: i64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive_id)]
     pub first_coupon_id: i64,
     /// Units of each created coupon.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 1_000, value_parser = not_negative)]
     pub coupon_stock: i64,
     /// Fixed discount in KRW (ignored when --coupon-percent is given).
     #[arg(long, default_value_t = 1_000)]

@@ -1,0 +1,98 @@
+//! Checks of command-line values, so a wrong one is refused by name before
+//! anything runs (instead of a clamp, or a constraint error from
+//! PostgreSQL).
+
+/// A count that must be at least 1.
+pub fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A count or amount that must be 0 or more.
+pub fn not_negative(value: &str) -> Result<i64, String> {
+    match value.parse::<i64>() {
+        Ok(n) if n < 0 => Err("must be 0 or more".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// An id: a positive i64.
+pub fn positive_id(value: &str) -> Result<i64, String> {
+    match value.parse::<i64>() {
+        Ok(n) if n < 1 => Err("must be a positive id".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::loadgen::LoadgenArgs;
+    use super::super::seed::SeedArgs;
+
+    #[derive(Parser)]
+    struct Seed {
+        #[command(flatten)]
+        args: SeedArgs,
+    }
+
+    #[derive(Parser)]
+    struct Loadgen {
+        #[command(flatten)]
+        args: LoadgenArgs,
+    }
+
+    fn refusal<P: Parser>(args: &[&str]) -> String {
+        match P::try_parse_from(std::iter::once("stampede").chain(args.iter().copied())) {
+            Ok(_) => panic!("{args:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn wrong_counts_and_ids_are_refused_by_name() {
+        for (args, says) in [
+            (
+                &["--requests", "0"][..],
+                "--requests <REQUESTS>': must be at least 1",
+            ),
+            (&["--users", "0"], "--users <USERS>': must be at least 1"),
+            (
+                &["--products", "0"],
+                "--products <PRODUCTS>': must be at least 1",
+            ),
+            (&["--rate", "0"], "--rate <RATE>': must be at least 1"),
+            (
+                &["--concurrency", "0"],
+                "--concurrency <CONCURRENCY>': must be at least 1",
+            ),
+            (&["--stock=-5"], "--stock <STOCK>': must be 0 or more"),
+        ] {
+            let error = refusal::<Loadgen>(args);
+            assert!(error.contains(says), "{args:?}: {error}");
+        }
+        for (args, says) in [
+            (&["--users=-1"][..], "--users <USERS>': must be 0 or more"),
+            (
+                &["--coupon-stock=-1"],
+                "--coupon-stock <COUPON_STOCK>': must be 0 or more",
+            ),
+            (&["--price=-1"], "--price <PRICE>': must be 0 or more"),
+            (
+                &["--first-user-id", "0"],
+                "--first-user-id <FIRST_USER_ID>': must be a positive id",
+            ),
+        ] {
+            let error = refusal::<Seed>(args);
+            assert!(error.contains(says), "{args:?}: {error}");
+        }
+        assert!(Seed::try_parse_from(["stampede", "--users", "0", "--coupon-stock", "0"]).is_ok());
+        assert!(Loadgen::try_parse_from(["stampede", "--stock", "0", "--rate", "1"]).is_ok());
+    }
+}
