@@ -64,20 +64,30 @@ local function stock_add(view, pid, delta)
   view.changed[pid] = true
 end
 
--- Writes every product `view` changed.
-local function stock_flush(view)
+-- Writes `fields` (a table field -> value) into hash `key`, 500 fields per
+-- HSET (Lua's unpack has a bound).
+local function hset_all(key, fields)
   local args = {}
-  for pid in pairs(view.changed) do
-    args[#args + 1] = pid
-    args[#args + 1] = string.format('%d', view.units[pid])
+  for field, value in pairs(fields) do
+    args[#args + 1] = field
+    args[#args + 1] = value
     if #args >= 1000 then
-      redis.call('HSET', view.key, unpack(args))
+      redis.call('HSET', key, unpack(args))
       args = {}
     end
   end
   if #args > 0 then
-    redis.call('HSET', view.key, unpack(args))
+    redis.call('HSET', key, unpack(args))
   end
+end
+
+-- Writes every product `view` changed.
+local function stock_flush(view)
+  local fields = {}
+  for pid in pairs(view.changed) do
+    fields[pid] = string.format('%d', view.units[pid])
+  end
+  hset_all(view.key, fields)
   view.changed = {}
 end
 

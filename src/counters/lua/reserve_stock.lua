@@ -64,16 +64,5 @@ while i <= #ARGV do
   end
 end
 stock_flush(stock)
-local args = {}
-for request_id, hold in pairs(taken) do
-  args[#args + 1] = request_id
-  args[#args + 1] = hold
-  if #args >= 1000 then
-    redis.call('HSET', KEYS[2], unpack(args))
-    args = {}
-  end
-end
-if #args > 0 then
-  redis.call('HSET', KEYS[2], unpack(args))
-end
+hset_all(KEYS[2], taken)
 return out
