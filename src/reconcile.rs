@@ -339,7 +339,8 @@ pub async fn reload_if_redis_replaced(
         return Ok(false);
     }
     let recorded = counter_source::recorded(db).await?;
-    if recorded.as_deref() != Some(server.as_str()) {
+    let replaced = recorded.as_deref() != Some(server.as_str());
+    if replaced {
         tracing::warn!(
             redis_run_id = %server,
             previous = recorded.as_deref().unwrap_or("none"),
@@ -347,11 +348,9 @@ pub async fn reload_if_redis_replaced(
         );
         reconcile_all(db, counters, true).await?;
         counter_source::record(db, &server).await?;
-        counters.remember_server(server);
-        return Ok(true);
     }
     counters.remember_server(server);
-    Ok(false)
+    Ok(replaced)
 }
 
 /// Every coupon and product: loaded where missing, or forced to PostgreSQL's figures.
