@@ -2,31 +2,32 @@
 //! anything runs (instead of a clamp, or a constraint error from
 //! PostgreSQL).
 
-/// A count that must be at least 1.
-pub fn at_least_one(value: &str) -> Result<usize, String> {
-    match value.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
+/// `value` parsed, refused with `says` when below `least`.
+fn at_least<T>(value: &str, least: T, says: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd,
+    T::Err: std::fmt::Display,
+{
+    match value.parse::<T>() {
+        Ok(n) if n < least => Err(says.into()),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A count that must be at least 1.
+pub fn at_least_one(value: &str) -> Result<usize, String> {
+    at_least(value, 1, "must be at least 1")
 }
 
 /// A count or amount that must be 0 or more.
 pub fn not_negative(value: &str) -> Result<i64, String> {
-    match value.parse::<i64>() {
-        Ok(n) if n < 0 => Err("must be 0 or more".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
+    at_least(value, 0, "must be 0 or more")
 }
 
 /// An id: a positive i64.
 pub fn positive_id(value: &str) -> Result<i64, String> {
-    match value.parse::<i64>() {
-        Ok(n) if n < 1 => Err("must be a positive id".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
+    at_least(value, 1, "must be a positive id")
 }
 
 #[cfg(test)]
