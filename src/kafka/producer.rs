@@ -1,16 +1,26 @@
 //! The idempotent producer (acks=all): a message counts as sent only when the
 //! broker has it durably.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use futures::channel::oneshot;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Message};
 
 use crate::config::KafkaSettings;
+
+/// How long a message that meets the client's full queue waits before it
+/// is offered again.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,37 +55,108 @@ impl OutMessage {
     }
 }
 
-/// The client's view of `message`.
-fn record(message: &OutMessage) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
-    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-    for (name, value) in &message.headers {
-        headers = headers.insert(Header {
-            key: name,
-            value: Some(value),
-        });
-    }
-    let mut record = FutureRecord::to(&message.topic)
+/// The client's view of `message`, reporting its delivery to `deliveries`.
+fn record<'a>(
+    message: &'a OutMessage,
+    deliveries: &Arc<Deliveries>,
+) -> BaseRecord<'a, Vec<u8>, Vec<u8>, Arc<Deliveries>> {
+    let mut record = BaseRecord::with_opaque_to(&message.topic, Arc::clone(deliveries))
         .key(&message.key)
-        .payload(&message.payload)
-        .headers(headers);
+        .payload(&message.payload);
+    if !message.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (name, value) in &message.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        record = record.headers(headers);
+    }
     if let Some(partition) = message.partition {
         record = record.partition(partition);
     }
     record
 }
 
-/// Where the broker put a message queued with `send_result`, once it has it.
-async fn delivered(delivery: DeliveryFuture) -> Result<(i32, i64), KafkaError> {
-    match delivery.await {
-        Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
-        Ok(Err((e, _))) => Err(e),
-        Err(_) => Err(KafkaError::Canceled),
+/// The client's context: each delivery report goes to the [`Deliveries`]
+/// its message was sent with.
+struct Reports;
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Arc<Deliveries>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, deliveries: Arc<Deliveries>) {
+        deliveries.report(match result {
+            Ok(message) => Ok((message.partition(), message.offset())),
+            Err((e, _)) => Err(e.clone()),
+        });
+    }
+}
+
+/// The delivery reports of one call's messages, gathered as the client's
+/// polling thread hands them over; the caller is woken once, when the last
+/// one is in (not once per message).
+struct Deliveries {
+    gathered: Mutex<Gathered>,
+}
+
+struct Gathered {
+    expected: usize,
+    places: Vec<(i32, i64)>,
+    failed: Option<KafkaError>,
+    reported: usize,
+    all_in: Option<oneshot::Sender<()>>,
+}
+
+impl Deliveries {
+    /// Deliveries of `expected` messages, and what resolves when all are in.
+    fn new(expected: usize) -> (Arc<Self>, oneshot::Receiver<()>) {
+        let (all_in, receiver) = oneshot::channel();
+        let deliveries = Self {
+            gathered: Mutex::new(Gathered {
+                expected,
+                places: Vec::with_capacity(expected),
+                failed: None,
+                reported: 0,
+                all_in: Some(all_in),
+            }),
+        };
+        (Arc::new(deliveries), receiver)
+    }
+
+    fn report(&self, outcome: Result<(i32, i64), KafkaError>) {
+        let mut gathered = self.gathered.lock().unwrap_or_else(PoisonError::into_inner);
+        match outcome {
+            Ok(place) => gathered.places.push(place),
+            Err(e) => {
+                gathered.failed.get_or_insert(e);
+            }
+        }
+        gathered.reported += 1;
+        if gathered.reported == gathered.expected {
+            if let Some(all_in) = gathered.all_in.take() {
+                let _ = all_in.send(());
+            }
+        }
+    }
+
+    /// Where each message landed (in the order the reports came), or the
+    /// first failure.
+    fn outcome(&self) -> Result<Vec<(i32, i64)>, KafkaError> {
+        let mut gathered = self.gathered.lock().unwrap_or_else(PoisonError::into_inner);
+        match gathered.failed.take() {
+            Some(e) => Err(e),
+            None => Ok(std::mem::take(&mut gathered.places)),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: ThreadedProducer<Reports>,
     queue_timeout: Duration,
 }
 
@@ -123,19 +204,15 @@ impl Producer {
             config.set(key, value);
         }
         Ok(Self {
-            inner: config.create()?,
+            inner: config.create_with_context(Reports)?,
             queue_timeout: Duration::from_millis(u64::from(settings.delivery_timeout_ms)),
         })
     }
 
     /// Publishes one message and waits until the broker has it.
     pub async fn send(&self, message: &OutMessage) -> Result<(i32, i64), KafkaError> {
-        let delivery = self
-            .inner
-            .send(record(message), Timeout::After(self.queue_timeout))
-            .await
-            .map_err(|(e, _)| e)?;
-        Ok((delivery.partition, delivery.offset))
+        let places = self.send_all(std::slice::from_ref(message)).await?;
+        places.first().copied().ok_or(KafkaError::Canceled)
     }
 
     /// Hands one message to the client now, and returns what resolves once
@@ -146,8 +223,14 @@ impl Producer {
         &self,
         message: &OutMessage,
     ) -> BoxFuture<'static, Result<(i32, i64), KafkaError>> {
-        match self.inner.send_result(record(message)) {
-            Ok(delivery) => delivered(delivery).boxed(),
+        let (deliveries, all_in) = Deliveries::new(1);
+        match self.inner.send(record(message, &deliveries)) {
+            Ok(()) => async move {
+                all_in.await.map_err(|_| KafkaError::Canceled)?;
+                let places = deliveries.outcome()?;
+                places.first().copied().ok_or(KafkaError::Canceled)
+            }
+            .boxed(),
             Err(_) => {
                 let producer = self.clone();
                 let message = message.clone();
@@ -157,24 +240,43 @@ impl Producer {
     }
 
     /// Publishes all messages and waits until the broker has every one;
-    /// returns where each landed (partition, offset), in the slice's order.
-    /// Each is queued in the client at once, in order (a delivery channel
-    /// per message, no future, timer or clock read per message); one that
-    /// meets a full queue waits there before the ones after it are queued,
-    /// so per-partition order is the slice's order.
+    /// returns where they landed (partition, offset), in the order the
+    /// broker confirmed them. Each is queued in the client at once, in order
+    /// (one that meets a full queue waits there before the ones after it
+    /// are queued, so per-partition order is the slice's order); the
+    /// client's delivery reports are gathered in one place and the caller
+    /// is woken once, when the last is in.
     pub async fn send_all(&self, messages: &[OutMessage]) -> Result<Vec<(i32, i64)>, KafkaError> {
-        let mut places = vec![(0, 0); messages.len()];
-        let mut deliveries = Vec::with_capacity(messages.len());
-        for (i, message) in messages.iter().enumerate() {
-            match self.inner.send_result(record(message)) {
-                Ok(delivery) => deliveries.push((i, delivery)),
-                Err(_) => places[i] = self.send(message).await?,
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (deliveries, all_in) = Deliveries::new(messages.len());
+        for message in messages {
+            self.queue(message, &deliveries).await?;
+        }
+        all_in.await.map_err(|_| KafkaError::Canceled)?;
+        deliveries.outcome()
+    }
+
+    /// Queues one message in the client, waiting for room while its queue
+    /// is full (at most the delivery timeout).
+    async fn queue(
+        &self,
+        message: &OutMessage,
+        deliveries: &Arc<Deliveries>,
+    ) -> Result<(), KafkaError> {
+        let give_up = Instant::now() + self.queue_timeout;
+        loop {
+            match self.inner.send(record(message, deliveries)) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                }
+                Err((e, _)) => return Err(e),
             }
         }
-        for (i, delivery) in deliveries {
-            places[i] = delivered(delivery).await?;
-        }
-        Ok(places)
     }
 
     /// Waits for everything queued to be delivered.
@@ -205,7 +307,7 @@ impl Producer {
 
     async fn blocking(
         &self,
-        call: impl FnOnce(&FutureProducer) -> Result<(), KafkaError> + Send + 'static,
+        call: impl FnOnce(&ThreadedProducer<Reports>) -> Result<(), KafkaError> + Send + 'static,
     ) -> Result<(), KafkaError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || call(&inner))
