@@ -38,7 +38,11 @@ async fn a_batch_returns_once_every_message_is_confirmed_and_where_each_landed()
     for partition in 0..3 {
         let mut offsets = by_partition.remove(&partition).unwrap_or_default();
         offsets.sort_unstable();
-        assert_eq!(offsets, (0..100).collect::<Vec<i64>>(), "partition {partition}");
+        assert_eq!(
+            offsets,
+            (0..100).collect::<Vec<i64>>(),
+            "partition {partition}"
+        );
     }
     assert!(by_partition.is_empty(), "{by_partition:?}");
     // And they are readable, in the order sent per partition.

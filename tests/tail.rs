@@ -27,7 +27,7 @@ async fn a_transaction_open_when_reading_starts_is_read_once_it_commits() {
     // that holds nothing else (whose committed end is its start).
     for (payload, partition) in [("before", 0), ("in flight", 1)] {
         producer.begin_transaction().await.unwrap();
-        let mut m = OutMessage::new(&topic, "k", payload);
+        let mut m = OutMessage::new(topic.as_str(), "k", payload);
         m.partition = Some(partition);
         producer.send(&m).await.unwrap();
         if payload == "before" {

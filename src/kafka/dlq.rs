@@ -88,7 +88,7 @@ mod tests {
     #[test]
     fn a_small_message_is_copied_whole() {
         let copy = dead_letter(&incoming(2, 100), "bad");
-        assert_eq!(copy.topic, "charge.requests.v1.dlq");
+        assert_eq!(&*copy.topic, "charge.requests.v1.dlq");
         assert_eq!(copy.payload.len(), 100);
         assert!(copy.headers.iter().all(|(k, _)| *k != HEADER_TRUNCATED));
     }

@@ -25,7 +25,8 @@ const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutMessage {
-    pub topic: String,
+    /// Shared: a flow's results all name the same topic.
+    pub topic: Arc<str>,
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
     /// Header names are the protocol's own constants.
@@ -36,7 +37,7 @@ pub struct OutMessage {
 
 impl OutMessage {
     pub fn new(
-        topic: impl Into<String>,
+        topic: impl Into<Arc<str>>,
         key: impl Into<Vec<u8>>,
         payload: impl Into<Vec<u8>>,
     ) -> Self {

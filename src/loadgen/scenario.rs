@@ -200,7 +200,7 @@ pub async fn post(
 
 /// Copies every message of `input` to `output`: the broker's round trip.
 struct Passthrough {
-    output: String,
+    output: std::sync::Arc<str>,
 }
 
 #[async_trait::async_trait]
@@ -249,7 +249,7 @@ pub fn start_passthrough(
         frontiers: None,
     };
     let handler = Passthrough {
-        output: output.to_owned(),
+        output: output.into(),
     };
     let cancel = token.clone();
     let task = tokio::spawn(async move {

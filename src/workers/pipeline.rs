@@ -9,7 +9,9 @@
 //! isolated by deciding the batch one request at a time, and only that one
 //! goes to the DLQ: the partition keeps flowing.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -107,14 +109,14 @@ pub struct RequestPipeline<D: Decide> {
     logic: D,
     db: PgPool,
     /// The flow's result topic, named once.
-    results_topic: String,
+    results_topic: Arc<str>,
     max_message_bytes: usize,
 }
 
 impl<D: Decide> RequestPipeline<D> {
     pub fn new(logic: D, db: PgPool, topics: Topics, max_message_bytes: usize) -> Self {
         Self {
-            results_topic: topics.results(logic.flow()),
+            results_topic: topics.results(logic.flow()).into(),
             logic,
             db,
             max_message_bytes,
@@ -334,24 +336,20 @@ impl<D: Decide> RequestPipeline<D> {
     ) -> Result<Fresh<D::Request>, WorkerError> {
         let kind = self.logic.flow().kind();
         let mut replayed = Vec::new();
-        let mut first_seen: HashMap<String, usize> = HashMap::new();
+        let first_of = first_of_repeats(&decoded, stored);
         let mut fresh = Fresh {
-            requests: Vec::new(),
+            requests: Vec::with_capacity(decoded.len()),
             repeats: Vec::new(),
-            spans: Vec::new(),
+            spans: Vec::with_capacity(decoded.len()),
         };
-        for (index, request) in decoded {
+        for ((index, request), first) in decoded.into_iter().zip(first_of) {
             let message = &batch[index];
             let Some(previous) = stored.get(request.request_id().as_str()) else {
                 // A request published twice into the same batch: decided once.
-                if let Some(&first) = first_seen.get(request.request_id().as_str()) {
+                if let Some(first) = first {
                     fresh.repeats.push((index, first));
                     continue;
                 }
-                first_seen.insert(
-                    request.request_id().as_str().to_owned(),
-                    fresh.requests.len(),
-                );
                 fresh.spans.push(request_span(&request, message));
                 fresh.requests.push((index, request));
                 continue;
@@ -444,6 +442,33 @@ impl<D: Decide> RequestPipeline<D> {
     }
 }
 
+/// For each of `decoded` not yet `stored` whose request id came earlier in
+/// it, the index among the fresh requests (those not stored, each id once)
+/// of the first with that id.
+fn first_of_repeats<R: RequestMessage>(
+    decoded: &[(usize, R)],
+    stored: &HashMap<String, processed::StoredResult>,
+) -> Vec<Option<usize>> {
+    let mut first_seen: HashMap<&str, usize> = HashMap::with_capacity(decoded.len());
+    decoded
+        .iter()
+        .map(|(_, request)| {
+            let id = request.request_id().as_str();
+            if stored.contains_key(id) {
+                return None;
+            }
+            let fresh = first_seen.len();
+            match first_seen.entry(id) {
+                Entry::Occupied(first) => Some(*first.get()),
+                Entry::Vacant(slot) => {
+                    slot.insert(fresh);
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 /// The span of one request, a child of the span that published it, and the
 /// trace context its result and events carry on: this span when spans are
 /// exported, else the one the request came with.
@@ -467,6 +492,34 @@ fn request_span<R: RequestMessage>(request: &R, message: &Incoming) -> (Span, Op
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_request_id_again_in_a_batch_points_at_the_first_fresh_one() {
+        use crate::domain::messages::ChargeRequest;
+        let request = |id: &str| {
+            let json = format!(r#"{{"request_id": "{id}", "user_id": 1, "amount": 1000}}"#);
+            decode::<ChargeRequest>(json.as_bytes()).expect("a valid request")
+        };
+        let decoded: Vec<(usize, ChargeRequest)> = ["a", "b", "a", "old", "c", "b", "old", "a"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| (i, request(id)))
+            .collect();
+        let stored = HashMap::from([(
+            "old".to_owned(),
+            processed::StoredResult {
+                request_id: "old".into(),
+                kind: "charge".into(),
+                user_id: Some(1),
+                result: "{}".into(),
+            },
+        )]);
+        // Fresh, each id once: a (0), b (1), c (2).
+        assert_eq!(
+            first_of_repeats(&decoded, &stored),
+            [None, None, Some(0), None, None, Some(1), None, Some(0)]
+        );
+    }
 
     #[test]
     fn a_stamp_counts_within_a_second_before_the_broker_timestamp() {
