@@ -326,3 +326,42 @@ impl Producer {
         .unwrap_or(Err(KafkaError::Canceled))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_no_broker_takes_fails_once_its_delivery_timeout_passes() {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let settings = KafkaSettings {
+            brokers: format!("127.0.0.1:{port}"),
+            delivery_timeout_ms: 1_500,
+            ..KafkaSettings::default()
+        };
+        let producer = Producer::new(&settings).expect("a producer");
+        let batch: Vec<OutMessage> = (0..3)
+            .map(|i| OutMessage::new("nowhere", "k", format!("m-{i}")))
+            .collect();
+        let sent = tokio::time::timeout(Duration::from_secs(30), producer.send_all(&batch))
+            .await
+            .expect("the batch is answered, not left waiting");
+        assert!(
+            matches!(
+                sent,
+                Err(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageTimedOut
+                ))
+            ),
+            "{sent:?}"
+        );
+        let one = tokio::time::timeout(Duration::from_secs(30), producer.start(&batch[0]))
+            .await
+            .expect("one message is answered too");
+        assert!(one.is_err(), "{one:?}");
+    }
+}
