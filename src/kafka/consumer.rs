@@ -292,7 +292,7 @@ impl InFlight {
         metrics::batch_stage(worker, "decide+publish", self.started.elapsed());
         metrics::batch_done(
             worker,
-            self.batch.first().map_or("", |m| m.topic.as_str()),
+            self.batch.first().map_or("", |m| &*m.topic),
             self.batch.len(),
             self.started.elapsed(),
         );
@@ -310,10 +310,10 @@ fn next_offsets(batch: &[Incoming]) -> Vec<(&str, i32, i64)> {
     let mut last = 0;
     for m in batch {
         let hit = match next.get(last) {
-            Some((t, p, _)) if *p == m.partition && *t == m.topic => Some(last),
+            Some((t, p, _)) if *p == m.partition && **t == *m.topic => Some(last),
             _ => next
                 .iter()
-                .position(|(t, p, _)| *p == m.partition && *t == m.topic),
+                .position(|(t, p, _)| *p == m.partition && **t == *m.topic),
         };
         match hit {
             Some(i) => {
@@ -322,7 +322,7 @@ fn next_offsets(batch: &[Incoming]) -> Vec<(&str, i32, i64)> {
             }
             None => {
                 last = next.len();
-                next.push((m.topic.as_str(), m.partition, m.offset + 1));
+                next.push((&*m.topic, m.partition, m.offset + 1));
             }
         }
     }

@@ -38,7 +38,7 @@ pub fn dead_letter(message: &Incoming, reason: &str) -> OutMessage {
         &payload[..payload.len().min(MAX_COPY_PAYLOAD)],
     )
     .header(HEADER_ERROR, reason)
-    .header(HEADER_SOURCE_TOPIC, message.topic.as_str())
+    .header(HEADER_SOURCE_TOPIC, &*message.topic)
     .header(HEADER_SOURCE_PARTITION, message.partition.to_string())
     .header(HEADER_SOURCE_OFFSET, message.offset.to_string());
     for (name, value) in &message.headers {

@@ -12,7 +12,7 @@ use rdkafka::message::BorrowedMessage;
 use tracing::{debug, warn};
 
 use super::handler::BatchHandler;
-use super::incoming::Incoming;
+use super::incoming::{Incoming, TopicName};
 use super::merge::{Frontiers, Merger, Take};
 use super::rebalance::CommitOnRevoke;
 
@@ -27,6 +27,7 @@ const REPORT_TIMEOUT: Duration = Duration::from_millis(100);
 /// Messages from the stream, merged into batches in acceptance order.
 pub(super) struct Intake {
     merger: Merger,
+    topic_name: TopicName,
     frontiers: Option<Arc<dyn Frontiers>>,
     next_report: Instant,
 }
@@ -35,6 +36,7 @@ impl Intake {
     pub(super) fn new(merger: Merger, frontiers: Option<Arc<dyn Frontiers>>) -> Self {
         Self {
             merger,
+            topic_name: TopicName::default(),
             frontiers,
             next_report: Instant::now(),
         }
@@ -107,7 +109,7 @@ impl Intake {
         self.follow_assignment(consumer, now);
         match message {
             Some(Ok(m)) => {
-                let mut incoming = Incoming::from_message(&m);
+                let mut incoming = Incoming::from_message(&m, &mut self.topic_name);
                 incoming.accepted_ms = handler.accepted_ms(&incoming);
                 self.merger.push(incoming, now);
                 true

@@ -190,7 +190,7 @@ impl Merger {
             Some(index) => index,
             None => {
                 self.lanes
-                    .push(Lane::new(message.topic.clone(), message.partition, now));
+                    .push(Lane::new(message.topic.to_string(), message.partition, now));
                 self.lanes.len() - 1
             }
         };
