@@ -232,11 +232,12 @@ impl CouponLogic {
     }
 
     /// Step 3: one transaction makes the grants durable and stores every
-    /// result. Returns the results and the coupons Redis had drifted on.
+    /// result (the rejections are moved out of `batch` into them). Returns
+    /// the results and the coupons Redis had drifted on.
     async fn record(
         &self,
         requests: &[&CouponIssueRequest],
-        batch: &Batch<'_>,
+        batch: &mut Batch<'_>,
     ) -> Result<(Vec<NewResult>, BTreeSet<i64>), WorkerError> {
         let grants: Vec<Grant> = batch
             .granted
@@ -251,8 +252,8 @@ impl CouponLogic {
         let written = coupons::issue(&mut tx, &grants).await?;
         let mut outcomes: Vec<Option<IssueOutcome>> = batch
             .rejected
-            .iter()
-            .map(|r| r.clone().map(IssueOutcome::Rejected))
+            .iter_mut()
+            .map(|r| r.take().map(IssueOutcome::Rejected))
             .collect();
         let mut drifted = BTreeSet::new();
         for (&i, outcome) in batch.granted.iter().zip(written) {
@@ -357,7 +358,7 @@ impl Decide for CouponLogic {
         reconcile::reload_if_redis_replaced(&self.db, &self.counters).await?;
         let mut batch = self.screen(requests, known);
         self.ask_redis(requests, &mut batch).await?;
-        let (results, drifted) = self.record(requests, &batch).await?;
+        let (results, drifted) = self.record(requests, &mut batch).await?;
         self.after_commit(requests, &batch).await?;
         for coupon_id in drifted {
             tracing::warn!(
