@@ -49,9 +49,16 @@ for line in ((out / "cpu.txt").read_text().splitlines() if (out / "cpu.txt").exi
     cpu.setdefault(name, {}).update({who.strip(): float(us) for who, us in re.findall(r"([A-Za-z ()]+?) ([\d.]+) µs", rest)})
 mark = lambda met: "met" if met else "**not met**"
 targets = [
-    ("coupon drop ≥ 0.6× passthrough", f"{drop / passthrough:.2f}×", drop / passthrough >= 0.6),
-    ("orders ≥ 0.25× passthrough", f"{orders / passthrough:.2f}×", orders / passthrough >= 0.25),
+    ("coupon drop ≥ 0.6× passthrough, one worker process", f"{drop / passthrough:.2f}×", drop / passthrough >= 0.6),
 ]
+# The same drop with 2 and 4 worker processes in one group (passed runs only).
+scaled = [(int(f.stem.split("-")[1]), tp(f.name)) for f in out.glob("scale-*.json") if ok(f.name)]
+scaled = [(n, t) for n, t in scaled if n > 1]
+if scaled:
+    n, best = max(scaled, key=lambda s: s[1])
+    targets.append((f"coupon drop ≥ 0.6× passthrough, the best of {', '.join(str(k) for k, _ in sorted(scaled))} worker processes",
+                    f"{best / passthrough:.2f}× ({n} processes)", best / passthrough >= 0.6))
+targets.append(("orders ≥ 0.25× passthrough", f"{orders / passthrough:.2f}×", orders / passthrough >= 0.25))
 if pt_rate:
     p99, pt_p99 = rate["latency"]["p99_ms"], pt_rate["latency"]["p99_ms"]
     targets.append(("p99 at 20,000/s ≤ passthrough p99 + 25 ms, whole run",
