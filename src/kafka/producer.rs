@@ -144,15 +144,21 @@ impl Deliveries {
         }
     }
 
-    /// Where each message landed (in the order the reports came), or the
-    /// first failure.
-    fn outcome(&self) -> Result<Vec<(i32, i64)>, KafkaError> {
+    /// Once `all_in` resolves: where each message landed (in the order the
+    /// reports came), or the first failure.
+    async fn outcome(&self, all_in: oneshot::Receiver<()>) -> Result<Vec<(i32, i64)>, KafkaError> {
+        all_in.await.map_err(|_| KafkaError::Canceled)?;
         let mut gathered = self.gathered.lock().unwrap_or_else(PoisonError::into_inner);
         match gathered.failed.take() {
             Some(e) => Err(e),
             None => Ok(std::mem::take(&mut gathered.places)),
         }
     }
+}
+
+/// The place of the one message a call sent.
+fn only(places: Vec<(i32, i64)>) -> Result<(i32, i64), KafkaError> {
+    places.first().copied().ok_or(KafkaError::Canceled)
 }
 
 #[derive(Clone)]
@@ -212,8 +218,7 @@ impl Producer {
 
     /// Publishes one message and waits until the broker has it.
     pub async fn send(&self, message: &OutMessage) -> Result<(i32, i64), KafkaError> {
-        let places = self.send_all(std::slice::from_ref(message)).await?;
-        places.first().copied().ok_or(KafkaError::Canceled)
+        only(self.send_all(std::slice::from_ref(message)).await?)
     }
 
     /// Hands one message to the client now, and returns what resolves once
@@ -226,12 +231,7 @@ impl Producer {
     ) -> BoxFuture<'static, Result<(i32, i64), KafkaError>> {
         let (deliveries, all_in) = Deliveries::new(1);
         match self.inner.send(record(message, &deliveries)) {
-            Ok(()) => async move {
-                all_in.await.map_err(|_| KafkaError::Canceled)?;
-                let places = deliveries.outcome()?;
-                places.first().copied().ok_or(KafkaError::Canceled)
-            }
-            .boxed(),
+            Ok(()) => async move { only(deliveries.outcome(all_in).await?) }.boxed(),
             Err(_) => {
                 let producer = self.clone();
                 let message = message.clone();
@@ -255,23 +255,24 @@ impl Producer {
         for message in messages {
             self.queue(message, &deliveries).await?;
         }
-        all_in.await.map_err(|_| KafkaError::Canceled)?;
-        deliveries.outcome()
+        deliveries.outcome(all_in).await
     }
 
     /// Queues one message in the client, waiting for room while its queue
-    /// is full (at most the delivery timeout).
+    /// is full (at most the delivery timeout; the clock is read only once
+    /// the queue is found full).
     async fn queue(
         &self,
         message: &OutMessage,
         deliveries: &Arc<Deliveries>,
     ) -> Result<(), KafkaError> {
-        let give_up = Instant::now() + self.queue_timeout;
+        let mut give_up = None;
         loop {
             match self.inner.send(record(message, deliveries)) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                    if Instant::now() < give_up =>
+                    if Instant::now()
+                        < *give_up.get_or_insert_with(|| Instant::now() + self.queue_timeout) =>
                 {
                     tokio::time::sleep(QUEUE_FULL_PAUSE).await;
                 }
