@@ -336,23 +336,26 @@ impl<D: Decide> RequestPipeline<D> {
     ) -> Result<Fresh<D::Request>, WorkerError> {
         let kind = self.logic.flow().kind();
         let mut replayed = Vec::new();
-        let first_of = first_of_repeats(&decoded, stored);
+        let seen = seen_before(&decoded, stored);
         let mut fresh = Fresh {
             requests: Vec::with_capacity(decoded.len()),
             repeats: Vec::new(),
             spans: Vec::with_capacity(decoded.len()),
         };
-        for ((index, request), first) in decoded.into_iter().zip(first_of) {
+        for ((index, request), seen) in decoded.into_iter().zip(seen) {
             let message = &batch[index];
-            let Some(previous) = stored.get(request.request_id().as_str()) else {
+            let previous = match seen {
+                Seen::Stored(previous) => previous,
                 // A request published twice into the same batch: decided once.
-                if let Some(first) = first {
+                Seen::RepeatOf(first) => {
                     fresh.repeats.push((index, first));
                     continue;
                 }
-                fresh.spans.push(request_span(&request, message));
-                fresh.requests.push((index, request));
-                continue;
+                Seen::New => {
+                    fresh.spans.push(request_span(&request, message));
+                    fresh.requests.push((index, request));
+                    continue;
+                }
             };
             let (span, traceparent) = request_span(&request, message);
             let _entered = span.enter();
@@ -442,27 +445,38 @@ impl<D: Decide> RequestPipeline<D> {
     }
 }
 
-/// For each of `decoded` not yet `stored` whose request id came earlier in
-/// it, the index among the fresh requests (those not stored, each id once)
-/// of the first with that id.
-fn first_of_repeats<R: RequestMessage>(
+/// Where a request of a batch was seen before.
+#[derive(Debug, PartialEq)]
+enum Seen<'a> {
+    /// Decided earlier: its stored result.
+    Stored(&'a processed::StoredResult),
+    /// Not stored, but earlier in the batch: the index among the fresh
+    /// requests (those not stored, each id once) of the first with its id.
+    RepeatOf(usize),
+    /// Neither: a fresh request.
+    New,
+}
+
+/// For each of `decoded`, where it was seen before (one look-up in
+/// `stored` per request).
+fn seen_before<'a, R: RequestMessage>(
     decoded: &[(usize, R)],
-    stored: &HashMap<String, processed::StoredResult>,
-) -> Vec<Option<usize>> {
+    stored: &'a HashMap<String, processed::StoredResult>,
+) -> Vec<Seen<'a>> {
     let mut first_seen: HashMap<&str, usize> = HashMap::with_capacity(decoded.len());
     decoded
         .iter()
         .map(|(_, request)| {
             let id = request.request_id().as_str();
-            if stored.contains_key(id) {
-                return None;
+            if let Some(previous) = stored.get(id) {
+                return Seen::Stored(previous);
             }
             let fresh = first_seen.len();
             match first_seen.entry(id) {
-                Entry::Occupied(first) => Some(*first.get()),
+                Entry::Occupied(first) => Seen::RepeatOf(*first.get()),
                 Entry::Vacant(slot) => {
                     slot.insert(fresh);
-                    None
+                    Seen::New
                 }
             }
         })
@@ -505,19 +519,27 @@ mod tests {
             .enumerate()
             .map(|(i, id)| (i, request(id)))
             .collect();
-        let stored = HashMap::from([(
-            "old".to_owned(),
-            processed::StoredResult {
-                request_id: "old".into(),
-                kind: "charge".into(),
-                user_id: Some(1),
-                result: "{}".into(),
-            },
-        )]);
+        let old = processed::StoredResult {
+            request_id: "old".into(),
+            kind: "charge".into(),
+            user_id: Some(1),
+            result: "{}".into(),
+        };
+        let stored = HashMap::from([("old".to_owned(), old.clone())]);
         // Fresh, each id once: a (0), b (1), c (2).
+        use Seen::{New, RepeatOf, Stored};
         assert_eq!(
-            first_of_repeats(&decoded, &stored),
-            [None, None, Some(0), None, None, Some(1), None, Some(0)]
+            seen_before(&decoded, &stored),
+            [
+                New,
+                New,
+                RepeatOf(0),
+                Stored(&old),
+                New,
+                RepeatOf(1),
+                Stored(&old),
+                RepeatOf(0)
+            ]
         );
     }
 
