@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::TestEnv;
-use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -73,22 +73,24 @@ async fn a_batch_returns_once_every_message_is_confirmed_and_where_each_landed()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_broker_refuses_fails_its_batch() {
     let env = TestEnv::new().await;
-    let topic = env.topics.requests(Flow::Coupon);
-    // The broker takes at most 2,000 bytes per batch on this topic; the
-    // client's own limit (1 MB) lets a larger message through to it.
+    // A topic of its own that takes at most 2,000 bytes per batch; the
+    // client's own limit (1 MB) lets a larger message through to it. The
+    // limit is part of the topic's creation: a limit altered afterwards
+    // reaches the broker's log a moment after the change is acknowledged,
+    // and a message sent in that moment is taken.
+    let topic = format!("{}refusing", env.settings.kafka.topic_prefix);
     let admin: AdminClient<DefaultClientContext> =
         stampede::kafka::client_config(&env.settings.kafka)
             .create()
             .expect("admin client");
-    let limit = AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "2000");
-    let altered = admin
-        .alter_configs(
-            &[limit],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let spec =
+        NewTopic::new(&topic, 4, TopicReplication::Fixed(1)).set("max.message.bytes", "2000");
+    let created = admin
+        .create_topics(&[spec], &options)
         .await
-        .expect("alter the topic");
-    assert!(altered.iter().all(Result::is_ok), "{altered:?}");
+        .expect("create the topic");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
 
     let batch = [
         to_partition(&topic, 0, "small".into()),
@@ -109,5 +111,6 @@ async fn a_message_the_broker_refuses_fails_its_batch() {
         .await
         .expect("a batch after the refusal");
     assert_eq!(places.len(), 1);
+    let _ = admin.delete_topics(&[topic.as_str()], &options).await;
     env.cleanup().await;
 }
