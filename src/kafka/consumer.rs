@@ -90,14 +90,6 @@ pub fn group_consumer(
         // only bounds an idle fetch, so a long one costs no latency and
         // keeps an idle worker (and the broker) from polling 100 times a second.
         .set("fetch.wait.max.ms", "1500")
-        // No fetch while fetched messages wait to be taken in: the next one
-        // goes out (within a millisecond) once the worker has taken them.
-        // Requests that trickle in (through the gateway, at a steady rate)
-        // then come in one fetch per batch instead of a fetch per few
-        // messages — each fetch costs the broker and this client the same
-        // whatever it carries. A backlog still comes a full fetch at a time.
-        .set("queued.min.messages", "1")
-        .set("fetch.queue.backoff.ms", "1")
         // Prefetched messages held in memory: a backlog stays in the broker,
         // not in the worker, however far behind it is.
         .set("queued.max.messages.kbytes", "16384")
