@@ -51,7 +51,7 @@ mark = lambda met: "met" if met else "**not met**"
 # What this machine could do at most at the measured CPU per request: every
 # core busy with nothing but the run's processes (load generator included).
 machine = (out / "machine.txt").read_text() if (out / "machine.txt").exists() else ""
-cores = int(re.search(r"(\d+) cores", machine).group(1)) if re.search(r"(\d+) cores", machine) else 0
+cores = int(found.group(1)) if (found := re.search(r"(\d+) cores", machine)) else 0
 def ceiling(run, against):
     total = sum(cpu.get(run, {}).values())
     if not (cores and total):
