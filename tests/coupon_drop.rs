@@ -352,3 +352,63 @@ async fn a_batch_is_decided_in_the_order_its_requests_were_accepted() {
     app.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_sent_again_in_the_next_batch_gets_its_first_answer() {
+    // One request per batch, so a batch is decided while the one before it
+    // is still being recorded; every request id comes twice in a row, the
+    // second time from another user.
+    let env = TestEnv::with(|s| s.worker.batch_size = 1).await;
+    users::seed(&env.db, 1, 100, 0).await.unwrap();
+    let stock = 30;
+    env.create_coupon(COUPON, stock).await;
+    let mut requests = Vec::new();
+    for i in 1..=50 {
+        for user in [i, 50 + i] {
+            requests.push((
+                i,
+                json!({"request_id": format!("k-{i}"), "user_id": user, "coupon_id": COUPON}),
+            ));
+        }
+    }
+    env.publish_all(Flow::Coupon, &requests).await;
+    let app = env.start(Roles::workers(vec![WorkerKind::Coupon])).await;
+    let mut answers: HashMap<String, Vec<Value>> = HashMap::new();
+    for record in env.results(Flow::Coupon).take(requests.len()).await {
+        let v: Value = serde_json::from_slice(&record.payload).unwrap();
+        answers
+            .entry(v["request_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v);
+    }
+    let mut winners = HashSet::new();
+    for i in 1..=50 {
+        let copies = &answers[&format!("k-{i}")];
+        assert_eq!(copies.len(), 2, "k-{i}: one answer per message");
+        assert_eq!(
+            copies[0], copies[1],
+            "k-{i}: the second gets the first answer"
+        );
+        assert_eq!(
+            copies[0]["user_id"], i,
+            "k-{i} is decided for its first user"
+        );
+        if copies[0]["status"] == "succeeded" {
+            winners.insert(i);
+        }
+    }
+    assert_eq!(winners.len() as i64, stock, "the whole stock, once");
+    let holders: HashSet<i64> =
+        sqlx::query_scalar::<_, i64>("SELECT user_id FROM user_coupons WHERE coupon_id = $1")
+            .bind(COUPON)
+            .fetch_all(&env.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(holders, winners, "only first senders hold the coupon");
+    let report = env.audit().await;
+    assert!(report.passed(), "{}", report.render());
+    app.stop().await;
+    env.cleanup().await;
+}

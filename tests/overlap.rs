@@ -9,6 +9,7 @@ use common::TestEnv;
 use serde_json::json;
 use stampede::app::Roles;
 use stampede::domain::messages::OrderRequest;
+use stampede::kafka::turns::{Turn, Turns};
 use stampede::kafka::Flow;
 use stampede::store::{products, users};
 use stampede::workers::order::OrderLogic;
@@ -41,7 +42,10 @@ async fn the_order_worker_that_loses_the_race_gives_its_stock_back() {
     };
     let request: OrderRequest = serde_json::from_value(order).unwrap();
     loser.prepare(&[&request]).await.unwrap();
-    let attempt = loser.decide(&[&request], &[None], &()).await;
+    let turns = Turns::default();
+    let attempt = loser
+        .decide(&[&request], &[None], &(), Turn::alone(&turns))
+        .await;
     assert!(attempt.is_err(), "a second commit of the same request");
     loser.replayed(&["o-raced"]).await.unwrap();
 

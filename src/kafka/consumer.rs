@@ -5,17 +5,21 @@
 //!
 //! At-least-once, in this order for each batch: the handler makes the effects
 //! durable (Redis, PostgreSQL) and returns the messages to publish (results,
-//! dead letters); they are published with acks=all; only then are the batch's
-//! offsets stored. Stored offsets are committed in the background, on every
+//! dead letters); they are published with acks=all, after the batch before
+//! it; only then are the batch's offsets stored. Stored offsets are committed in the background, on every
 //! partition revoke, and synchronously at shutdown. A crash anywhere before
 //! the store means redelivery, which idempotency by `request_id` makes
 //! harmless. Infrastructure failures are retried with backoff on the same
 //! batch, so a partition never skips a message.
 
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::{BoxFuture, Shared};
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -30,6 +34,7 @@ use super::intake::Intake;
 use super::merge::{Frontiers, Merger};
 use super::producer::{OutMessage, Producer};
 use super::rebalance::{commit_stored, CommitOnRevoke};
+use super::turns::{Turn, Turns};
 use crate::config::Settings;
 use crate::telemetry::metrics;
 
@@ -105,13 +110,12 @@ pub fn group_consumer(
     Ok(consumer)
 }
 
-/// Runs `handler` over micro-batches until `shutdown` is cancelled. The batch
-/// in flight when shutdown comes is finished (or abandoned unstored while its
-/// dependencies are down), then stored offsets are committed.
+/// Runs `handler` over micro-batches until `shutdown` is cancelled. The
+/// batches in flight when shutdown comes are finished (or abandoned unstored
+/// while their dependencies are down), then stored offsets are committed.
 ///
-/// Kept as one loop on purpose (a little over 80 lines): the order of
-/// decide, publish and offset store *is* the at-least-once guarantee, and it
-/// reads best in one place.
+/// Kept as one loop on purpose: the order of decide, publish and offset
+/// store *is* the at-least-once guarantee, and it reads best in one place.
 pub async fn run_batches(
     settings: &Settings,
     options: ConsumerOptions,
@@ -121,7 +125,8 @@ pub async fn run_batches(
 ) -> Result<(), ConsumerError> {
     let consumer = group_consumer(settings, &options)?;
     let worker = options.worker.as_str();
-    info!(worker, group = %options.group_id, topics = ?options.topics, "consuming");
+    let depth = handler.in_flight().max(1);
+    info!(worker, group = %options.group_id, topics = ?options.topics, in_flight = depth, "consuming");
     let backoff = Backoff::new(settings.retry_initial(), settings.retry_max());
     let mut stream = consumer.stream();
     let mut intake = Intake::new(
@@ -132,64 +137,119 @@ pub async fn run_batches(
         ),
         options.frontiers.clone(),
     );
-    // The publish of batch N runs while batch N+1 is fetched and decided; it
-    // is awaited (and N's offsets stored) before N+1 is published, so results
-    // stay in order per partition and offsets are only ever stored in order.
-    let mut in_flight: Option<InFlight> = None;
-    let outcome = loop {
-        // Waiting for messages also completes the batch being published, so
-        // its offsets are stored even when no further message comes.
-        let next = match in_flight.as_mut() {
-            Some(flight) => tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => Next::Shutdown,
-                published = &mut flight.publish => Next::Published(published.unwrap_or(false)),
-                batch = intake.next_batch(&mut stream, &consumer, handler, worker) => Next::Batch(batch),
-            },
-            None => tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => Next::Shutdown,
-                batch = intake.next_batch(&mut stream, &consumer, handler, worker) => Next::Batch(batch),
-            },
+    // Up to `depth` batches are decided at once, each in its turn
+    // (`super::turns`): batch n+1 decides while batch n records. Their
+    // results are published in the order the batches were taken, each
+    // publish starting once the one before went out, so results stay in
+    // order per partition and offsets are only ever stored in order.
+    let turns = Turns::default();
+    let mut taken: u64 = 0;
+    let (backoff_ref, shutdown_ref) = (&backoff, &shutdown);
+    let decide_in_turn = |batch: Vec<Incoming>, seq: u64| {
+        let turn = turns.turn(seq);
+        async move {
+            let started = std::time::Instant::now();
+            let decided = decide(handler, &batch, turn, backoff_ref, worker, shutdown_ref).await;
+            (batch, started, decided)
+        }
+    };
+    let mut deciding = FuturesOrdered::new();
+    let mut publishing: VecDeque<InFlight> = VecDeque::new();
+    let mut outcome = loop {
+        // A batch is taken only while there is room and every batch taken
+        // has decided: what it holds then waits for nothing but its turn.
+        let room = deciding.len() < depth;
+        let may_take = room && turns.is_decided(taken);
+        let oldest_publish = async {
+            match publishing.front() {
+                Some(flight) => flight.publish.clone().await,
+                None => std::future::pending().await,
+            }
         };
-        let batch = match next {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Next::Shutdown,
+            Some(decided) = deciding.next(), if !deciding.is_empty() => Next::Decided(decided),
+            // Waiting for messages also completes the batches being
+            // published, so their offsets are stored even when no further
+            // message comes.
+            published = oldest_publish => Next::Published(published),
+            () = turns.decided(taken), if room && !may_take => continue,
+            batch = intake.next_batch(&mut stream, &consumer, handler, worker), if may_take => Next::Batch(batch),
+        };
+        match next {
             Next::Shutdown | Next::Batch(None) => break Ok(()),
+            Next::Batch(Some(batch)) => {
+                taken += 1;
+                deciding.push_back(decide_in_turn(batch, taken));
+            }
+            Next::Decided((batch, started, Decided::Publish(outgoing))) => {
+                let previous = publishing.back().map(|f| f.publish.clone());
+                let publish = spawn_publish(
+                    producer.clone(),
+                    outgoing,
+                    backoff,
+                    worker,
+                    &shutdown,
+                    previous,
+                );
+                publishing.push_back(InFlight {
+                    batch,
+                    started,
+                    publish,
+                });
+            }
+            Next::Decided((_, _, Decided::Stop(outcome))) => break outcome,
             Next::Published(published) => {
-                if let Some(flight) = in_flight.take() {
+                if let Some(flight) = publishing.pop_front() {
                     if !flight.record(published, &consumer, worker)? {
                         break Ok(());
                     }
                 }
-                continue;
-            }
-            Next::Batch(Some(batch)) => batch,
-        };
-        let started = std::time::Instant::now();
-        let outgoing = match decide(handler, &batch, &backoff, worker, &shutdown).await {
-            Decided::Publish(outgoing) => outgoing,
-            Decided::Stop(outcome) => break outcome,
-        };
-        if let Some(previous) = in_flight.take() {
-            if !previous.finish(&consumer, worker).await? {
-                break Ok(());
             }
         }
-        let publish = spawn_publish(producer.clone(), outgoing, backoff, worker, &shutdown);
-        in_flight = Some(InFlight {
-            batch,
-            started,
-            publish,
-        });
     };
-    let outcome = match in_flight.take() {
-        Some(last) => last
-            .finish(&consumer, worker)
-            .await
-            .map(|_| ())
-            .map_err(ConsumerError::from)
-            .and(outcome),
-        None => outcome,
-    };
+    // The batches still deciding are finished in order (a batch whose
+    // dependencies are down stops at shutdown, and the ones after it with
+    // it), then every publish, storing offsets as each goes out.
+    if outcome.is_ok() {
+        while let Some((batch, started, decided)) = deciding.next().await {
+            match decided {
+                Decided::Publish(outgoing) => {
+                    let previous = publishing.back().map(|f| f.publish.clone());
+                    let publish = spawn_publish(
+                        producer.clone(),
+                        outgoing,
+                        backoff,
+                        worker,
+                        &shutdown,
+                        previous,
+                    );
+                    publishing.push_back(InFlight {
+                        batch,
+                        started,
+                        publish,
+                    });
+                }
+                Decided::Stop(stopped) => {
+                    outcome = stopped;
+                    break;
+                }
+            }
+        }
+    }
+    drop(deciding);
+    while let Some(flight) = publishing.pop_front() {
+        let published = flight.publish.clone().await;
+        match flight.record(published, &consumer, worker) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                outcome = outcome.and(Err(e.into()));
+                break;
+            }
+        }
+    }
     drop(stream);
     commit_stored(&consumer, worker);
     info!(worker, "consumer stopped");
@@ -204,10 +264,12 @@ enum Decided {
     Stop(Result<(), ConsumerError>),
 }
 
-/// Hands a batch to the handler, retrying while its dependencies are down.
+/// Hands a batch to the handler in its turn, retrying while its
+/// dependencies are down (a retried batch keeps its turn).
 async fn decide(
     handler: &dyn BatchHandler,
     batch: &[Incoming],
+    turn: Turn<'_>,
     backoff: &Backoff,
     worker: &str,
     shutdown: &CancellationToken,
@@ -215,8 +277,15 @@ async fn decide(
     metrics::batch_size(worker, batch.len());
     let started = std::time::Instant::now();
     let handled = backoff
-        .retry(worker, "handle batch", shutdown, || handler.handle(batch))
+        .retry(worker, "handle batch", shutdown, || {
+            handler.handle(batch, turn)
+        })
         .await;
+    if let Some(Ok(_)) = handled {
+        // A handler that does not keep to its turn has still decided and
+        // recorded the batch by now.
+        turn.recorded().await;
+    }
     metrics::batch_stage(worker, "decide", started.elapsed());
     match handled {
         Some(Ok(out)) => Decided::Publish(out),
@@ -228,18 +297,28 @@ async fn decide(
     }
 }
 
-/// Publishes a batch's results in the background, retrying while the broker
-/// is down; the task answers whether they went out.
+/// A batch's publish: whether its results went out.
+type Publish = Shared<BoxFuture<'static, bool>>;
+
+/// Publishes a batch's results in the background once `previous` went out,
+/// retrying while the broker is down; resolves to whether they went out
+/// (never, if `previous` did not).
 fn spawn_publish(
     producer: Producer,
     outgoing: Vec<OutMessage>,
     backoff: Backoff,
     worker: &str,
     shutdown: &CancellationToken,
-) -> tokio::task::JoinHandle<bool> {
+    previous: Option<Publish>,
+) -> Publish {
     let token = shutdown.clone();
     let name = worker.to_owned();
     tokio::spawn(async move {
+        if let Some(previous) = previous {
+            if !previous.await {
+                return false;
+            }
+        }
         let published = backoff
             .retry(&name, "publish results", &token, || async {
                 producer
@@ -250,34 +329,27 @@ fn spawn_publish(
             .await;
         matches!(published, Some(Ok(_)))
     })
+    .map(|joined| joined.unwrap_or(false))
+    .boxed()
+    .shared()
 }
 
 /// A decided batch whose results are being published.
 struct InFlight {
     batch: Vec<Incoming>,
     started: std::time::Instant,
-    publish: tokio::task::JoinHandle<bool>,
+    publish: Publish,
 }
 
 /// What the consumer loop woke up for.
-enum Next<T> {
+enum Next {
     Shutdown,
     Published(bool),
-    Batch(Option<T>),
+    Batch(Option<Vec<Incoming>>),
+    Decided((Vec<Incoming>, std::time::Instant, Decided)),
 }
 
 impl InFlight {
-    /// Waits for the publish; stores the batch's offsets once it succeeded.
-    /// `Ok(false)`: shutdown came before the results were out (nothing stored).
-    async fn finish(
-        mut self,
-        consumer: &StreamConsumer<CommitOnRevoke>,
-        worker: &str,
-    ) -> Result<bool, KafkaError> {
-        let published = (&mut self.publish).await.unwrap_or(false);
-        self.record(published, consumer, worker)
-    }
-
     /// Stores the batch's offsets and records its metrics, if it was published.
     fn record(
         self,

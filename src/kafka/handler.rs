@@ -5,6 +5,7 @@ use async_trait::async_trait;
 
 use super::incoming::Incoming;
 use super::producer::OutMessage;
+use super::turns::Turn;
 
 /// Any error, kept with its chain of causes.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -42,7 +43,18 @@ impl HandlerError {
 #[async_trait]
 pub trait BatchHandler: Send + Sync {
     /// Makes the effects of the batch durable and returns what to publish.
-    async fn handle(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, HandlerError>;
+    /// `turn` orders it among the batches in flight ([`Self::in_flight`]).
+    async fn handle(
+        &self,
+        batch: &[Incoming],
+        turn: Turn<'_>,
+    ) -> Result<Vec<OutMessage>, HandlerError>;
+
+    /// How many batches may be handled at once: above 1 only for a handler
+    /// that keeps to its [`Turn`] (decides, then records, in batch order).
+    fn in_flight(&self) -> usize {
+        1
+    }
 
     /// When a message counts as accepted, for first come, first served
     /// across partitions: by default its Kafka timestamp (unstamped last).

@@ -14,6 +14,7 @@ pub mod producer;
 mod rebalance;
 pub mod tail;
 pub mod topics;
+pub mod turns;
 
 use std::collections::BTreeMap;
 

@@ -14,6 +14,7 @@ use crate::domain::coupon::Discount;
 use crate::domain::messages::CouponSpec;
 use crate::kafka::consumer::{run_batches, ConsumerOptions};
 use crate::kafka::handler::{BatchHandler, HandlerError};
+use crate::kafka::turns::Turn;
 use crate::kafka::Incoming;
 use crate::kafka::{Flow, OutMessage, Producer, Topics};
 use crate::reconcile;
@@ -205,7 +206,11 @@ struct Passthrough {
 
 #[async_trait::async_trait]
 impl BatchHandler for Passthrough {
-    async fn handle(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, HandlerError> {
+    async fn handle(
+        &self,
+        batch: &[Incoming],
+        _turn: Turn<'_>,
+    ) -> Result<Vec<OutMessage>, HandlerError> {
         Ok(batch
             .iter()
             .map(|m| {

@@ -12,6 +12,7 @@ use super::WorkerError;
 use crate::domain::charge::{apply_charge, ChargeLimits};
 use crate::domain::messages::{ChargeRequest, ChargeResult, Status};
 use crate::domain::{ErrorCode, Rejection};
+use crate::kafka::turns::Turn;
 use crate::kafka::Flow;
 use crate::store::processed::{self, NewResult};
 use crate::store::users::{self, HistoryRow};
@@ -42,6 +43,7 @@ impl Decide for ChargeLogic {
         requests: &[&ChargeRequest],
         _traces: &[Option<&str>],
         _context: &(),
+        _turn: Turn<'_>,
     ) -> Result<Vec<NewResult>, WorkerError> {
         let mut tx = self
             .db

@@ -53,6 +53,7 @@ use crate::domain::coupon::{donors, IssueDecision};
 use crate::domain::coupon_batch::{admit, issue_result, recorded, IssueOutcome, Recorded};
 use crate::domain::messages::{CouponIssueRequest, CouponIssueResult};
 use crate::domain::Rejection;
+use crate::kafka::turns::Turn;
 use crate::kafka::Flow;
 use crate::reconcile;
 use crate::store::coupons::{self, CouponRow, Grant};
@@ -331,6 +332,12 @@ impl Decide for CouponLogic {
         Flow::Coupon
     }
 
+    /// A batch's Redis decisions are taken before its transaction; the next
+    /// batch's look-ups and decisions overlap that transaction.
+    fn in_flight(&self) -> usize {
+        2
+    }
+
     async fn prepare(&self, requests: &[&CouponIssueRequest]) -> Result<Known, WorkerError> {
         let user_ids: Vec<i64> = requests.iter().map(|r| r.user_id).collect();
         let coupon_ids: Vec<i64> = requests
@@ -354,10 +361,14 @@ impl Decide for CouponLogic {
         requests: &[&CouponIssueRequest],
         _traces: &[Option<&str>],
         known: &Known,
+        turn: Turn<'_>,
     ) -> Result<Vec<NewResult>, WorkerError> {
         reconcile::reload_if_redis_replaced(&self.db, &self.counters).await?;
         let mut batch = self.screen(requests, known);
         self.ask_redis(requests, &mut batch).await?;
+        // The decisions are taken, in batch order: the next batch may take
+        // its own while this one is made durable.
+        turn.to_record().await;
         let (results, drifted) = self.record(requests, &mut batch).await?;
         self.after_commit(requests, &batch).await?;
         for coupon_id in drifted {

@@ -31,6 +31,7 @@ use crate::counters::{Counters, StockAnswer, StockRequest};
 use crate::domain::messages::{OrderRequest, OrderResult};
 use crate::domain::order_batch::{paid_order, rounds, Candidate, OrderBook, Stock, Verdict};
 use crate::kafka::topics::ORDER_STATS;
+use crate::kafka::turns::Turn;
 use crate::kafka::Flow;
 use crate::reconcile;
 use crate::store::orders::{self, NewEvent, NewOrder};
@@ -291,6 +292,7 @@ impl Decide for OrderLogic {
         requests: &[&OrderRequest],
         traces: &[Option<&str>],
         _context: &(),
+        _turn: Turn<'_>,
     ) -> Result<Vec<NewResult>, WorkerError> {
         let mut fresh = Vec::new();
         let mut committed = false;

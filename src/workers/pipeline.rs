@@ -24,6 +24,7 @@ use crate::domain::validate::{decode, salvage};
 use crate::domain::{ErrorCode, Rejection, RequestId};
 use crate::kafka::dlq::{dead_letter, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
 use crate::kafka::handler::{BatchHandler, HandlerError};
+use crate::kafka::turns::Turn;
 use crate::kafka::Incoming;
 use crate::kafka::{Flow, OutMessage, Topics};
 use crate::store::processed::{self, NewResult};
@@ -83,13 +84,21 @@ pub trait Decide: Send + Sync {
     /// their effects and results durably. Returns one result per request.
     /// `traces[i]` is the trace context (`traceparent`) that events caused by
     /// `requests[i]` carry on; `context` was prepared for a batch holding
-    /// every one of `requests`.
+    /// every one of `requests`. A flow with [`Decide::in_flight`] above 1
+    /// calls [`Turn::to_record`] once its decisions are taken, before it
+    /// writes anything to PostgreSQL.
     async fn decide(
         &self,
         requests: &[&Self::Request],
         traces: &[Option<&str>],
         context: &Self::Context,
+        turn: Turn<'_>,
     ) -> Result<Vec<NewResult>, WorkerError>;
+
+    /// How many batches may be in flight at once ([`crate::kafka::turns`]).
+    fn in_flight(&self) -> usize {
+        1
+    }
 
     /// Called with a request that failed for good and went to the DLQ, to
     /// give back whatever counter state it had taken.
@@ -178,10 +187,11 @@ impl<D: Decide> RequestPipeline<D> {
         batch: &[Incoming],
         fresh: &[(usize, D::Request)],
         (traces, context): (&[Option<&str>], &D::Context),
+        turn: Turn<'_>,
         out: &mut Vec<OutMessage>,
     ) -> Result<Vec<Option<NewResult>>, WorkerError> {
         let requests: Vec<&D::Request> = fresh.iter().map(|(_, r)| r).collect();
-        match self.logic.decide(&requests, traces, context).await {
+        match self.logic.decide(&requests, traces, context, turn).await {
             Ok(results) => return Ok(results.into_iter().map(Some).collect()),
             Err(e) if e.is_retryable() => return Err(e),
             Err(e) => {
@@ -190,7 +200,11 @@ impl<D: Decide> RequestPipeline<D> {
         }
         let mut results = Vec::with_capacity(fresh.len());
         for ((index, request), trace) in fresh.iter().zip(traces) {
-            match self.logic.decide(&[request], &[*trace], context).await {
+            match self
+                .logic
+                .decide(&[request], &[*trace], context, turn)
+                .await
+            {
                 Ok(mut one) => results.push(one.pop()),
                 Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => {
@@ -216,8 +230,16 @@ impl<D: Decide> RequestPipeline<D> {
 
 #[async_trait]
 impl<D: Decide> BatchHandler for RequestPipeline<D> {
-    async fn handle(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, HandlerError> {
-        Ok(self.handle_batch(batch).await?)
+    async fn handle(
+        &self,
+        batch: &[Incoming],
+        turn: Turn<'_>,
+    ) -> Result<Vec<OutMessage>, HandlerError> {
+        Ok(self.handle_batch(batch, turn).await?)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.logic.in_flight()
     }
 
     /// Reads only `requested_at` (the rest is decoded with the batch); an
@@ -253,7 +275,12 @@ struct Fresh<R> {
 }
 
 impl<D: Decide> RequestPipeline<D> {
-    async fn handle_batch(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, WorkerError> {
+    async fn handle_batch(
+        &self,
+        batch: &[Incoming],
+        turn: Turn<'_>,
+    ) -> Result<Vec<OutMessage>, WorkerError> {
+        turn.to_decide().await;
         let mut out = Vec::with_capacity(batch.len());
         let mut decoded = self.decode_all(batch, &mut out)?;
         // First come, first served inside the batch: the intake merged the
@@ -267,6 +294,12 @@ impl<D: Decide> RequestPipeline<D> {
                 .iter()
                 .map(|r| r.request_id().as_str().to_owned())
                 .collect();
+            // A request id the batch before is still recording is looked up
+            // once its result is stored; the batch after waits for this
+            // one's likewise.
+            let keys = turn.keys(ids.iter().map(String::as_str));
+            turn.wait_if_held(&keys).await;
+            turn.hold(keys);
             tokio::try_join!(
                 async { Ok(processed::lookup(&self.db, &ids).await?) },
                 self.logic.prepare(&requests)
@@ -277,8 +310,9 @@ impl<D: Decide> RequestPipeline<D> {
             .await?;
         let traces: Vec<Option<&str>> = fresh.spans.iter().map(|(_, t)| t.as_deref()).collect();
         let results = self
-            .decide_isolating(batch, &fresh.requests, (&traces, &context), &mut out)
+            .decide_isolating(batch, &fresh.requests, (&traces, &context), turn, &mut out)
             .await?;
+        turn.recorded().await;
         self.answer_decided(batch, &fresh, results, &mut out);
         Ok(out)
     }

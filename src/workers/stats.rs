@@ -10,6 +10,7 @@ use crate::domain::messages::OrderStats;
 use crate::domain::validate::Validate;
 use crate::kafka::dlq::dead_letter;
 use crate::kafka::handler::{BatchHandler, HandlerError};
+use crate::kafka::turns::Turn;
 use crate::kafka::Incoming;
 use crate::kafka::OutMessage;
 use crate::store::stats;
@@ -32,7 +33,11 @@ pub struct StatsConsumer {
 
 #[async_trait]
 impl BatchHandler for StatsConsumer {
-    async fn handle(&self, batch: &[Incoming]) -> Result<Vec<OutMessage>, HandlerError> {
+    async fn handle(
+        &self,
+        batch: &[Incoming],
+        _turn: Turn<'_>,
+    ) -> Result<Vec<OutMessage>, HandlerError> {
         let mut events = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
         for message in batch {
