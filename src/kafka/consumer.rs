@@ -158,7 +158,10 @@ pub async fn run_batches(
     let mut outcome = loop {
         // A batch is taken only while there is room and every batch taken
         // has decided: what it holds then waits for nothing but its turn.
-        let room = deciding.len() < depth;
+        // Room counts the batches publishing too: while results wait on the
+        // broker, requests gather into a larger next batch instead of many
+        // small ones queueing behind each other's publish.
+        let room = deciding.len() < depth && deciding.len() + publishing.len() <= depth;
         let may_take = room && turns.is_decided(taken);
         let oldest_publish = async {
             match publishing.front() {
