@@ -144,6 +144,7 @@ pub async fn run_batches(
     // order per partition and offsets are only ever stored in order.
     let turns = Turns::default();
     let mut taken: u64 = 0;
+    let mut backlog = false;
     let (backoff_ref, shutdown_ref) = (&backoff, &shutdown);
     let decide_in_turn = |batch: Vec<Incoming>, seq: u64| {
         let turn = turns.turn(seq);
@@ -158,10 +159,12 @@ pub async fn run_batches(
     let mut outcome = loop {
         // A batch is taken only while there is room and every batch taken
         // has decided: what it holds then waits for nothing but its turn.
-        // Room counts the batches publishing too: while results wait on the
-        // broker, requests gather into a larger next batch instead of many
-        // small ones queueing behind each other's publish.
-        let room = deciding.len() < depth && deciding.len() + publishing.len() <= depth;
+        // Batches overlap only under a backlog (the last one taken was
+        // full); otherwise, and while results wait on the broker, requests
+        // gather into one larger next batch rather than many small ones,
+        // each costing a transaction and a publish.
+        let limit = if backlog { depth } else { 1 };
+        let room = deciding.len() < limit && deciding.len() + publishing.len() <= limit;
         let may_take = room && turns.is_decided(taken);
         let oldest_publish = async {
             match publishing.front() {
@@ -183,6 +186,7 @@ pub async fn run_batches(
         match next {
             Next::Shutdown | Next::Batch(None) => break Ok(()),
             Next::Batch(Some(batch)) => {
+                backlog = batch.len() >= settings.worker.batch_size;
                 taken += 1;
                 deciding.push_back(decide_in_turn(batch, taken));
             }
