@@ -154,6 +154,25 @@ pub async fn run_batches(
             (batch, started, decided)
         }
     };
+    let publish_after_last = |publishing: &mut VecDeque<InFlight>,
+                              batch: Vec<Incoming>,
+                              started: std::time::Instant,
+                              outgoing: Vec<OutMessage>| {
+        let previous = publishing.back().map(|f| f.publish.clone());
+        let publish = spawn_publish(
+            producer.clone(),
+            outgoing,
+            backoff,
+            worker,
+            shutdown_ref,
+            previous,
+        );
+        publishing.push_back(InFlight {
+            batch,
+            started,
+            publish,
+        });
+    };
     let mut deciding = FuturesOrdered::new();
     let mut publishing: VecDeque<InFlight> = VecDeque::new();
     let mut outcome = loop {
@@ -191,20 +210,7 @@ pub async fn run_batches(
                 deciding.push_back(decide_in_turn(batch, taken));
             }
             Next::Decided((batch, started, Decided::Publish(outgoing))) => {
-                let previous = publishing.back().map(|f| f.publish.clone());
-                let publish = spawn_publish(
-                    producer.clone(),
-                    outgoing,
-                    backoff,
-                    worker,
-                    &shutdown,
-                    previous,
-                );
-                publishing.push_back(InFlight {
-                    batch,
-                    started,
-                    publish,
-                });
+                publish_after_last(&mut publishing, batch, started, outgoing);
             }
             Next::Decided((_, _, Decided::Stop(outcome))) => break outcome,
             Next::Published(published) => {
@@ -223,20 +229,7 @@ pub async fn run_batches(
         while let Some((batch, started, decided)) = deciding.next().await {
             match decided {
                 Decided::Publish(outgoing) => {
-                    let previous = publishing.back().map(|f| f.publish.clone());
-                    let publish = spawn_publish(
-                        producer.clone(),
-                        outgoing,
-                        backoff,
-                        worker,
-                        &shutdown,
-                        previous,
-                    );
-                    publishing.push_back(InFlight {
-                        batch,
-                        started,
-                        publish,
-                    });
+                    publish_after_last(&mut publishing, batch, started, outgoing);
                 }
                 Decided::Stop(stopped) => {
                     outcome = stopped;
