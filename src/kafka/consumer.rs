@@ -6,11 +6,12 @@
 //! At-least-once, in this order for each batch: the handler makes the effects
 //! durable (Redis, PostgreSQL) and returns the messages to publish (results,
 //! dead letters); they are published with acks=all, after the batch before
-//! it; only then are the batch's offsets stored. Stored offsets are committed in the background, on every
-//! partition revoke, and synchronously at shutdown. A crash anywhere before
-//! the store means redelivery, which idempotency by `request_id` makes
-//! harmless. Infrastructure failures are retried with backoff on the same
-//! batch, so a partition never skips a message.
+//! it; only then are the batch's offsets stored. Stored offsets are
+//! committed in the background, on every partition revoke, and synchronously
+//! at shutdown. A crash anywhere before the store means redelivery, which
+//! idempotency by `request_id` makes harmless. Infrastructure failures are
+//! retried with backoff on the same batch, so a partition never skips a
+//! message.
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;

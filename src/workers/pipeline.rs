@@ -296,10 +296,13 @@ impl<D: Decide> RequestPipeline<D> {
                 .collect();
             // A request id the batch before is still recording is looked up
             // once its result is stored; the batch after waits for this
-            // one's likewise.
-            let keys = turn.keys(ids.iter().map(String::as_str));
-            turn.wait_if_held(&keys).await;
-            turn.hold(keys);
+            // one's likewise. A flow deciding one batch at a time never has
+            // a batch before it still recording: it hashes nothing.
+            if self.logic.in_flight() > 1 {
+                let keys = turn.keys(ids.iter().map(String::as_str));
+                turn.wait_if_held(&keys).await;
+                turn.hold(keys);
+            }
             tokio::try_join!(
                 async { Ok(processed::lookup(&self.db, &ids).await?) },
                 self.logic.prepare(&requests)
