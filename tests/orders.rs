@@ -244,6 +244,91 @@ async fn two_orders_racing_for_the_last_unit_have_one_winner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_in_two_batches_in_flight_pays_from_the_balance_the_first_left() {
+    // One order per batch, so batch n+1 is decided while batch n writes.
+    // Each user can pay for one order of two sent in a row, and sends the
+    // first one again right after: the second order must see the balance the
+    // first left, and the repeat must get the first answer.
+    let env = TestEnv::with(|s| s.worker.batch_size = 1).await;
+    users::seed(&env.db, 1, 20, 10_000).await.unwrap();
+    env.create_product(1, 6_000, 100).await;
+    let mut orders = Vec::new();
+    for u in 1..=20 {
+        orders.push((u, order(&format!("a-{u}"), u, &[(1, 1)], None)));
+        orders.push((u, order(&format!("b-{u}"), u, &[(1, 1)], None)));
+        orders.push((u, order(&format!("a-{u}"), u, &[(1, 1)], None)));
+    }
+    env.publish_all(Flow::Order, &orders).await;
+    let app = env.start(Roles::workers(vec![WorkerKind::Order])).await;
+    let mut answers: HashMap<String, Vec<Value>> = HashMap::new();
+    for record in env.results(Flow::Order).take(orders.len()).await {
+        let v: Value = serde_json::from_slice(&record.payload).unwrap();
+        answers
+            .entry(v["request_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v);
+    }
+    for u in 1..=20 {
+        let first = &answers[&format!("a-{u}")];
+        assert_eq!(first.len(), 2, "a-{u}: one answer per message");
+        assert_eq!(
+            first[0], first[1],
+            "a-{u}: the repeat gets the first answer"
+        );
+        assert_eq!(first[0]["status"], "succeeded", "a-{u}: {first:?}");
+        let second = &answers[&format!("b-{u}")][0];
+        assert_eq!(
+            second["error"]["code"], "insufficient_balance",
+            "b-{u} sees the balance a-{u} left: {second}"
+        );
+        assert_eq!(env.balance(u).await, Some(4_000), "user {u}");
+    }
+    assert_eq!(stock(&env, 1).await, (80, 80));
+    app.stop().await;
+    let report = env.audit().await;
+    assert!(report.passed(), "{}", report.render());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_selling_more_than_postgres_has_never_oversells_with_batches_in_flight() {
+    // Redis believes in 12 units, PostgreSQL has 4: whichever batch finds
+    // the shortfall (on its snapshot, or once it locks the product), no more
+    // than 4 are sold and the counter is reloaded.
+    let env = TestEnv::with(|s| s.worker.batch_size = 1).await;
+    users::seed(&env.db, 1, 12, 100_000).await.unwrap();
+    env.create_product(1, 1_000, 12).await;
+    sqlx::query("UPDATE products SET stock = 4 WHERE id = 1")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let orders: Vec<(i64, Value)> = (1..=12)
+        .map(|u| (u, order(&format!("d-{u}"), u, &[(1, 1)], None)))
+        .collect();
+    env.publish_all(Flow::Order, &orders).await;
+    let app = env.start(Roles::workers(vec![WorkerKind::Order])).await;
+    let results = env
+        .wait_results(Flow::Order, &ids((1..=12).map(|u| format!("d-{u}"))))
+        .await;
+    let paid = results
+        .values()
+        .filter(|r| r[0]["status"] == "succeeded")
+        .count();
+    assert_eq!(paid, 4, "{results:?}");
+    assert!(results
+        .values()
+        .all(|r| r[0]["status"] == "succeeded" || r[0]["error"]["code"] == "out_of_stock"));
+    eventually("Redis holds PostgreSQL's stock again", || async {
+        (stock(&env, 1).await == (0, 0)).then_some(())
+    })
+    .await;
+    app.stop().await;
+    let report = env.audit().await;
+    assert!(report.passed(), "{}", report.render());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_order_request_charges_once() {
     let env = TestEnv::new().await;
     users::create(&env.db, Some(1), 50_000).await.unwrap();

@@ -117,6 +117,12 @@ impl<'a> Turn<'a> {
         held.push((self.seq, keys));
     }
 
+    /// Waits until the batch before this one has recorded (without letting
+    /// the next one decide yet).
+    pub async fn previous_recorded(&self) {
+        self.turns.recorded(self.seq - 1).await;
+    }
+
     /// This batch has decided: the next one may decide while this one waits
     /// for the batch before it to record.
     pub async fn to_record(&self) {
@@ -197,6 +203,21 @@ mod tests {
         assert!(!finishes(second.wait_if_held(&second.keys(["c", "b"]))).await);
         first.recorded().await;
         assert!(finishes(second.wait_if_held(&second.keys(["b"]))).await);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_previous_batch_to_record_lets_no_later_batch_decide() {
+        let turns = Turns::default();
+        let (first, second, third) = (turns.turn(1), turns.turn(2), turns.turn(3));
+        assert!(!finishes(second.previous_recorded()).await);
+        first.recorded().await;
+        assert!(finishes(second.previous_recorded()).await);
+        assert!(
+            !finishes(third.to_decide()).await,
+            "batch 2 has not decided"
+        );
+        second.to_record().await;
+        assert!(finishes(third.to_decide()).await);
     }
 
     #[tokio::test]

@@ -109,6 +109,22 @@ pub async fn lock(
         .collect())
 }
 
+/// The products' (price, stock) by id, unlocked.
+pub async fn read(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[i64],
+) -> Result<HashMap<i64, (i64, i64)>> {
+    let rows: Vec<(i64, i64, i64)> =
+        sqlx::query_as("SELECT id, price, stock FROM products WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, price, stock)| (id, (price, stock)))
+        .collect())
+}
+
 /// Takes sold units off the stock.
 pub async fn decrement(tx: &mut Transaction<'_, Postgres>, sold: &HashMap<i64, i64>) -> Result<()> {
     if sold.is_empty() {

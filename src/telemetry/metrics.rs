@@ -116,6 +116,12 @@ pub fn replayed(flow: &str) {
     counter!("stampede_requests_replayed_total", "flow" => flow.to_owned()).increment(1);
 }
 
+/// An order batch decided again with its products locked first (see
+/// [`crate::workers::order`]).
+pub fn order_batch_redecided() {
+    counter!("stampede_order_batches_redecided_total").increment(1);
+}
+
 pub fn dead_lettered(flow: &str) {
     counter!("stampede_dlq_messages_total", "flow" => flow.to_owned()).increment(1);
 }

@@ -1,15 +1,28 @@
 //! The order worker: stock, coupon, payment, compensation, statistics.
 //!
-//! Per micro-batch, inside one PostgreSQL transaction: the users' and
-//! products' rows are locked (ascending id) and the named coupon holdings
-//! read into an order book; each order is priced and paid on it (the pure
-//! rules of [`crate::domain::order_batch`]); then one Lua call per *round* reserves stock
-//! all-or-nothing for the orders that can pay (`reserve`) and only checks it
-//! for the others (`check`, so `out_of_stock` keeps its precedence and nothing
-//! is held). A user's k-th order of the batch is in round k, so it sees the
-//! balance and coupon use of the user's earlier orders. Paid orders, items,
-//! balances, history, coupon use, stock and the stats event (outbox) commit
-//! together with every result.
+//! Per micro-batch, inside one PostgreSQL transaction: the users' rows and
+//! the named coupon holdings are locked (ascending id) and read, with the
+//! products' prices and stock, into an order book; each order is priced and
+//! paid on it (the pure rules of [`crate::domain::order_batch`]); then one Lua
+//! call per *round* reserves stock all-or-nothing for the orders that can pay
+//! (`reserve`) and only checks it for the others (`check`, so `out_of_stock`
+//! keeps its precedence and nothing is held). A user's k-th order of the
+//! batch is in round k, so it sees the balance and coupon use of the user's
+//! earlier orders. Paid orders, items, balances, history, coupon use, stock
+//! and the stats event (outbox) commit together with every result.
+//!
+//! # Two batches in flight
+//!
+//! The products' rows, which every batch of a sale shares, are locked only
+//! once the batch's Redis decisions are taken and the batch before it has
+//! recorded ([`Turn::to_record`]): batch n+1 locks its users, reads its
+//! products and reserves its stock while batch n's transaction writes. A user
+//! in both waits on batch n's lock, and so sees its balance after it. With
+//! the products locked, their stock must cover what the batch sold; if it
+//! does not (Redis sold more than PostgreSQL has), or a product has to be
+//! loaded into Redis first (which takes the products' locks), the attempt
+//! is given up — its holds go back — and the batch is decided again with the
+//! products locked from the start, after the batch before it has recorded.
 //!
 //! Crash safety matches the coupon flow: a hold is keyed by `request_id`, so a
 //! redelivered order finds its own hold instead of taking stock twice; a
@@ -38,6 +51,7 @@ use crate::store::orders::{self, NewEvent, NewOrder};
 use crate::store::processed::{self, NewResult};
 use crate::store::users::{self, HistoryRow};
 use crate::store::{products, StoreError};
+use crate::telemetry::metrics;
 
 pub struct OrderLogic {
     pub db: PgPool,
@@ -61,12 +75,16 @@ impl OrderLogic {
     /// Reserves a round; the requests whose stock this call took (not an
     /// earlier attempt's) are added to `fresh`.
     /// `batch` is the batch's transaction, which holds the products' locks.
+    /// A round asked before the products are locked ([`Products::Late`])
+    /// does not load missing products (that would take their locks out of
+    /// turn): it returns `None`, and the batch is decided again.
     async fn reserve_round(
         &self,
         batch: &mut PgConnection,
         round: &[StockRequest],
         fresh: &mut Vec<String>,
-    ) -> Result<Vec<StockAnswer>, WorkerError> {
+        products: Products,
+    ) -> Result<Option<Vec<StockAnswer>>, WorkerError> {
         for _ in 0..3 {
             let answers = self.counters.reserve_stock(round).await?;
             fresh.extend(
@@ -84,7 +102,10 @@ impl OrderLogic {
                 })
                 .collect();
             if missing.is_empty() {
-                return Ok(answers);
+                return Ok(Some(answers));
+            }
+            if products == Products::Late {
+                return Ok(None);
             }
             // Orders of this round already reserved answer "reserved earlier" on the rerun.
             let ids: Vec<i64> = missing.into_iter().collect();
@@ -95,11 +116,13 @@ impl OrderLogic {
         ))
     }
 
-    /// Locks the rows the batch touches and reads them into its book.
+    /// Locks the users and coupon holdings the batch touches (and its
+    /// products, when they are locked first) and reads them into its book.
     async fn open_book(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         requests: &[&OrderRequest],
+        products: Products,
     ) -> Result<OrderBook, WorkerError> {
         let user_ids = sorted_unique(requests.iter().map(|r| r.user_id));
         let product_ids = sorted_unique(
@@ -108,7 +131,10 @@ impl OrderLogic {
                 .flat_map(|r| r.items.iter().map(|i| i.product_id)),
         );
         let balances = users::lock_balances(tx, &user_ids).await?;
-        let catalogue = products::lock(tx, &product_ids).await?;
+        let catalogue = match products {
+            Products::First => products::lock(tx, &product_ids).await?,
+            Products::Late => products::read(tx, &product_ids).await?,
+        };
         let pairs: Vec<(i64, i64)> = requests
             .iter()
             .filter_map(|r| r.coupon_id.map(|c| (r.user_id, c)))
@@ -117,20 +143,30 @@ impl OrderLogic {
         Ok(OrderBook::new(balances, catalogue, holdings, Utc::now()))
     }
 
-    /// Decides a batch (see [`Decide::decide`]). `fresh` collects the holds
-    /// this attempt took; `committed` turns true once its transaction is.
+    /// Decides a batch (see [`Decide::decide`]). The attempt's `fresh`
+    /// collects the holds it took; its `committed` turns true once its
+    /// transaction is. `None`: a [`Products::Late`] attempt given up, nothing
+    /// of it durable.
     async fn decide_batch(
         &self,
         requests: &[&OrderRequest],
         traces: &[Option<&str>],
-        fresh: &mut Vec<String>,
-        committed: &mut bool,
-    ) -> Result<Vec<NewResult>, WorkerError> {
+        attempt: Attempt<'_>,
+        turn: Turn<'_>,
+    ) -> Result<Option<Vec<NewResult>>, WorkerError> {
+        let Attempt {
+            products: when,
+            fresh,
+            committed,
+        } = attempt;
+        if when == Products::First {
+            turn.previous_recorded().await;
+        }
         // Before the batch's own locks: a reload takes the products' locks.
         reconcile::reload_if_redis_replaced(&self.db, &self.counters).await?;
         let now = Utc::now();
         let mut tx = self.db.begin().await.map_err(StoreError::from)?;
-        let mut book = self.open_book(&mut tx, requests).await?;
+        let mut book = self.open_book(&mut tx, requests, when).await?;
         let mut verdicts: Vec<Option<Verdict>> = vec![None; requests.len()];
         let mut to_release: Vec<&str> = Vec::new();
         let mut drifted: BTreeSet<i64> = BTreeSet::new();
@@ -150,7 +186,9 @@ impl OrderLogic {
                     items: c.items.iter().map(|i| (i.product_id, i.quantity)).collect(),
                 })
                 .collect();
-            let answers = self.reserve_round(&mut tx, &asks, fresh).await?;
+            let Some(answers) = self.reserve_round(&mut tx, &asks, fresh, when).await? else {
+                return Ok(None);
+            };
             for ((i, candidate), answer) in candidates.into_iter().zip(answers) {
                 let stock = stock_of(&candidate, answer)?;
                 let settled = book.settle(requests[i], candidate, stock);
@@ -160,6 +198,12 @@ impl OrderLogic {
                 }
                 verdicts[i] = Some(settled.verdict);
             }
+        }
+        // The decisions are taken: the next batch may take its own while
+        // this one locks its products and writes.
+        turn.to_record().await;
+        if when == Products::Late && !covered(&mut tx, &verdicts).await? {
+            return Ok(None);
         }
         let writes = writes(&mut tx, requests, verdicts, traces, now).await?;
         orders::insert(&mut tx, &writes.orders).await?;
@@ -176,8 +220,78 @@ impl OrderLogic {
             tracing::warn!(products = ?drifted, "Redis reserved what PostgreSQL does not have; reloading products");
             reconcile::load_products(&self.db, &self.counters, true).await?;
         }
-        Ok(writes.results)
+        Ok(Some(writes.results))
     }
+
+    /// One attempt at a batch; if it fails before its transaction commits,
+    /// or is given up, the stock it took goes back.
+    async fn attempt(
+        &self,
+        requests: &[&OrderRequest],
+        traces: &[Option<&str>],
+        products: Products,
+        turn: Turn<'_>,
+    ) -> Result<Option<Vec<NewResult>>, WorkerError> {
+        let mut fresh = Vec::new();
+        let mut committed = false;
+        let attempt = Attempt {
+            products,
+            fresh: &mut fresh,
+            committed: &mut committed,
+        };
+        let outcome = self.decide_batch(requests, traces, attempt, turn).await;
+        let given_up = matches!(outcome, Err(_) | Ok(None));
+        if given_up && !committed && !fresh.is_empty() {
+            // Nothing of this attempt is durable: the stock it took goes back.
+            // (Holds of earlier attempts stay: their owner may commit them.)
+            // Were it kept, a worker that lost the race for these requests to
+            // another, which has committed and finished them, would leave
+            // stock reserved for orders that are already paid.
+            let ids: Vec<&str> = fresh.iter().map(String::as_str).collect();
+            if let Err(e) = self.counters.release_stock(&ids).await {
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), holds = ids.len(), "could not give back the holds of a failed batch; reconcile repairs them");
+            }
+        }
+        outcome
+    }
+}
+
+/// When a batch locks its products' rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Products {
+    /// Once its Redis decisions are taken and the batch before has recorded.
+    Late,
+    /// First, with its users, once the batch before has recorded; the next
+    /// batch decides only after this one's Redis decisions.
+    First,
+}
+
+/// One attempt's settings and what it leaves behind.
+struct Attempt<'a> {
+    products: Products,
+    fresh: &'a mut Vec<String>,
+    committed: &'a mut bool,
+}
+
+/// Locks the products the paid orders bought; whether their stock covers
+/// what was sold.
+async fn covered(
+    tx: &mut Transaction<'static, Postgres>,
+    verdicts: &[Option<Verdict>],
+) -> Result<bool, WorkerError> {
+    let mut sold: HashMap<i64, i64> = HashMap::new();
+    for verdict in verdicts.iter().flatten() {
+        if let Verdict::Paid { items, .. } = verdict {
+            for item in items {
+                *sold.entry(item.product_id).or_default() += item.quantity;
+            }
+        }
+    }
+    let ids = sorted_unique(sold.keys().copied());
+    let stock = products::lock(tx, &ids).await?;
+    Ok(sold
+        .iter()
+        .all(|(id, quantity)| stock.get(id).is_some_and(|(_, left)| left >= quantity)))
 }
 
 /// What Redis's answer means for a candidate. An order that can pay must
@@ -283,6 +397,12 @@ impl Decide for OrderLogic {
         Flow::Order
     }
 
+    /// Batch n+1 is decided while batch n's transaction writes (see the
+    /// module's doc).
+    fn in_flight(&self) -> usize {
+        2
+    }
+
     async fn prepare(&self, _requests: &[&OrderRequest]) -> Result<(), WorkerError> {
         Ok(())
     }
@@ -292,25 +412,17 @@ impl Decide for OrderLogic {
         requests: &[&OrderRequest],
         traces: &[Option<&str>],
         _context: &(),
-        _turn: Turn<'_>,
+        turn: Turn<'_>,
     ) -> Result<Vec<NewResult>, WorkerError> {
-        let mut fresh = Vec::new();
-        let mut committed = false;
-        let outcome = self
-            .decide_batch(requests, traces, &mut fresh, &mut committed)
-            .await;
-        if outcome.is_err() && !committed && !fresh.is_empty() {
-            // Nothing of this attempt is durable: the stock it took goes back.
-            // (Holds of earlier attempts stay: their owner may commit them.)
-            // Were it kept, a worker that lost the race for these requests to
-            // another, which has committed and finished them, would leave
-            // stock reserved for orders that are already paid.
-            let ids: Vec<&str> = fresh.iter().map(String::as_str).collect();
-            if let Err(e) = self.counters.release_stock(&ids).await {
-                tracing::warn!(error = %crate::telemetry::error_chain(&e), holds = ids.len(), "could not give back the holds of a failed batch; reconcile repairs them");
-            }
+        if let Some(results) = self.attempt(requests, traces, Products::Late, turn).await? {
+            return Ok(results);
         }
-        outcome
+        metrics::order_batch_redecided();
+        self.attempt(requests, traces, Products::First, turn)
+            .await?
+            .ok_or_else(|| {
+                WorkerError::Invariant("a batch with its products locked was given up".into())
+            })
     }
 
     async fn abandon(&self, request: &OrderRequest) -> Result<(), WorkerError> {
