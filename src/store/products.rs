@@ -97,16 +97,12 @@ pub async fn lock(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[i64],
 ) -> Result<HashMap<i64, (i64, i64)>> {
-    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+    catalogue(
+        tx,
         "SELECT id, price, stock FROM products WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        ids,
     )
-    .bind(ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, price, stock)| (id, (price, stock)))
-        .collect())
+    .await
 }
 
 /// The products' (price, stock) by id, unlocked.
@@ -114,11 +110,21 @@ pub async fn read(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[i64],
 ) -> Result<HashMap<i64, (i64, i64)>> {
-    let rows: Vec<(i64, i64, i64)> =
-        sqlx::query_as("SELECT id, price, stock FROM products WHERE id = ANY($1)")
-            .bind(ids)
-            .fetch_all(&mut **tx)
-            .await?;
+    catalogue(
+        tx,
+        "SELECT id, price, stock FROM products WHERE id = ANY($1)",
+        ids,
+    )
+    .await
+}
+
+/// (price, stock) by id, as `query` (over `$1`: the ids) selects them.
+async fn catalogue(
+    tx: &mut Transaction<'_, Postgres>,
+    query: &'static str,
+    ids: &[i64],
+) -> Result<HashMap<i64, (i64, i64)>> {
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(query).bind(ids).fetch_all(&mut **tx).await?;
     Ok(rows
         .into_iter()
         .map(|(id, price, stock)| (id, (price, stock)))

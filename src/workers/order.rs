@@ -143,22 +143,18 @@ impl OrderLogic {
         Ok(OrderBook::new(balances, catalogue, holdings, Utc::now()))
     }
 
-    /// Decides a batch (see [`Decide::decide`]). The attempt's `fresh`
-    /// collects the holds it took; its `committed` turns true once its
-    /// transaction is. `None`: a [`Products::Late`] attempt given up, nothing
+    /// Decides a batch (see [`Decide::decide`]), locking its products
+    /// `when` said. `fresh` collects the holds this attempt took;
+    /// `committed` turns true once its transaction is. `None`: a [`Products::Late`] attempt given up, nothing
     /// of it durable.
     async fn decide_batch(
         &self,
         requests: &[&OrderRequest],
         traces: &[Option<&str>],
-        attempt: Attempt<'_>,
-        turn: Turn<'_>,
+        (when, turn): (Products, Turn<'_>),
+        fresh: &mut Vec<String>,
+        committed: &mut bool,
     ) -> Result<Option<Vec<NewResult>>, WorkerError> {
-        let Attempt {
-            products: when,
-            fresh,
-            committed,
-        } = attempt;
         if when == Products::First {
             turn.previous_recorded().await;
         }
@@ -202,10 +198,11 @@ impl OrderLogic {
         // The decisions are taken: the next batch may take its own while
         // this one locks its products and writes.
         turn.to_record().await;
-        if when == Products::Late && !covered(&mut tx, &verdicts).await? {
+        let sold = units_sold(&verdicts);
+        if when == Products::Late && !covered(&mut tx, &sold).await? {
             return Ok(None);
         }
-        let writes = writes(&mut tx, requests, verdicts, traces, now).await?;
+        let writes = writes(&mut tx, requests, verdicts, sold, traces, now).await?;
         orders::insert(&mut tx, &writes.orders).await?;
         users::write_balances(&mut tx, &writes.balances, &writes.history).await?;
         products::decrement(&mut tx, &writes.sold).await?;
@@ -234,12 +231,15 @@ impl OrderLogic {
     ) -> Result<Option<Vec<NewResult>>, WorkerError> {
         let mut fresh = Vec::new();
         let mut committed = false;
-        let attempt = Attempt {
-            products,
-            fresh: &mut fresh,
-            committed: &mut committed,
-        };
-        let outcome = self.decide_batch(requests, traces, attempt, turn).await;
+        let outcome = self
+            .decide_batch(
+                requests,
+                traces,
+                (products, turn),
+                &mut fresh,
+                &mut committed,
+            )
+            .await;
         let given_up = matches!(outcome, Err(_) | Ok(None));
         if given_up && !committed && !fresh.is_empty() {
             // Nothing of this attempt is durable: the stock it took goes back.
@@ -266,19 +266,8 @@ enum Products {
     First,
 }
 
-/// One attempt's settings and what it leaves behind.
-struct Attempt<'a> {
-    products: Products,
-    fresh: &'a mut Vec<String>,
-    committed: &'a mut bool,
-}
-
-/// Locks the products the paid orders bought; whether their stock covers
-/// what was sold.
-async fn covered(
-    tx: &mut Transaction<'static, Postgres>,
-    verdicts: &[Option<Verdict>],
-) -> Result<bool, WorkerError> {
+/// Units of each product the paid orders among `verdicts` bought.
+fn units_sold(verdicts: &[Option<Verdict>]) -> HashMap<i64, i64> {
     let mut sold: HashMap<i64, i64> = HashMap::new();
     for verdict in verdicts.iter().flatten() {
         if let Verdict::Paid { items, .. } = verdict {
@@ -287,6 +276,14 @@ async fn covered(
             }
         }
     }
+    sold
+}
+
+/// Locks the products `sold` names; whether their stock covers it.
+async fn covered(
+    tx: &mut Transaction<'static, Postgres>,
+    sold: &HashMap<i64, i64>,
+) -> Result<bool, WorkerError> {
     let ids = sorted_unique(sold.keys().copied());
     let stock = products::lock(tx, &ids).await?;
     Ok(sold
@@ -314,11 +311,13 @@ fn stock_of(candidate: &Candidate, answer: StockAnswer) -> Result<Stock, WorkerE
     }
 }
 
-/// The rows a batch's verdicts write, with the ids its paid orders take.
+/// The rows a batch's verdicts write, with the ids its paid orders take;
+/// `sold` is what they bought ([`units_sold`]).
 async fn writes<'a>(
     tx: &mut Transaction<'static, Postgres>,
     requests: &[&'a OrderRequest],
     verdicts: Vec<Option<Verdict>>,
+    sold: HashMap<i64, i64>,
     traces: &[Option<&str>],
     now: chrono::DateTime<Utc>,
 ) -> Result<Writes<'a>, WorkerError> {
@@ -327,7 +326,10 @@ async fn writes<'a>(
         .filter(|v| matches!(v, Some(Verdict::Paid { .. })))
         .count();
     let mut order_ids = orders::next_ids(tx, paid_count).await?.into_iter();
-    let mut w = Writes::default();
+    let mut w = Writes {
+        sold,
+        ..Writes::default()
+    };
     for ((r, verdict), trace) in requests.iter().zip(verdicts).zip(traces) {
         let verdict = verdict.ok_or_else(|| {
             WorkerError::Invariant(format!("order {} was not decided", r.request_id.as_str()))
@@ -358,9 +360,6 @@ async fn writes<'a>(
             request_id: Some(r.request_id.as_str().to_owned()),
             order_id: Some(order_id),
         });
-        for item in &items {
-            *w.sold.entry(item.product_id).or_default() += item.quantity;
-        }
         w.events.push(NewEvent {
             order_id,
             payload: serde_json::to_string(&stats)?,
