@@ -7,8 +7,9 @@
 #   (d) stampede: a coupon drop (200,000 requests, 10,000 stock) and orders, with worker peak memory
 #   (e) scale-out: the same drop with 1, 2 and 4 worker processes in one group
 #   (f) the HTTP path: a drop through `stampede gateway` against the same drop
-#       straight to Kafka, with the gateway's CPU per request; and the
-#       gateway's intake alone under wrk
+#       straight to Kafka, with the gateway's CPU per request (loadgen's HTTP
+#       client; wrk from 256 and from 1,024 connections); the gateway's
+#       intake alone under wrk, and the HTTP exchange alone (GET /healthz)
 #   (g) worker memory under a backlog four times larger: drops of 2N then 8N
 #       requests straight to Kafka at full speed, each drop's own peak
 #   CPU per request of the worker, broker, PostgreSQL, Redis and load generator
@@ -154,40 +155,48 @@ loadgen_measured "drop via HTTP" --scenario coupon-drop --requests "$http_reques
 # users posts once (bench/wrk/drop.lua); the run ends when the worker has
 # published the last result (stampede_messages_consumed_total counts a batch
 # once its results are out). Verdict: exactly min(stock, users) issued, and
-# `stampede audit` passes.
+# `stampede audit` passes. Twice: from 256 connections, and from 1,024 (a
+# drop's buyers all press at once; more requests wait in the gateway's
+# producer together, so its batches to the broker are larger).
 consumed() { curl -sf "http://127.0.0.1:${workers[0]#*:}/metrics" | awk '/^stampede_messages_consumed_total[{]/ {s += $2} END {printf "%d", s}'; }
-first_user=$(psql -h 127.0.0.1 -U postgres -d "$tag" -Atc "SELECT COALESCE(max(id), 0) + 1 FROM users")
-wrk_coupon=$(psql -h 127.0.0.1 -U postgres -d "$tag" -Atc "SELECT COALESCE(max(id), 0) + 1 FROM coupons")
-"$bin" seed --users "$http_requests" --first-user-id "$first_user" --coupons 1 --first-coupon-id "$wrk_coupon" --coupon-stock "$stock" >/dev/null
-c0=$(consumed); cpu_start; g0=$(cpu_of "$gateway_pid")
-t0=$(date +%s.%N)
-bash -c 'wrk -t 2 -c 256 -d 600s -s bench/wrk/drop.lua "$1" -- "$2" "$3" "$4" 2 >"$5"; read -r -a f </proc/$$/stat; echo $((f[15] + f[16])) >"$6"' _ \
-  "http://127.0.0.1:$gw_port" "$first_user" "$http_requests" "$wrk_coupon" "$out/wrk-drop.txt" "$out/.wrk-ticks" &
-wrk_wrapper=$!
-deadline=$((SECONDS + 300))
-until (( $(consumed) >= c0 + http_requests )); do
-  (( SECONDS < deadline )) || { echo "the wrk drop's results never all came out" >&2; break; }
-  sleep 0.02
-done
-t1=$(date +%s.%N)
-pkill -INT -P "$wrk_wrapper" wrk || true
-wait "$wrk_wrapper" || true
-cpu_end "drop via HTTP (wrk)" "$http_requests" "$(cat "$out/.wrk-ticks")"; rm -f "$out/.wrk-ticks"
-echo "drop via HTTP (wrk): gateway $(python3 -c "print(f'{($(cpu_of "$gateway_pid") - $g0) * 1e6 / $tick / $http_requests:.1f}')") µs of CPU per request" | tee -a "$out/cpu.txt"
-issued=$(psql -h 127.0.0.1 -U postgres -d "$tag" -Atc "SELECT issued FROM coupons WHERE id = $wrk_coupon")
-audit_ok=false; "$bin" audit >"$out/wrk-drop-audit.txt" 2>&1 && audit_ok=true
-python3 - "$out" "$http_requests" "$stock" "$t0" "$t1" "$(( $(consumed) - c0 ))" "$issued" "$audit_ok" <<'PY'
+wrk_drop() { # connections, result name, CPU line name
+  local connections=$1 name=$2 label=$3
+  local first_user wrk_coupon c0 t0 t1 wrk_wrapper deadline issued audit_ok
+  first_user=$(psql -h 127.0.0.1 -U postgres -d "$tag" -Atc "SELECT COALESCE(max(id), 0) + 1 FROM users")
+  wrk_coupon=$(psql -h 127.0.0.1 -U postgres -d "$tag" -Atc "SELECT COALESCE(max(id), 0) + 1 FROM coupons")
+  "$bin" seed --users "$http_requests" --first-user-id "$first_user" --coupons 1 --first-coupon-id "$wrk_coupon" --coupon-stock "$stock" >/dev/null
+  c0=$(consumed); cpu_start; g0=$(cpu_of "$gateway_pid")
+  t0=$(date +%s.%N)
+  bash -c 'wrk -t 2 -c "$7" -d 600s -s bench/wrk/drop.lua "$1" -- "$2" "$3" "$4" 2 >"$5"; read -r -a f </proc/$$/stat; echo $((f[15] + f[16])) >"$6"' _ \
+    "http://127.0.0.1:$gw_port" "$first_user" "$http_requests" "$wrk_coupon" "$out/$name.txt" "$out/.wrk-ticks" "$connections" &
+  wrk_wrapper=$!
+  deadline=$((SECONDS + 300))
+  until (( $(consumed) >= c0 + http_requests )); do
+    (( SECONDS < deadline )) || { echo "the wrk drop's results never all came out" >&2; break; }
+    sleep 0.02
+  done
+  t1=$(date +%s.%N)
+  pkill -INT -P "$wrk_wrapper" wrk || true
+  wait "$wrk_wrapper" || true
+  cpu_end "$label" "$http_requests" "$(cat "$out/.wrk-ticks")"; rm -f "$out/.wrk-ticks"
+  echo "$label: gateway $(python3 -c "print(f'{($(cpu_of "$gateway_pid") - $g0) * 1e6 / $tick / $http_requests:.1f}')") µs of CPU per request" | tee -a "$out/cpu.txt"
+  issued=$(psql -h 127.0.0.1 -U postgres -d "$tag" -Atc "SELECT issued FROM coupons WHERE id = $wrk_coupon")
+  audit_ok=false; "$bin" audit >"$out/$name-audit.txt" 2>&1 && audit_ok=true
+  python3 - "$out" "$http_requests" "$stock" "$t0" "$t1" "$(( $(consumed) - c0 ))" "$issued" "$audit_ok" "$name" "$connections" <<'PY'
 import json, sys
-out, n, stock, t0, t1, answered, issued, audit_ok = sys.argv[1:]
+out, n, stock, t0, t1, answered, issued, audit_ok, name, connections = sys.argv[1:]
 n, stock, answered, issued = int(n), int(stock), int(answered), int(issued or -1)
 secs = float(t1) - float(t0)
-json.dump({"scenario": "coupon-drop", "via": "http (wrk)", "requests": n, "answered": min(answered, n),
+json.dump({"scenario": "coupon-drop", "via": f"http (wrk, {connections} connections)", "requests": n, "answered": min(answered, n),
            "duration_secs": secs, "throughput_per_sec": min(answered, n) / secs,
            "checks": [{"name": "issued = min(stock, users)", "passed": issued == min(stock, n), "detail": f"{issued} issued"},
-                      {"name": "stampede audit", "passed": audit_ok == "true", "detail": "wrk-drop-audit.txt"}]},
-          open(f"{out}/drop-http-wrk.json", "w"), indent=1)
-print(f"wrk drop: {min(answered, n)} answered in {secs:.2f}s: {min(answered, n) / secs:,.0f} requests/s (first post → last result published)")
+                      {"name": "stampede audit", "passed": audit_ok == "true", "detail": f"{name}-audit.txt"}]},
+          open(f"{out}/{name}.json", "w"), indent=1)
+print(f"wrk drop, {connections} connections: {min(answered, n)} answered in {secs:.2f}s: {min(answered, n) / secs:,.0f} requests/s (first post → last result published)")
 PY
+}
+wrk_drop 256 drop-http-wrk "drop via HTTP (wrk)"
+wrk_drop 1024 drop-http-wrk-1024 "drop via HTTP (wrk, 1024 connections)"
 stop_workers
 # wrk: the gateway's own intake (202 answers) with a load generator that costs little.
 cat >"$out/wrk-issue.lua" <<'LUA'
@@ -209,6 +218,21 @@ out, n, g, k, tick = sys.argv[1], int(sys.argv[2] or 0), int(sys.argv[3]), int(s
 rate = open(f"{out}/wrk.txt").read().split("Requests/sec:")[1].split()[0] if n else "0"
 print(f"wrk intake: {float(rate):,.0f} requests/s accepted; gateway {g * 1e6 / tick / max(n, 1):.1f} µs, broker {k * 1e6 / tick / max(n, 1):.1f} µs of CPU per request")
 PY
+# The HTTP exchange alone: the same connections asking GET /healthz, which
+# publishes nothing. What a request through any gateway costs here before
+# it does any work (the gateway's and wrk's CPU per request).
+g0=$(cpu_of "$gateway_pid")
+bash -c 'wrk -t 2 -c 256 -d 10s "$1/healthz" >"$2" 2>&1; read -r -a f </proc/$$/stat; echo $((f[15] + f[16])) >"$3"' _ \
+  "http://127.0.0.1:$gw_port" "$out/wrk-healthz.txt" "$out/.wrk-ticks" || true
+python3 - "$out" "$(( $(cpu_of "$gateway_pid") - g0 ))" "$(cat "$out/.wrk-ticks")" "$tick" <<'PY' | tee -a "$out/cpu.txt"
+import sys
+out, g, w, tick = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+text = open(f"{out}/wrk-healthz.txt").read()
+n = int(text.split(" requests in")[0].split()[-1]) if " requests in" in text else 0
+rate = float(text.split("Requests/sec:")[1].split()[0]) if n else 0
+print(f"HTTP exchange alone (wrk, GET /healthz, 256 connections, {rate:,.0f}/s): gateway {g * 1e6 / tick / max(n, 1):.1f} µs, load generator {w * 1e6 / tick / max(n, 1):.1f} µs of CPU per request")
+PY
+rm -f "$out/.wrk-ticks"
 kill -TERM "$gateway_pid" 2>/dev/null || true
 wait "$gateway_pid" 2>/dev/null || true
 

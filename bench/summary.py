@@ -33,14 +33,19 @@ for f in sorted(out.glob("scale-*.json"), key=lambda p: int(p.stem.split("-")[1]
     lines.append(f"| {f.stem.split('-')[1]} | {tp(f.name):,.0f} | {'pass' if ok(f.name) else 'FAIL'} |")
 if (out / "drop-http.json").exists() and (out / "drop-kafka.json").exists():
     http, kafka = tp("drop-http.json"), tp("drop-kafka.json")
-    lines += ["", "| the same drop | per second | verdict |", "|---|---|---|",
-              f"| straight to Kafka | {kafka:,.0f} | {'pass' if ok('drop-kafka.json') else 'FAIL'} |",
-              f"| through the gateway (HTTP) | {http:,.0f} | {'pass' if ok('drop-http.json') else 'FAIL'} |",
-              "", f"- HTTP / Kafka: **{http / kafka:.2f}**"]
+    verdict = lambda n: "pass" if ok(n) else "FAIL"
+    rows = [f"| straight to Kafka | {kafka:,.0f} | {verdict('drop-kafka.json')} |",
+            f"| through the gateway (HTTP) | {http:,.0f} | {verdict('drop-http.json')} |"]
+    ratios = [f"- HTTP / Kafka: **{http / kafka:.2f}**"]
     if (out / "drop-http-wrk.json").exists():
         wrk = tp("drop-http-wrk.json")
-        lines.insert(-2, f"| through the gateway (HTTP), wrk as the load generator | {wrk:,.0f} | {'pass' if ok('drop-http-wrk.json') else 'FAIL'} |")
-        lines.append(f"- HTTP (wrk) / Kafka: **{wrk / kafka:.2f}**")
+        rows.append(f"| through the gateway (HTTP), wrk as the load generator | {wrk:,.0f} | {verdict('drop-http-wrk.json')} |")
+        ratios.append(f"- HTTP (wrk) / Kafka: **{wrk / kafka:.2f}**")
+    if (out / "drop-http-wrk-1024.json").exists():
+        wrk1024 = tp("drop-http-wrk-1024.json")
+        rows.append(f"| through the gateway (HTTP), wrk from 1,024 connections | {wrk1024:,.0f} | {verdict('drop-http-wrk-1024.json')} |")
+        ratios.append(f"- HTTP (wrk, 1,024 connections) / Kafka: **{wrk1024 / kafka:.2f}**")
+    lines += ["", "| the same drop | per second | verdict |", "|---|---|---|", *rows, "", *ratios]
 
 # The targets of the throughput issue, each against this sitting's figures.
 cpu = {}
@@ -86,6 +91,8 @@ if (out / "drop-http.json").exists() and (out / "drop-kafka.json").exists():
     targets.append(("drop via HTTP ≥ 0.5× via Kafka (loadgen's HTTP client)", f"{http / kafka:.2f}×{ceiling('drop via HTTP', kafka)}", http / kafka >= 0.5))
     if (out / "drop-http-wrk.json").exists():
         targets.append(("drop via HTTP ≥ 0.5× via Kafka (wrk)", f"{wrk / kafka:.2f}×{ceiling('drop via HTTP (wrk)', kafka)}", wrk / kafka >= 0.5))
+    if (out / "drop-http-wrk-1024.json").exists():
+        targets.append(("the same, wrk from 1,024 connections", f"{wrk1024 / kafka:.2f}×{ceiling('drop via HTTP (wrk, 1024 connections)', kafka)}", wrk1024 / kafka >= 0.5))
 # Worker memory: each drop's own peak, the second drop's backlog four times the first's.
 backlog = [l.split(":") for l in ((out / "backlog-memory.txt").read_text().splitlines() if (out / "backlog-memory.txt").exists() else [])]
 if len(backlog) == 2:
@@ -93,6 +100,12 @@ if len(backlog) == 2:
     passed = all(ok(f"backlog-{n}.json") for n in (small, large))
     lines += ["", f"- worker peak memory under a backlog of {small:,} requests: {small_mib} MiB; of {large:,}: {large_mib} MiB (verdicts: {'pass' if passed else 'FAIL'})"]
     targets.append(("worker memory flat under a 4× backlog (peak within 10%)", f"{small_mib} → {large_mib} MiB ({small:,} → {large:,} requests)", passed and large_mib <= small_mib * 1.1))
+# The HTTP exchange alone (GET /healthz): what a request through the gateway
+# costs before it does any work, against a whole drop request via Kafka.
+floor = next((v for k, v in cpu.items() if k.startswith("HTTP exchange alone")), None)
+if floor and cpu.get("drop via Kafka"):
+    lines += ["", f"- the HTTP exchange alone (wrk, GET /healthz): gateway {floor.get('gateway', 0):.1f} µs + wrk {floor.get('load generator', 0):.1f} µs of CPU per request,"
+              f" against {sum(cpu['drop via Kafka'].values()):.1f} µs for a whole drop request via Kafka (every process)"]
 lines += ["", "## Targets", "", "| target | this sitting | |", "|---|---|---|"]
 lines += [f"| {what} | {value} | {mark(met)} |" for what, value, met in targets]
 (out / "summary.md").write_text("\n".join(lines) + "\n")
