@@ -120,6 +120,14 @@ pub async fn run(
         db: store::connect(&settings.database).await?,
         counters: Counters::connect(&settings.redis).await?,
         producer: Producer::new(&settings.kafka)?,
+        gateway_producer: if roles.gateway {
+            Some(Producer::lingering(
+                &settings.kafka,
+                settings.gateway.linger_ms,
+            )?)
+        } else {
+            None
+        },
         topics: Topics::new(settings.kafka.topic_prefix.clone()),
         settings,
     };
@@ -162,14 +170,19 @@ pub async fn run(
             Ok(())
         });
     }
-    // At shutdown, what the producer still holds goes out.
+    // At shutdown, what the producers still hold goes out.
     let token = shutdown.clone();
-    let flusher = parts.producer.clone();
+    let flushers: Vec<Producer> = std::iter::once(parts.producer.clone())
+        .chain(parts.gateway_producer.clone())
+        .collect();
     tasks.spawn(async move {
         token.cancelled().await;
-        let _ =
-            tokio::task::spawn_blocking(move || flusher.flush(std::time::Duration::from_secs(10)))
-                .await;
+        let _ = tokio::task::spawn_blocking(move || {
+            for flusher in flushers {
+                let _ = flusher.flush(std::time::Duration::from_secs(10));
+            }
+        })
+        .await;
         Ok(())
     });
     Ok(Running {
@@ -185,7 +198,11 @@ struct Parts {
     settings: Arc<Settings>,
     db: sqlx::PgPool,
     counters: Counters,
+    /// The workers' producer (results, dead letters).
     producer: Producer,
+    /// The gateway's own, lingering `gateway.linger_ms` to batch requests
+    /// that arrive one by one; `None` without a gateway.
+    gateway_producer: Option<Producer>,
     topics: Topics,
 }
 
@@ -197,7 +214,10 @@ impl Parts {
             settings: settings.clone(),
             db: self.db.clone(),
             counters: self.counters.clone(),
-            producer: self.producer.clone(),
+            producer: self
+                .gateway_producer
+                .clone()
+                .unwrap_or_else(|| self.producer.clone()),
             topics: self.topics.clone(),
             waiters: Waiters::default(),
             consumers,

@@ -14,7 +14,7 @@ use rdkafka::producer::{
 };
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
-use rdkafka::{ClientContext, Message};
+use rdkafka::{ClientConfig, ClientContext, Message};
 
 use crate::config::KafkaSettings;
 
@@ -161,6 +161,43 @@ fn only(places: Vec<(i32, i64)>) -> Result<(i32, i64), KafkaError> {
     places.first().copied().ok_or(KafkaError::Canceled)
 }
 
+/// `linger.ms` of the workers' producers: a worker sends a whole batch's
+/// results at once, so a short wait is enough to gather them.
+const WORKER_LINGER_MS: u32 = 2;
+
+/// The client settings of an idempotent producer (acks=all) that waits
+/// `linger_ms` to gather a batch per partition; `kafka.client` overrides
+/// any of them.
+fn config(
+    settings: &KafkaSettings,
+    transactional_id: Option<&str>,
+    linger_ms: u32,
+) -> ClientConfig {
+    let mut config = super::client_config(settings);
+    if let Some(id) = transactional_id {
+        // The broker aborts a transaction left open this long by a relay
+        // that died with no successor; it must cover a delivery attempt.
+        config.set("transactional.id", id).set(
+            "transaction.timeout.ms",
+            settings.delivery_timeout_ms.max(10_000).to_string(),
+        );
+    }
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", linger_ms.to_string())
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .set(
+            "message.timeout.ms",
+            settings.delivery_timeout_ms.to_string(),
+        );
+    for (key, value) in &settings.client {
+        config.set(key, value);
+    }
+    config
+}
+
 #[derive(Clone)]
 pub struct Producer {
     inner: ThreadedProducer<Reports>,
@@ -169,7 +206,14 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
-        Self::create(settings, None)
+        Self::create(settings, None, WORKER_LINGER_MS)
+    }
+
+    /// A producer that gathers messages into one batch per partition for
+    /// up to `linger_ms` before sending it (the gateway's, whose requests
+    /// arrive one by one; [`Producer::new`] waits 2 ms).
+    pub fn lingering(settings: &KafkaSettings, linger_ms: u32) -> Result<Self, KafkaError> {
+        Self::create(settings, None, linger_ms)
     }
 
     /// A producer whose messages become visible only when its transaction
@@ -181,37 +225,16 @@ impl Producer {
         settings: &KafkaSettings,
         transactional_id: &str,
     ) -> Result<Self, KafkaError> {
-        Self::create(settings, Some(transactional_id))
+        Self::create(settings, Some(transactional_id), WORKER_LINGER_MS)
     }
 
     fn create(
         settings: &KafkaSettings,
         transactional_id: Option<&str>,
+        linger_ms: u32,
     ) -> Result<Self, KafkaError> {
-        let mut config = super::client_config(settings);
-        if let Some(id) = transactional_id {
-            // The broker aborts a transaction left open this long by a relay
-            // that died with no successor; it must cover a delivery attempt.
-            config.set("transactional.id", id).set(
-                "transaction.timeout.ms",
-                settings.delivery_timeout_ms.max(10_000).to_string(),
-            );
-        }
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "200000")
-            .set(
-                "message.timeout.ms",
-                settings.delivery_timeout_ms.to_string(),
-            );
-        for (key, value) in &settings.client {
-            config.set(key, value);
-        }
         Ok(Self {
-            inner: config.create_with_context(Reports)?,
+            inner: config(settings, transactional_id, linger_ms).create_with_context(Reports)?,
             queue_timeout: Duration::from_millis(u64::from(settings.delivery_timeout_ms)),
         })
     }
@@ -331,6 +354,21 @@ impl Producer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_linger_is_the_callers_unless_kafka_client_overrides_it() {
+        let mut settings = KafkaSettings::default();
+        assert_eq!(config(&settings, None, 10).get("linger.ms"), Some("10"));
+        assert_eq!(
+            config(&settings, None, WORKER_LINGER_MS).get("linger.ms"),
+            Some("2")
+        );
+        settings.client.insert("linger.ms".into(), "50".into());
+        assert_eq!(config(&settings, None, 10).get("linger.ms"), Some("50"));
+        let relay = config(&settings, Some("relay-1"), WORKER_LINGER_MS);
+        assert_eq!(relay.get("transactional.id"), Some("relay-1"));
+        assert_eq!(relay.get("enable.idempotence"), Some("true"));
+    }
 
     #[tokio::test]
     async fn a_batch_no_broker_takes_fails_once_its_delivery_timeout_passes() {
