@@ -119,15 +119,7 @@ pub async fn run(
     let parts = Parts {
         db: store::connect(&settings.database).await?,
         counters: Counters::connect(&settings.redis).await?,
-        producer: Producer::new(&settings.kafka)?,
-        gateway_producer: if roles.gateway {
-            Some(Producer::lingering(
-                &settings.kafka,
-                settings.gateway.linger_ms,
-            )?)
-        } else {
-            None
-        },
+        producers: Producers::new(&settings, &roles)?,
         topics: Topics::new(settings.kafka.topic_prefix.clone()),
         settings,
     };
@@ -172,8 +164,8 @@ pub async fn run(
     }
     // At shutdown, what the producers still hold goes out.
     let token = shutdown.clone();
-    let flushers: Vec<Producer> = std::iter::once(parts.producer.clone())
-        .chain(parts.gateway_producer.clone())
+    let flushers: Vec<Producer> = std::iter::once(parts.producers.main.clone())
+        .chain(parts.producers.gateway.clone())
         .collect();
     tasks.spawn(async move {
         token.cancelled().await;
@@ -198,12 +190,42 @@ struct Parts {
     settings: Arc<Settings>,
     db: sqlx::PgPool,
     counters: Counters,
-    /// The workers' producer (results, dead letters).
-    producer: Producer,
-    /// The gateway's own, lingering `gateway.linger_ms` to batch requests
-    /// that arrive one by one; `None` without a gateway.
-    gateway_producer: Option<Producer>,
+    producers: Producers,
     topics: Topics,
+}
+
+/// A process's producers: one, unless the gateway runs beside workers and
+/// lingers (`gateway.linger_ms`) other than their producer does.
+struct Producers {
+    /// The workers' (results, dead letters), and the gateway's when it has
+    /// no producer of its own; lingering `gateway.linger_ms` in a process
+    /// that runs only the gateway.
+    main: Producer,
+    /// The gateway's own, beside workers.
+    gateway: Option<Producer>,
+}
+
+impl Producers {
+    fn new(settings: &Settings, roles: &Roles) -> Result<Self, rdkafka::error::KafkaError> {
+        let (kafka, linger) = (&settings.kafka, settings.gateway.linger_ms);
+        if roles.gateway && roles.workers.is_empty() {
+            return Ok(Self {
+                main: Producer::lingering(kafka, linger)?,
+                gateway: None,
+            });
+        }
+        Ok(Self {
+            main: Producer::new(kafka)?,
+            gateway: (roles.gateway && linger != Producer::WORKER_LINGER_MS)
+                .then(|| Producer::lingering(kafka, linger))
+                .transpose()?,
+        })
+    }
+
+    /// What the gateway publishes requests with.
+    fn for_gateway(&self) -> &Producer {
+        self.gateway.as_ref().unwrap_or(&self.main)
+    }
 }
 
 impl Parts {
@@ -214,10 +236,7 @@ impl Parts {
             settings: settings.clone(),
             db: self.db.clone(),
             counters: self.counters.clone(),
-            producer: self
-                .gateway_producer
-                .clone()
-                .unwrap_or_else(|| self.producer.clone()),
+            producer: self.producers.for_gateway().clone(),
             topics: self.topics.clone(),
             waiters: Waiters::default(),
             consumers,
@@ -311,7 +330,7 @@ impl Parts {
         let options = self.consumer_options(kind, joined);
         let handler = self.handler(kind);
         let settings = self.settings.clone();
-        let producer = self.producer.clone();
+        let producer = self.producers.main.clone();
         let token = shutdown.clone();
         tasks.spawn(async move {
             Ok(run_batches(&settings, options, handler.as_ref(), &producer, token).await?)
@@ -367,4 +386,33 @@ async fn serve_http(
             .context("metrics server")
     });
     Ok((None, Some(local)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_has_a_producer_of_its_own_only_beside_workers_and_lingering_otherwise() {
+        let mut settings = Settings::default();
+        let own = |settings: &Settings, roles: Roles| {
+            Producers::new(settings, &roles)
+                .expect("producers")
+                .gateway
+                .is_some()
+        };
+        assert!(
+            !own(&settings, Roles::everything()),
+            "the same linger: one producer"
+        );
+        assert!(!own(&settings, Roles::gateway_only()));
+        assert!(!own(&settings, Roles::workers(WorkerKind::ALL.to_vec())));
+        settings.gateway.linger_ms = 10;
+        assert!(own(&settings, Roles::everything()));
+        assert!(
+            !own(&settings, Roles::gateway_only()),
+            "its only producer lingers 10 ms"
+        );
+        assert!(!own(&settings, Roles::workers(WorkerKind::ALL.to_vec())));
+    }
 }

@@ -161,10 +161,6 @@ fn only(places: Vec<(i32, i64)>) -> Result<(i32, i64), KafkaError> {
     places.first().copied().ok_or(KafkaError::Canceled)
 }
 
-/// `linger.ms` of the workers' producers: a worker sends a whole batch's
-/// results at once, so a short wait is enough to gather them.
-const WORKER_LINGER_MS: u32 = 2;
-
 /// The client settings of an idempotent producer (acks=all) that waits
 /// `linger_ms` to gather a batch per partition; `kafka.client` overrides
 /// any of them.
@@ -205,8 +201,13 @@ pub struct Producer {
 }
 
 impl Producer {
+    /// `linger.ms` of [`Producer::new`], the workers' producers: a worker
+    /// sends a whole batch's results at once, so a short wait is enough to
+    /// gather them.
+    pub const WORKER_LINGER_MS: u32 = 2;
+
     pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
-        Self::create(settings, None, WORKER_LINGER_MS)
+        Self::create(settings, None, Self::WORKER_LINGER_MS)
     }
 
     /// A producer that gathers messages into one batch per partition for
@@ -225,7 +226,7 @@ impl Producer {
         settings: &KafkaSettings,
         transactional_id: &str,
     ) -> Result<Self, KafkaError> {
-        Self::create(settings, Some(transactional_id), WORKER_LINGER_MS)
+        Self::create(settings, Some(transactional_id), Self::WORKER_LINGER_MS)
     }
 
     fn create(
@@ -360,12 +361,12 @@ mod tests {
         let mut settings = KafkaSettings::default();
         assert_eq!(config(&settings, None, 10).get("linger.ms"), Some("10"));
         assert_eq!(
-            config(&settings, None, WORKER_LINGER_MS).get("linger.ms"),
+            config(&settings, None, Producer::WORKER_LINGER_MS).get("linger.ms"),
             Some("2")
         );
         settings.client.insert("linger.ms".into(), "50".into());
         assert_eq!(config(&settings, None, 10).get("linger.ms"), Some("50"));
-        let relay = config(&settings, Some("relay-1"), WORKER_LINGER_MS);
+        let relay = config(&settings, Some("relay-1"), Producer::WORKER_LINGER_MS);
         assert_eq!(relay.get("transactional.id"), Some("relay-1"));
         assert_eq!(relay.get("enable.idempotence"), Some("true"));
     }
