@@ -25,13 +25,19 @@ fn event(order_id: i64) -> NewEvent {
     }
 }
 
+/// Whether the event of `order_id`, committed to the outbox, is published:
+/// the relay deletes an event's row once the event is on the topic.
 async fn published(env: &TestEnv, order_id: i64) -> bool {
-    sqlx::query_scalar::<_, bool>("SELECT published_at IS NOT NULL FROM outbox WHERE order_id = $1")
+    queued(env, Some(order_id)).await == 0
+}
+
+/// Rows in the outbox, of one order or of all.
+async fn queued(env: &TestEnv, order_id: Option<i64>) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE $1::int8 IS NULL OR order_id = $1")
         .bind(order_id)
-        .fetch_optional(&env.db)
+        .fetch_one(&env.db)
         .await
         .unwrap()
-        .unwrap_or(false)
 }
 
 async fn wait_published(env: &TestEnv, order_id: i64) {
@@ -74,6 +80,55 @@ async fn an_event_committed_after_a_later_id_is_still_published_once() {
     assert_eq!(
         events,
         HashMap::from([(early, 1), (late, 1)]),
+        "events per order on {topic}"
+    );
+    assert_eq!(
+        queued(&env, None).await,
+        0,
+        "the outbox keeps nothing published"
+    );
+    env.cleanup().await;
+}
+
+/// A relay that dies after its Kafka transaction committed but before it
+/// deleted the batch's rows leaves events both on the topic and in the
+/// outbox. The next leader finds them on the topic (after the recorded
+/// positions), deletes their rows and does not send them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_dead_relay_published_but_did_not_delete_are_not_sent_again() {
+    let env = TestEnv::new().await;
+    let topic = env.topics.stats();
+    let mut tx = env.db.begin().await.unwrap();
+    orders::enqueue(&mut tx, &topic, &[event(31), event(32), event(33)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let rows: Vec<(i64, i64, String)> =
+        sqlx::query_as("SELECT id, order_id, payload FROM outbox ORDER BY id")
+            .fetch_all(&env.db)
+            .await
+            .unwrap();
+    // What the dead relay got onto the topic: the events of orders 31 and 32,
+    // each with its outbox id, as a relay sends them.
+    for (id, order_id, payload) in rows.iter().filter(|(_, order, _)| *order != 33) {
+        let message =
+            stampede::kafka::OutMessage::new(topic.clone(), order_id.to_string(), payload.as_str())
+                .header(stampede::workers::outbox::HEADER_OUTBOX_ID, id.to_string());
+        env.producer.send(&message).await.unwrap();
+    }
+
+    let relay = env.start(Roles::workers(vec![WorkerKind::Order])).await;
+    eventually("the outbox is empty", || async {
+        (queued(&env, None).await == 0).then_some(())
+    })
+    .await;
+    let events = stampede::audit::stats_events_per_order(&env.settings)
+        .await
+        .unwrap();
+    relay.stop().await;
+    assert_eq!(
+        events,
+        HashMap::from([(31, 1), (32, 1), (33, 1)]),
         "events per order on {topic}"
     );
     env.cleanup().await;

@@ -22,7 +22,9 @@ pub struct AuditArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Skip reading the stats topic.
+    /// Skip reading the stats topic. Published stats events are counted
+    /// only there (the outbox keeps just the queued ones), so without it the
+    /// audit cannot tell whether each paid order's event was published once.
     #[arg(long)]
     pub no_topics: bool,
 }

@@ -37,8 +37,8 @@ impl Invariant {
     ];
 
     /// The query counting violations. `recent` bounds the checks that match
-    /// effects against stored results or outbox rows, which are only kept
-    /// for the retention window.
+    /// effects against stored results, which are only kept for the
+    /// retention window.
     fn sql(self, recent: &str) -> String {
         match self {
             Invariant::IssuedWithinStock => {
@@ -76,12 +76,16 @@ impl Invariant {
             Invariant::CouponUsedOnce => "SELECT count(*) FROM (SELECT coupon_id FROM orders o \
                 WHERE o.coupon_applied GROUP BY user_id, coupon_id HAVING count(*) > 1) d"
                 .into(),
-            Invariant::OneStatsEventPerOrder => format!(
-                "SELECT (SELECT count(*) FROM orders o WHERE o.ordered_at > {recent} AND NOT EXISTS \
-                   (SELECT 1 FROM outbox x WHERE x.order_id = o.id))
-                 + (SELECT count(*) FROM outbox x WHERE x.order_id IS NOT NULL AND NOT EXISTS \
-                   (SELECT 1 FROM orders o WHERE o.id = x.order_id))"
-            ),
+            // A published event's row is deleted: published events are
+            // counted on the stats topic (`audit::audit_stats_topic`).
+            Invariant::OneStatsEventPerOrder => {
+                "SELECT (SELECT count(*) FROM outbox x WHERE x.published_at IS NULL \
+                   AND x.order_id IS NOT NULL AND NOT EXISTS \
+                   (SELECT 1 FROM orders o WHERE o.id = x.order_id))
+                 + (SELECT count(*) FROM (SELECT 1 FROM outbox x WHERE x.published_at IS NULL \
+                   AND x.order_id IS NOT NULL GROUP BY x.order_id HAVING count(*) > 1) d)"
+                .into()
+            },
             // The order and coupon paths' references have no foreign keys
             // (migrations `hot_path_references`, `issue_references`):
             // checked here instead.
@@ -104,7 +108,7 @@ impl Invariant {
 }
 
 /// Rows breaking `invariant`; effects older than `retention_hours` less an
-/// hour's margin are not matched against results or outbox rows.
+/// hour's margin are not matched against stored results.
 pub async fn violations(db: &PgPool, invariant: Invariant, retention_hours: u64) -> Result<i64> {
     let recent = format!(
         "now() - interval '{} hours'",

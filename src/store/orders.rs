@@ -218,7 +218,8 @@ pub async fn paid_among(db: &PgPool, request_ids: &[&str]) -> Result<HashSet<Str
     .collect())
 }
 
-/// The oldest unpublished events, in id order.
+/// The oldest events still to publish, in id order. (Rows an earlier
+/// version's relay marked published, rather than deleting them, are not.)
 pub async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>> {
     Ok(sqlx::query_as(
         "SELECT id, topic, key, payload, order_id, traceparent FROM outbox
@@ -239,10 +240,11 @@ pub async fn relay_positions(db: &PgPool, topic: &str) -> Result<HashMap<i32, i6
     Ok(rows.into_iter().collect())
 }
 
-/// Marks events published and moves the relay's positions past them, in one
-/// transaction: everything before a position is marked. Positions never move
-/// back (a late, fenced relay's update cannot undo a newer one).
-pub async fn mark_published(
+/// Deletes published events and moves the relay's positions past them, in
+/// one transaction: everything before a position has been published and
+/// deleted. Positions never move back (a late, fenced relay's update cannot
+/// undo a newer one).
+pub async fn forget_published(
     db: &PgPool,
     ids: &[i64],
     topic: &str,
@@ -250,12 +252,10 @@ pub async fn mark_published(
 ) -> Result<()> {
     let mut tx = db.begin().await?;
     if !ids.is_empty() {
-        sqlx::query(
-            "UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
-        )
-        .bind(ids)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1) AND published_at IS NULL")
+            .bind(ids)
+            .execute(&mut *tx)
+            .await?;
     }
     if !positions.is_empty() {
         let (partitions, offsets): (Vec<i32>, Vec<i64>) =
@@ -276,6 +276,16 @@ pub async fn mark_published(
     Ok(())
 }
 
+/// The orders whose stats event is still queued in the outbox.
+pub async fn queued_order_ids(db: &PgPool) -> Result<HashSet<i64>> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT order_id FROM outbox WHERE published_at IS NULL AND order_id IS NOT NULL",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(ids.into_iter().collect())
+}
+
 /// Outbox rows not yet published.
 pub async fn unpublished_count(db: &PgPool) -> Result<i64> {
     Ok(
@@ -285,7 +295,7 @@ pub async fn unpublished_count(db: &PgPool) -> Result<i64> {
     )
 }
 
-/// How many of the outbox rows `ids` are not yet marked published.
+/// How many of the outbox rows `ids` are still queued.
 pub async fn unpublished_among(db: &PgPool, ids: &[i64]) -> Result<i64> {
     Ok(sqlx::query_scalar(
         "SELECT count(*) FROM outbox WHERE id = ANY($1) AND published_at IS NULL",
@@ -295,11 +305,25 @@ pub async fn unpublished_among(db: &PgPool, ids: &[i64]) -> Result<i64> {
     .await?)
 }
 
-/// Orders whose stats event the relay has published.
-pub async fn published_order_ids(db: &PgPool) -> Result<HashSet<i64>> {
+/// Orders since `since` whose stats event the relay has published: those
+/// with no event left in the outbox.
+pub async fn published_order_ids(db: &PgPool, since: DateTime<Utc>) -> Result<HashSet<i64>> {
     let ids: Vec<i64> = sqlx::query_scalar(
-        "SELECT o.id FROM orders o JOIN outbox x ON x.order_id = o.id WHERE x.published_at IS NOT NULL",
+        "SELECT o.id FROM orders o WHERE o.ordered_at > $1 AND NOT EXISTS
+           (SELECT 1 FROM outbox x WHERE x.order_id = o.id AND x.published_at IS NULL)",
     )
+    .bind(since)
+    .fetch_all(db)
+    .await?;
+    Ok(ids.into_iter().collect())
+}
+
+/// Which of `ids` name an order, however old.
+pub async fn existing_order_ids(db: &PgPool, ids: &[i64]) -> Result<HashSet<i64>> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT o.id FROM unnest($1::int8[]) AS k(id) JOIN orders o ON o.id = k.id",
+    )
+    .bind(super::distinct(ids))
     .fetch_all(db)
     .await?;
     Ok(ids.into_iter().collect())

@@ -5,15 +5,15 @@
 //! stand by). It picks up every unpublished row, whatever its id (order
 //! transactions commit out of id order), sends a batch in one Kafka
 //! transaction to a partition it chooses itself (`order_id mod partitions`,
-//! the outbox id in a header), commits it, then marks the rows published and
-//! records where the batch ended in each partition — one PostgreSQL
-//! transaction. The Kafka transactional id is the same for every relay of a
+//! the outbox id in a header), commits it, then deletes the rows and records
+//! where the batch ended in each partition — one PostgreSQL transaction. The
+//! outbox holds only what is still to publish. The Kafka transactional id is the same for every relay of a
 //! deployment, so a new leader fences its predecessor: a relay paused or cut
 //! off mid-batch can no longer add events, and its uncommitted batch is
 //! aborted and never read (`read_committed`). A new leader then reads the
 //! topic from the recorded positions to its end: every event found there was
-//! committed by a predecessor that died before marking it, and is marked
-//! without being sent again. Never zero, never two.
+//! committed by a predecessor that died before deleting its row, and the row
+//! is deleted without being sent again. Never zero, never two.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -106,7 +106,7 @@ async fn relay_as_leader(
         if recovered > 0 {
             info!(
                 count = recovered,
-                "events a previous relay published but did not mark were marked without resending"
+                "events a previous relay published but did not delete were deleted without resending"
             );
         }
         metrics::stats_published(0, recovered);
@@ -128,7 +128,7 @@ async fn relay_as_leader(
                 .map(|row| event_message(row, &topic, partitions))
                 .collect();
             let positions = publish(&producer, &messages).await?;
-            orders::mark_published(db, &ids, &topic, &positions).await?;
+            orders::forget_published(db, &ids, &topic, &positions).await?;
             metrics::stats_published(ids.len(), 0);
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -177,8 +177,8 @@ async fn publish(
     Ok(positions)
 }
 
-/// Marks the events that earlier relays committed but did not mark: those
-/// after the recorded positions. Returns how many rows that marked.
+/// Deletes the events that earlier relays committed but did not delete:
+/// those after the recorded positions. Returns how many rows that deleted.
 async fn recover(settings: &Settings, db: &PgPool, topic: &str) -> Result<usize, RelayError> {
     let from = orders::relay_positions(db, topic).await?;
     let consumer = metadata_consumer(settings)?;
@@ -209,9 +209,9 @@ async fn recover(settings: &Settings, db: &PgPool, topic: &str) -> Result<usize,
     )
     .await
     .map_err(|e| WorkerError::Invariant(e.to_string()))??;
-    let unmarked = orders::unpublished_among(db, &ids).await?;
-    orders::mark_published(db, &ids, topic, &ends).await?;
-    Ok(unmarked as usize)
+    let left = orders::unpublished_among(db, &ids).await?;
+    orders::forget_published(db, &ids, topic, &ends).await?;
+    Ok(left as usize)
 }
 
 fn outbox_id(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<i64> {

@@ -1,6 +1,7 @@
-//! The retention sweeper: now and then deletes stored results and published
-//! outbox rows older than `worker.retention_hours`, so neither table grows
-//! without bound. Every worker process may run it: deleting is idempotent.
+//! The retention sweeper: now and then deletes stored results older than
+//! `worker.retention_hours`, so the table does not grow without bound (and
+//! outbox rows that a relay of an earlier version marked published instead
+//! of deleting). Every worker process may run it: deleting is idempotent.
 
 use std::time::Duration;
 
