@@ -154,7 +154,6 @@ pub async fn insert(tx: &mut Transaction<'_, Postgres>, orders: &[NewOrder]) -> 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutboxRow {
     pub id: i64,
-    pub topic: String,
     pub key: String,
     pub payload: String,
     pub order_id: Option<i64>,
@@ -222,7 +221,7 @@ pub async fn paid_among(db: &PgPool, request_ids: &[&str]) -> Result<HashSet<Str
 /// version's relay marked published, rather than deleting them, are not.)
 pub async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>> {
     Ok(sqlx::query_as(
-        "SELECT id, topic, key, payload, order_id, traceparent FROM outbox
+        "SELECT id, key, payload, order_id, traceparent FROM outbox
          WHERE published_at IS NULL ORDER BY id LIMIT $1",
     )
     .bind(limit)
