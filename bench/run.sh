@@ -5,7 +5,7 @@
 #   (b) Redis running the coupon Lua script (redis-benchmark)
 #   (c) the classic design: a PostgreSQL row-lock issue (SELECT … FOR UPDATE + insert, pgbench)
 #   (d) stampede: a coupon drop (200,000 requests, 10,000 stock) and orders, with worker peak memory;
-#       and PostgreSQL alone doing an order's rows (bench/order-rows.sh), what bounds orders
+#       and PostgreSQL alone running the statements of the same drop and orders (bench/pg-rows.sh)
 #   (e) scale-out: the same drop with 1, 2 and 4 worker processes in one group
 #   (f) the HTTP path: a drop through `stampede gateway` against the same drop
 #       straight to Kafka, with the gateway's CPU per request (loadgen's HTTP
@@ -121,8 +121,8 @@ start_workers 1 order
 loadgen_measured orders --scenario orders --requests "$orders" --users 20000 --stock 1000000 --quiet --json "$out/orders.json"
 echo "worker peak RSS: $(peak_rss_mib) MiB" | tee "$out/orders-memory.txt"
 stop_workers
-echo "== (d) PostgreSQL alone: the statements of $orders orders and the relay (bench/order-rows.sh)"
-BENCH_ORDER_ROWS_OUT=$out BENCH_ORDER_ROWS=$orders bash bench/order-rows.sh | tail -n 1
+echo "== (d) PostgreSQL alone: the statements of the same drop and orders (bench/pg-rows.sh)"
+BENCH_PG_ROWS_OUT=$out BENCH_REQUESTS=$requests BENCH_STOCK=$stock BENCH_ORDERS=$orders bash bench/pg-rows.sh | grep -E "^(PostgreSQL|in all)"
 
 echo "== (d) stampede coupon drop at an offered 20,000 requests/s"
 start_workers 1 coupon

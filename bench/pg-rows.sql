@@ -1,33 +1,78 @@
-#!/usr/bin/env bash
-# PostgreSQL's own work for paid orders, with nothing else running: the
-# statements an order batch and the outbox relay run (the replay lookup, the
-# users' and products' locks, order ids, the order, its items, the balance,
-# its history, the stock, the stats event, the stored result; then the
-# relay's read and delete), on the tables `stampede migrate` makes, for
-# BENCH_ORDER_ROWS (50,000) orders of 1-3 products in batches of 1,000 from
-# 20,000 users, in one session. The figure is the session's time per order
-# for each statement, from clock_timestamp() around it, and in all.
-# Result: bench/results/<time>-order-rows/order-rows.txt, or in the folder
-# BENCH_ORDER_ROWS_OUT names (bench/run.sh: the sitting's).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-batch=1000
-orders=$(( ${BENCH_ORDER_ROWS:-50000} / batch * batch ))
-(( orders > 0 )) || { echo "BENCH_ORDER_ROWS must be at least $batch" >&2; exit 1; }
-out=${BENCH_ORDER_ROWS_OUT:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)-order-rows}
-mkdir -p "$out"
-bash scripts/services.sh up >/dev/null
-cargo build --release --locked
-db=orderrows$(date +%s)
-export STAMPEDE_DATABASE__URL=postgres://postgres@127.0.0.1:5432/$db
-psql() { command psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
-trap 'psql -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
-target/release/stampede migrate >/dev/null
-psql -d "$db" <<'SQL'
-INSERT INTO users (id, balance) SELECT g, 1000000000 FROM generate_series(1, 20000) g;
-INSERT INTO products (id, name, price, stock) SELECT g, 'p' || g, 1000, 100000000 FROM generate_series(1, 100) g;
+-- bench/pg-rows.sh: PostgreSQL's own work per request, the statements the
+-- workers run, timed one by one in a single session. psql variables: users,
+-- stock (the drop's coupon), products.
+INSERT INTO users (id, balance) SELECT g, 1000000000 FROM generate_series(1, :users) g;
+INSERT INTO products (id, name, price, stock) SELECT g, 'p' || g, 1000, 100000000 FROM generate_series(1, :products) g;
+INSERT INTO coupons (id, name, discount_kind, discount_value, total_quantity, expires_at)
+  VALUES (1, 'drop', 'fixed', 1000, :stock, now() + interval '1 day');
 ANALYZE;
-CREATE TABLE timings (step text PRIMARY KEY, seconds float8 NOT NULL DEFAULT 0);
+CREATE TABLE timings (run text NOT NULL, ord int NOT NULL, step text NOT NULL, seconds float8 NOT NULL,
+  PRIMARY KEY (run, ord));
+
+-- The statements of one coupon-drop batch (src/workers/coupon.rs), each its
+-- own transaction like the worker's: the replay lookup and the missing-users
+-- probe (outside the batch's transaction), the coupon, then in one
+-- transaction the coupon's lock, the issued coupons, the issued count and
+-- every request's stored result.
+CREATE PROCEDURE drop_batches(n int, batches int, users int) LANGUAGE plpgsql AS $$
+DECLARE
+  t timestamptz; base bigint := 0; redis_left bigint;
+  rids text[]; uids bigint[]; winners int;
+  step_names text[] := ARRAY['replay lookup', 'missing users', 'coupon', 'lock coupon',
+    'issued coupons', 'issued count', 'stored results', 'commit'];
+  spent float8[] := array_fill(0::float8, ARRAY[8]);
+  k int;
+BEGIN
+  SET LOCAL plan_cache_mode = force_custom_plan;
+  SET LOCAL random_page_cost = 1.1;
+  -- Redis's counter: it decides the winners, PostgreSQL records them.
+  SELECT total_quantity - issued INTO redis_left FROM coupons WHERE id = 1;
+  FOR b IN 1..batches LOOP
+    rids := ARRAY(SELECT 'lg-' || md5(random()::text) || '-' || g FROM generate_series(base + 1, base + n) g);
+    uids := ARRAY(SELECT (g * 7919) % users + 1 FROM generate_series(base + 1, base + n) g);
+    base := base + n;
+    k := 0;
+    t := clock_timestamp();
+    PERFORM p.request_id, p.kind, p.user_id, p.result
+      FROM unnest(rids) AS q(id) JOIN processed_requests p ON p.request_id = q.id;
+    k := k + 1; spent[k] := spent[k] + extract(epoch FROM clock_timestamp() - t); t := clock_timestamp();
+    PERFORM q.id FROM unnest(ARRAY(SELECT DISTINCT x FROM unnest(uids) x ORDER BY 1)) AS q(id)
+      WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = q.id);
+    k := k + 1; spent[k] := spent[k] + extract(epoch FROM clock_timestamp() - t); t := clock_timestamp();
+    PERFORM id, total_quantity, issued, expires_at FROM coupons WHERE id = 1;
+    k := k + 1; spent[k] := spent[k] + extract(epoch FROM clock_timestamp() - t); t := clock_timestamp();
+    winners := least(n, redis_left)::int;
+    redis_left := redis_left - winners;
+    IF winners > 0 THEN
+      PERFORM id, total_quantity - issued FROM coupons WHERE id = ANY(ARRAY[1::int8]) ORDER BY id FOR NO KEY UPDATE;
+    END IF;
+    k := k + 1; spent[k] := spent[k] + extract(epoch FROM clock_timestamp() - t); t := clock_timestamp();
+    IF winners > 0 THEN
+      INSERT INTO user_coupons (user_id, coupon_id, request_id)
+        SELECT u, 1, r FROM unnest(uids[1:winners], rids[1:winners]) AS v(u, r)
+        ON CONFLICT DO NOTHING;
+    END IF;
+    k := k + 1; spent[k] := spent[k] + extract(epoch FROM clock_timestamp() - t); t := clock_timestamp();
+    IF winners > 0 THEN
+      UPDATE coupons SET issued = issued + winners WHERE id = 1;
+    END IF;
+    k := k + 1; spent[k] := spent[k] + extract(epoch FROM clock_timestamp() - t); t := clock_timestamp();
+    INSERT INTO processed_requests (request_id, kind, user_id, status, error_code, result)
+      SELECT r, 'coupon', u,
+             CASE WHEN i <= winners THEN 'succeeded' ELSE 'rejected' END,
+             CASE WHEN i <= winners THEN NULL ELSE 'coupon_sold_out' END,
+             repeat('r', 180)
+      FROM unnest(rids, uids) WITH ORDINALITY AS v(r, u, i);
+    k := k + 1; spent[k] := spent[k] + extract(epoch FROM clock_timestamp() - t); t := clock_timestamp();
+    COMMIT;
+    SET LOCAL plan_cache_mode = force_custom_plan;
+    SET LOCAL random_page_cost = 1.1;
+    k := k + 1; spent[k] := spent[k] + extract(epoch FROM clock_timestamp() - t);
+  END LOOP;
+  INSERT INTO timings SELECT 'drop', i, step_names[i], spent[i] FROM generate_series(1, 8) i;
+  COMMIT;
+END $$;
+
 -- One order batch and one relay cycle per round, each its own transaction,
 -- with the workers' planner settings (src/store/mod.rs).
 CREATE PROCEDURE order_batches(n int, batches int) LANGUAGE plpgsql AS $$
@@ -97,13 +142,6 @@ BEGIN
     SET LOCAL random_page_cost = 1.1;
     k := k + 1; spent[k] := spent[k] + extract(epoch FROM clock_timestamp() - t);
   END LOOP;
-  INSERT INTO timings SELECT step_names[i], spent[i] FROM generate_series(1, 15) i;
+  INSERT INTO timings SELECT 'orders', i, step_names[i], spent[i] FROM generate_series(1, 15) i;
   COMMIT;
 END $$;
-SQL
-psql -d "$db" -c "CALL order_batches($batch, $((orders / batch)))"
-{
-  echo "PostgreSQL per paid order, one session, $orders orders in batches of $batch (µs per order)"
-  psql -d "$db" -F ' ' -c "SELECT step || ':', round((seconds * 1e6 / $orders)::numeric, 1) FROM timings ORDER BY ctid"
-  psql -d "$db" -F ' ' -c "SELECT 'in all:', round((sum(seconds) * 1e6 / $orders)::numeric, 1) FROM timings"
-} | tee "$out/order-rows.txt"
