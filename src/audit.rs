@@ -237,13 +237,11 @@ async fn audit_stats_topic(
     retention_hours: u64,
     r: &mut AuditReport,
 ) -> Result<(), AuditError> {
-    let since = chrono::Utc::now()
-        - chrono::Duration::hours(retention_hours.saturating_sub(1).min(i64::MAX as u64) as i64);
     let queued = orders::queued_order_ids(db).await?;
     let events = stats_events_per_order(settings)
         .await
         .map_err(|e| AuditError::StatsTopic(crate::telemetry::error_chain(&e)))?;
-    let published = orders::published_order_ids(db, since).await?;
+    let published = orders::published_order_ids(db, ledger::window_hours(retention_hours)).await?;
     let wrong = published
         .iter()
         .filter(|id| events.get(id).copied().unwrap_or(0) != 1)

@@ -107,13 +107,17 @@ impl Invariant {
     }
 }
 
-/// Rows breaking `invariant`; effects older than `retention_hours` less an
-/// hour's margin are not matched against stored results.
+/// How far back, in hours, the audit matches effects against what is kept
+/// for `retention_hours` only (stored results; stats events, on the topic):
+/// the retention window less an hour's margin.
+pub fn window_hours(retention_hours: u64) -> u64 {
+    retention_hours.saturating_sub(1)
+}
+
+/// Rows breaking `invariant`; effects older than [`window_hours`] are not
+/// matched against stored results.
 pub async fn violations(db: &PgPool, invariant: Invariant, retention_hours: u64) -> Result<i64> {
-    let recent = format!(
-        "now() - interval '{} hours'",
-        retention_hours.saturating_sub(1)
-    );
+    let recent = format!("now() - interval '{} hours'", window_hours(retention_hours));
     Ok(sqlx::query_scalar(&invariant.sql(&recent))
         .fetch_one(db)
         .await?)

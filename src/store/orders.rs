@@ -242,19 +242,21 @@ pub async fn relay_positions(db: &PgPool, topic: &str) -> Result<HashMap<i32, i6
 /// Deletes published events and moves the relay's positions past them, in
 /// one transaction: everything before a position has been published and
 /// deleted. Positions never move back (a late, fenced relay's update cannot
-/// undo a newer one).
+/// undo a newer one). Returns how many of `ids` were still queued.
 pub async fn forget_published(
     db: &PgPool,
     ids: &[i64],
     topic: &str,
     positions: &HashMap<i32, i64>,
-) -> Result<()> {
+) -> Result<u64> {
     let mut tx = db.begin().await?;
+    let mut deleted = 0;
     if !ids.is_empty() {
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1) AND published_at IS NULL")
+        deleted = sqlx::query("DELETE FROM outbox WHERE id = ANY($1) AND published_at IS NULL")
             .bind(ids)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
     }
     if !positions.is_empty() {
         let (partitions, offsets): (Vec<i32>, Vec<i64>) =
@@ -272,7 +274,7 @@ pub async fn forget_published(
         .await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(deleted)
 }
 
 /// The orders whose stats event is still queued in the outbox.
@@ -294,24 +296,15 @@ pub async fn unpublished_count(db: &PgPool) -> Result<i64> {
     )
 }
 
-/// How many of the outbox rows `ids` are still queued.
-pub async fn unpublished_among(db: &PgPool, ids: &[i64]) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM outbox WHERE id = ANY($1) AND published_at IS NULL",
-    )
-    .bind(ids)
-    .fetch_one(db)
-    .await?)
-}
-
-/// Orders since `since` whose stats event the relay has published: those
-/// with no event left in the outbox.
-pub async fn published_order_ids(db: &PgPool, since: DateTime<Utc>) -> Result<HashSet<i64>> {
+/// Orders of the last `hours` whose stats event the relay has published:
+/// those with no event left in the outbox.
+pub async fn published_order_ids(db: &PgPool, hours: u64) -> Result<HashSet<i64>> {
     let ids: Vec<i64> = sqlx::query_scalar(
-        "SELECT o.id FROM orders o WHERE o.ordered_at > $1 AND NOT EXISTS
+        "SELECT o.id FROM orders o WHERE o.ordered_at > now() - $1::float8 * interval '1 hour'
+           AND NOT EXISTS
            (SELECT 1 FROM outbox x WHERE x.order_id = o.id AND x.published_at IS NULL)",
     )
-    .bind(since)
+    .bind(hours as f64)
     .fetch_all(db)
     .await?;
     Ok(ids.into_iter().collect())

@@ -1,7 +1,8 @@
 //! What the ledger need not keep forever: stored results past the window in
 //! which their request can still be redelivered, and outbox rows published
 //! long ago (a relay deletes what it publishes; a relay of an earlier
-//! version marked them instead). Deleted in bounded chunks so a sweep never holds long locks.
+//! version marked them instead). Deleted in bounded chunks so a sweep never
+//! holds long locks.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;

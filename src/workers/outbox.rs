@@ -7,13 +7,14 @@
 //! transaction to a partition it chooses itself (`order_id mod partitions`,
 //! the outbox id in a header), commits it, then deletes the rows and records
 //! where the batch ended in each partition — one PostgreSQL transaction. The
-//! outbox holds only what is still to publish. The Kafka transactional id is the same for every relay of a
-//! deployment, so a new leader fences its predecessor: a relay paused or cut
-//! off mid-batch can no longer add events, and its uncommitted batch is
-//! aborted and never read (`read_committed`). A new leader then reads the
-//! topic from the recorded positions to its end: every event found there was
-//! committed by a predecessor that died before deleting its row, and the row
-//! is deleted without being sent again. Never zero, never two.
+//! outbox holds only what is still to publish. The Kafka transactional id is
+//! the same for every relay of a deployment, so a new leader fences its
+//! predecessor: a relay paused or cut off mid-batch can no longer add
+//! events, and its uncommitted batch is aborted and never read
+//! (`read_committed`). A new leader then reads the topic from the recorded
+//! positions to its end: every event found there was committed by a
+//! predecessor that died before deleting its row, and the row is deleted
+//! without being sent again. Never zero, never two.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -209,9 +210,7 @@ async fn recover(settings: &Settings, db: &PgPool, topic: &str) -> Result<usize,
     )
     .await
     .map_err(|e| WorkerError::Invariant(e.to_string()))??;
-    let left = orders::unpublished_among(db, &ids).await?;
-    orders::forget_published(db, &ids, topic, &ends).await?;
-    Ok(left as usize)
+    Ok(orders::forget_published(db, &ids, topic, &ends).await? as usize)
 }
 
 fn outbox_id(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<i64> {
