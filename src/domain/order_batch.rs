@@ -9,7 +9,7 @@
 //! [`Verdict`], updating the book (balance, coupon used, stock left) for the
 //! rounds after. [`paid_order`] is what a paid order answers and reports.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use chrono::{DateTime, Utc};
 
@@ -308,7 +308,7 @@ mod tests {
             products
                 .iter()
                 .map(|(id, price, stock)| (*id, (*price, *stock))),
-            HashMap::from([(
+            [(
                 (1, 9),
                 CouponHeld {
                     user_coupon_id: 90,
@@ -316,7 +316,9 @@ mod tests {
                     expires_at: Utc::now() + chrono::Duration::days(1),
                     discount: Discount::Fixed { amount: 500 },
                 },
-            )]),
+            )]
+            .into_iter()
+            .collect(),
             Utc::now(),
         )
     }

@@ -82,12 +82,12 @@ struct RequestIdOnly<'a> {
 /// `source.offset`, set by the workers).
 fn source_of(message: &BorrowedMessage<'_>) -> Option<(i32, i64)> {
     let headers = message.headers()?;
-    let value = |name: &str| -> Option<String> {
+    let value = |name: &str| -> Option<&str> {
         headers
             .iter()
             .find(|h| h.key == name)
             .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .and_then(|v| std::str::from_utf8(v).ok())
     };
     Some((
         value(HEADER_SOURCE_PARTITION)?.parse().ok()?,

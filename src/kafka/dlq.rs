@@ -5,12 +5,11 @@
 
 use super::incoming::Incoming;
 use super::producer::OutMessage;
+pub use super::producer::{HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
 use super::topics::Topics;
 
 pub const HEADER_ERROR: &str = "error";
 pub const HEADER_SOURCE_TOPIC: &str = "source.topic";
-pub const HEADER_SOURCE_PARTITION: &str = "source.partition";
-pub const HEADER_SOURCE_OFFSET: &str = "source.offset";
 pub const HEADER_TRUNCATED: &str = "truncated";
 /// On a message `stampede dlq replay` published: the replay's id in its record.
 pub const HEADER_REPLAY_ID: &str = "replay.id";

@@ -22,6 +22,12 @@ use crate::config::KafkaSettings;
 /// is offered again.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
 
+/// The header naming the partition of the request a result answers (and,
+/// on a dead letter, of the message it copies).
+pub const HEADER_SOURCE_PARTITION: &str = "source.partition";
+/// The header naming that message's offset.
+pub const HEADER_SOURCE_OFFSET: &str = "source.offset";
+
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutMessage {
@@ -29,7 +35,11 @@ pub struct OutMessage {
     pub topic: Arc<str>,
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
-    /// Header names are the protocol's own constants.
+    /// The request a result answers, as (partition, offset) on its request
+    /// topic: sent as the headers `source.partition` and `source.offset`,
+    /// written out only when the message is handed to the client.
+    pub source: Option<(i32, i64)>,
+    /// Header names are the protocol's own constants; sent after `source`'s.
     pub headers: Vec<(&'static str, Vec<u8>)>,
     /// Set when the sender chooses the partition itself.
     pub partition: Option<i32>,
@@ -45,6 +55,7 @@ impl OutMessage {
             topic: topic.into(),
             key: key.into(),
             payload: payload.into(),
+            source: None,
             headers: Vec::new(),
             partition: None,
         }
@@ -52,6 +63,13 @@ impl OutMessage {
 
     pub fn header(mut self, name: &'static str, value: impl Into<Vec<u8>>) -> Self {
         self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Marks the message as the answer to the request at `offset` of
+    /// `partition` (see [`OutMessage::source`]).
+    pub fn answering(mut self, partition: i32, offset: i64) -> Self {
+        self.source = Some((partition, offset));
         self
     }
 }
@@ -64,8 +82,20 @@ fn record<'a>(
     let mut record = BaseRecord::with_opaque_to(&message.topic, Arc::clone(deliveries))
         .key(&message.key)
         .payload(&message.payload);
-    if !message.headers.is_empty() {
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+    if message.source.is_some() || !message.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 2);
+        if let Some((partition, offset)) = message.source {
+            let (mut p, mut o) = (itoa::Buffer::new(), itoa::Buffer::new());
+            headers = headers
+                .insert(Header {
+                    key: HEADER_SOURCE_PARTITION,
+                    value: Some(p.format(partition)),
+                })
+                .insert(Header {
+                    key: HEADER_SOURCE_OFFSET,
+                    value: Some(o.format(offset)),
+                });
+        }
         for (name, value) in &message.headers {
             headers = headers.insert(Header {
                 key: name,
@@ -369,6 +399,40 @@ mod tests {
         let relay = config(&settings, Some("relay-1"), Producer::WORKER_LINGER_MS);
         assert_eq!(relay.get("transactional.id"), Some("relay-1"));
         assert_eq!(relay.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn a_result_names_the_request_it_answers_in_its_first_headers() {
+        use rdkafka::message::Headers;
+        let message = OutMessage::new("coupon.results.v1", "42", "{}")
+            .answering(3, 1_234_567)
+            .header("traceparent", "00-1-2-01");
+        let (deliveries, _all_in) = Deliveries::new(1);
+        let sent = record(&message, &deliveries);
+        let headers: Vec<(String, String)> = sent
+            .headers
+            .as_ref()
+            .expect("headers")
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8(h.value.unwrap_or_default().to_vec());
+                (h.key.to_owned(), value.expect("UTF-8"))
+            })
+            .collect();
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("source.partition", "3"),
+                ("source.offset", "1234567"),
+                ("traceparent", "00-1-2-01")
+            ]
+        );
+        let plain = OutMessage::new("coupon.results.v1", "42", "{}");
+        assert!(record(&plain, &deliveries).headers.is_none());
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! Coupons and the coupons issued to users. `coupons.issued ≤ total_quantity`
 //! and unique (user, coupon) are enforced by the database itself.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

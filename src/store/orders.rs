@@ -17,9 +17,9 @@ type HoldingRow = (i64, i64, i64, bool, DateTime<Utc>, String, i64);
 pub async fn holdings(
     tx: &mut Transaction<'_, Postgres>,
     pairs: &[(i64, i64)],
-) -> Result<HashMap<(i64, i64), CouponHeld>> {
+) -> Result<foldhash::HashMap<(i64, i64), CouponHeld>> {
     if pairs.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(foldhash::HashMap::default());
     }
     let (users, coupons): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
     let rows: Vec<HoldingRow> = sqlx::query_as(
@@ -151,7 +151,7 @@ pub async fn insert(tx: &mut Transaction<'_, Postgres>, orders: &[NewOrder]) -> 
 }
 
 /// An event waiting in the outbox.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
     pub id: i64,
     pub key: String,
@@ -217,16 +217,30 @@ pub async fn paid_among(db: &PgPool, request_ids: &[&str]) -> Result<HashSet<Str
     .collect())
 }
 
+/// An outbox row's columns, read by position rather than by name: a relay's
+/// batch has a thousand rows.
+type OutboxColumns = (i64, String, String, Option<i64>, Option<String>);
+
 /// The oldest events still to publish, in id order. (Rows an earlier
 /// version's relay marked published, rather than deleting them, are not.)
 pub async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>> {
-    Ok(sqlx::query_as(
+    let rows: Vec<OutboxColumns> = sqlx::query_as(
         "SELECT id, key, payload, order_id, traceparent FROM outbox
          WHERE published_at IS NULL ORDER BY id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(conn)
-    .await?)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, key, payload, order_id, traceparent)| OutboxRow {
+            id,
+            key,
+            payload,
+            order_id,
+            traceparent,
+        })
+        .collect())
 }
 
 /// Where the relay's last marked batch ended, per partition of `topic`.

@@ -1,6 +1,6 @@
 //! Idempotency: the stored result of every processed request, by `request_id`.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 

@@ -1,6 +1,6 @@
 //! Products and their stock. `products.stock ≥ 0` is enforced by the database.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};

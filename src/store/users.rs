@@ -1,7 +1,7 @@
 //! Users, balances and balance history. Σ history amounts = balance, always:
 //! every balance change writes its history row in the same transaction.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet, HashSetExt};
 
 use sqlx::{PgPool, Postgres, Transaction};
 

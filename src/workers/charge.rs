@@ -2,7 +2,7 @@
 //! micro-batch. Users' rows are locked in id order, so concurrent charges of
 //! the same user (even from another worker after a rebalance) serialize.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use async_trait::async_trait;
 use sqlx::PgPool;

@@ -39,7 +39,8 @@
 //! while PostgreSQL has units left) and reloads; PostgreSQL's `issued ≤
 //! total_quantity` stays the final guard against any unit counted twice.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

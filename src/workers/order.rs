@@ -32,7 +32,8 @@
 //! if Redis ever sold more than PostgreSQL has, the order is `out_of_stock`,
 //! its hold released, and the product reloaded.
 
-use std::collections::{BTreeSet, HashMap};
+use foldhash::{HashMap, HashMapExt};
+use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use chrono::Utc;

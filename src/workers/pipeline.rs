@@ -9,8 +9,8 @@
 //! isolated by deciding the batch one request at a time, and only that one
 //! goes to the DLQ: the partition keeps flowing.
 
+use foldhash::{HashMap, HashMapExt};
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -22,7 +22,7 @@ use super::WorkerError;
 pub use crate::domain::messages::{RequestMessage, ResultMessage};
 use crate::domain::validate::{decode, salvage};
 use crate::domain::{ErrorCode, Rejection, RequestId};
-use crate::kafka::dlq::{dead_letter, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
+use crate::kafka::dlq::dead_letter;
 use crate::kafka::handler::{BatchHandler, HandlerError};
 use crate::kafka::turns::Turn;
 use crate::kafka::Incoming;
@@ -45,6 +45,28 @@ fn accepted_ms(requested_at: Option<chrono::DateTime<chrono::Utc>>, kafka_ms: Op
         (None, Some(ts)) => ts,
         (None, None) => i64::MAX,
     }
+}
+
+/// A request's `requested_at`, read without decoding the rest. A payload
+/// that neither names it nor has an escape (`\`, with which a key can be
+/// spelled otherwise) cannot hold it, and is not parsed to find out.
+fn requested_at(payload: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
+    #[derive(serde::Deserialize)]
+    struct Stamp {
+        #[serde(
+            default,
+            deserialize_with = "crate::domain::timestamp::deserialize_opt"
+        )]
+        requested_at: Option<chrono::DateTime<chrono::Utc>>,
+    }
+    let may_hold_it = memchr::memchr(b'\\', payload).is_some()
+        || memchr::memmem::find(payload, b"requested_at").is_some();
+    if !may_hold_it {
+        return None;
+    }
+    serde_json::from_slice::<Stamp>(payload)
+        .ok()
+        .and_then(|s| s.requested_at)
 }
 
 /// Builds the stored form of a result.
@@ -145,8 +167,7 @@ impl<D: Decide> RequestPipeline<D> {
             None => message.key.clone().unwrap_or_default(),
         };
         let mut out = OutMessage::new(self.results_topic.clone(), key, json)
-            .header(HEADER_SOURCE_PARTITION, message.partition.to_string())
-            .header(HEADER_SOURCE_OFFSET, message.offset.to_string());
+            .answering(message.partition, message.offset);
         if let Some(traceparent) = traceparent {
             out = out.header(trace_context::HEADER, traceparent);
         }
@@ -245,20 +266,11 @@ impl<D: Decide> BatchHandler for RequestPipeline<D> {
     /// Reads only `requested_at` (the rest is decoded with the batch); an
     /// unreadable message counts from its Kafka timestamp.
     fn accepted_ms(&self, message: &Incoming) -> i64 {
-        #[derive(serde::Deserialize)]
-        struct Stamp {
-            #[serde(
-                default,
-                deserialize_with = "crate::domain::timestamp::deserialize_opt"
-            )]
-            requested_at: Option<chrono::DateTime<chrono::Utc>>,
-        }
         let stamp = message
             .payload
             .as_deref()
             .filter(|p| p.len() <= self.max_message_bytes)
-            .and_then(|p| serde_json::from_slice::<Stamp>(p).ok())
-            .and_then(|s| s.requested_at);
+            .and_then(requested_at);
         accepted_ms(stamp, message.timestamp_ms)
     }
 }
@@ -562,7 +574,8 @@ mod tests {
             user_id: Some(1),
             result: "{}".into(),
         };
-        let stored = HashMap::from([("old".to_owned(), old.clone())]);
+        let stored: HashMap<String, processed::StoredResult> =
+            [("old".to_owned(), old.clone())].into_iter().collect();
         // Fresh, each id once: a (0), b (1), c (2).
         use Seen::{New, RepeatOf, Stored};
         assert_eq!(
@@ -578,6 +591,27 @@ mod tests {
                 RepeatOf(0)
             ]
         );
+    }
+
+    #[test]
+    fn a_requests_stamp_is_read_however_its_key_is_spelled() {
+        let at = chrono::Utc.timestamp_millis_opt(1_795_000_000_000).single();
+        let stamp = |payload: &str| requested_at(payload.as_bytes());
+        assert_eq!(
+            stamp(r#"{"request_id":"a","user_id":1,"requested_at":"2026-11-18T11:06:40Z"}"#),
+            at
+        );
+        // The same key to a JSON reader, spelled with an escape.
+        assert_eq!(
+            stamp(r#"{"request_id":"a","user_id":1,"requested\u005fat":"2026-11-18T11:06:40Z"}"#),
+            at
+        );
+        assert_eq!(
+            stamp(r#"{"request_id":"a","user_id":1,"coupon_id":7}"#),
+            None
+        );
+        assert_eq!(stamp(r#"{"request_id":"a\"","requested_at":null}"#), None);
+        assert_eq!(stamp("not json, requested_at"), None);
     }
 
     #[test]
