@@ -166,3 +166,45 @@ async fn a_mixed_run_over_kafka_and_a_drop_over_http_pass_their_verdicts() {
     app.stop().await;
     env.cleanup().await;
 }
+
+/// The names of every topic the broker lists.
+async fn topic_names(settings: &stampede::config::Settings) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = stampede::kafka::client_config(&settings.kafka)
+        .create()
+        .expect("a metadata client");
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .expect("the broker's metadata");
+        metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect()
+    })
+    .await
+    .expect("the metadata task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_passthrough_forwards_every_message_and_leaves_no_topic_of_its_own() {
+    let env = TestEnv::new().await;
+    let mut passthrough = options(Scenario::Passthrough, 400, Via::Kafka, String::new());
+    passthrough.verify = false;
+    let report = loadgen::run(&env.settings, &passthrough).await.unwrap();
+    assert_eq!(report.answered, 400, "{}", report.summary());
+    // Its two topics are the run's alone: once it has run, the broker
+    // drops them (a leftover kept its partitions in the broker for good).
+    let own = format!("{}bench.", env.settings.kafka.topic_prefix);
+    common::eventually("the passthrough's topics gone", || async {
+        let left: Vec<String> = topic_names(&env.settings)
+            .await
+            .into_iter()
+            .filter(|name| name.starts_with(&own))
+            .collect();
+        left.is_empty().then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}

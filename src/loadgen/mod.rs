@@ -233,6 +233,7 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
     follower.abort();
     if let Some(p) = passthrough {
         p.stop().await;
+        scenario::drop_passthrough_topics(settings, &setup).await;
     }
     let turned_away = publish_outcome?;
     let sent_at = std::mem::take(&mut *sent_at.lock().unwrap_or_else(|p| p.into_inner()));

@@ -199,6 +199,31 @@ pub async fn post(
     }
 }
 
+/// Deletes the passthrough's own two topics once it has run (they are the
+/// run's alone; a leftover would hold its partitions in the broker).
+pub async fn drop_passthrough_topics(settings: &Settings, s: &Setup) {
+    let names: Vec<&str> = [&s.passthrough_in, &s.passthrough_out]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let deleted = async {
+        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+            crate::kafka::client_config(&settings.kafka).create()?;
+        admin
+            .delete_topics(&names, &rdkafka::admin::AdminOptions::new())
+            .await
+    };
+    match deleted.await {
+        Ok(answers) => {
+            for (topic, code) in answers.into_iter().filter_map(Result::err) {
+                tracing::warn!(%topic, error = %code, "could not delete a passthrough topic");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not delete the passthrough topics"),
+    }
+}
+
 /// Copies every message of `input` to `output`: the broker's round trip.
 struct Passthrough {
     output: std::sync::Arc<str>,

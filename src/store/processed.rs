@@ -29,7 +29,7 @@ pub const LOOKUP: &str = "SELECT p.request_id, p.kind, p.user_id, p.result
      FROM unnest($1::text[]) AS k(id) JOIN processed_requests p ON p.request_id = k.id";
 
 /// The stored results among `request_ids`.
-pub async fn lookup(db: &PgPool, request_ids: &[String]) -> Result<HashMap<String, StoredResult>> {
+pub async fn lookup(db: &PgPool, request_ids: &[&str]) -> Result<HashMap<String, StoredResult>> {
     if request_ids.is_empty() {
         return Ok(HashMap::new());
     }

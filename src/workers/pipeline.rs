@@ -302,16 +302,13 @@ impl<D: Decide> RequestPipeline<D> {
         decoded.sort_by_key(|(index, _)| batch[*index].accepted_ms);
         let (stored, context) = {
             let requests: Vec<&D::Request> = decoded.iter().map(|(_, r)| r).collect();
-            let ids: Vec<String> = requests
-                .iter()
-                .map(|r| r.request_id().as_str().to_owned())
-                .collect();
+            let ids: Vec<&str> = requests.iter().map(|r| r.request_id().as_str()).collect();
             // A request id the batch before is still recording is looked up
             // once its result is stored; the batch after waits for this
             // one's likewise. A flow deciding one batch at a time never has
             // a batch before it still recording: it hashes nothing.
             if self.logic.in_flight() > 1 {
-                let keys = turn.keys(ids.iter().map(String::as_str));
+                let keys = turn.keys(ids.iter().copied());
                 turn.wait_if_held(&keys).await;
                 turn.hold(keys);
             }
