@@ -1,6 +1,7 @@
 //! The idempotent producer (acks=all): a message counts as sent only when the
 //! broker has it durably.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -9,9 +10,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext, Message};
@@ -226,8 +225,45 @@ fn config(
 
 #[derive(Clone)]
 pub struct Producer {
-    inner: ThreadedProducer<Reports>,
+    inner: Arc<BaseProducer<Reports>>,
+    /// Stops the client's polling thread when the last clone goes.
+    _polling: Arc<Polling>,
     queue_timeout: Duration,
+}
+
+/// How long one poll of the client's queue lasts. Delivery reports are
+/// handed over as they arrive, whatever the length; but rdkafka spins
+/// through the last, sub-millisecond part of every poll, so a long one
+/// spins rarely. The cost: a producer's thread notices it is no longer
+/// needed up to this much later, and ends on its own.
+const POLL_FOR: Duration = Duration::from_secs(1);
+
+/// The client's polling thread, told to stop when this goes.
+struct Polling {
+    stop: Arc<AtomicBool>,
+}
+
+impl Polling {
+    /// Hands `client`'s delivery reports over until told to stop; the
+    /// thread holds the client, which goes with it.
+    fn start(client: Arc<BaseProducer<Reports>>) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("kafka producer poll".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    client.poll(POLL_FOR);
+                }
+            })?;
+        Ok(Self { stop })
+    }
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Producer {
@@ -264,8 +300,13 @@ impl Producer {
         transactional_id: Option<&str>,
         linger_ms: u32,
     ) -> Result<Self, KafkaError> {
+        let inner: Arc<BaseProducer<Reports>> =
+            Arc::new(config(settings, transactional_id, linger_ms).create_with_context(Reports)?);
+        let polling = Polling::start(Arc::clone(&inner))
+            .map_err(|e| KafkaError::ClientCreation(format!("the polling thread: {e}")))?;
         Ok(Self {
-            inner: config(settings, transactional_id, linger_ms).create_with_context(Reports)?,
+            inner,
+            _polling: Arc::new(polling),
             queue_timeout: Duration::from_millis(u64::from(settings.delivery_timeout_ms)),
         })
     }
@@ -363,7 +404,7 @@ impl Producer {
 
     async fn blocking(
         &self,
-        call: impl FnOnce(&ThreadedProducer<Reports>) -> Result<(), KafkaError> + Send + 'static,
+        call: impl FnOnce(&BaseProducer<Reports>) -> Result<(), KafkaError> + Send + 'static,
     ) -> Result<(), KafkaError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || call(&inner))
@@ -433,6 +474,29 @@ mod tests {
         );
         let plain = OutMessage::new("coupon.results.v1", "42", "{}");
         assert!(record(&plain, &deliveries).headers.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_client_goes_with_the_last_clone_of_its_producer() {
+        let settings = KafkaSettings {
+            brokers: "127.0.0.1:9".into(),
+            ..KafkaSettings::default()
+        };
+        let producer = Producer::new(&settings).expect("a producer");
+        let client = Arc::downgrade(&producer.inner);
+        let copy = producer.clone();
+        drop(producer);
+        assert!(client.upgrade().is_some(), "a clone still sends with it");
+        drop(copy);
+        // Its polling thread notices within a poll, and drops the client.
+        let deadline = Instant::now() + POLL_FOR * 10;
+        while client.strong_count() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the client outlived its producer"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]
