@@ -1,5 +1,6 @@
 //! `topics create`: makes every contract topic; running it again is harmless.
-//! [`delete_topics`] removes them again (isolated test runs clean up with it).
+//! [`delete_topics`] removes them again (isolated test runs clean up with it);
+//! [`delete_named`] removes any topics by name.
 
 use std::time::Duration;
 
@@ -80,12 +81,21 @@ pub async fn create_topics(settings: &KafkaSettings) -> Result<Vec<TopicOutcome>
 /// Deletes every contract topic under the settings' prefix; topics that do
 /// not exist are skipped. Returns the topics deleted.
 pub async fn delete_topics(settings: &KafkaSettings) -> Result<Vec<String>, AdminError> {
-    let admin: AdminClient<DefaultClientContext> = super::client_config(settings).create()?;
     let topics = Topics::new(settings.topic_prefix.clone()).all();
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    delete_named(settings, &names).await
+}
+
+/// Deletes the topics `names`; those that do not exist are skipped. Returns
+/// the topics deleted.
+pub async fn delete_named(
+    settings: &KafkaSettings,
+    names: &[&str],
+) -> Result<Vec<String>, AdminError> {
+    let admin: AdminClient<DefaultClientContext> = super::client_config(settings).create()?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let mut deleted = Vec::new();
-    for answer in admin.delete_topics(&names, &options).await? {
+    for answer in admin.delete_topics(names, &options).await? {
         match answer {
             Ok(topic) => deleted.push(topic),
             Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}

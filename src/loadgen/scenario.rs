@@ -207,20 +207,8 @@ pub async fn drop_passthrough_topics(settings: &Settings, s: &Setup) {
         .flatten()
         .map(String::as_str)
         .collect();
-    let deleted = async {
-        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-            crate::kafka::client_config(&settings.kafka).create()?;
-        admin
-            .delete_topics(&names, &rdkafka::admin::AdminOptions::new())
-            .await
-    };
-    match deleted.await {
-        Ok(answers) => {
-            for (topic, code) in answers.into_iter().filter_map(Result::err) {
-                tracing::warn!(%topic, error = %code, "could not delete a passthrough topic");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not delete the passthrough topics"),
+    if let Err(e) = crate::kafka::admin::delete_named(&settings.kafka, &names).await {
+        tracing::warn!(error = %crate::telemetry::error_chain(&e), "could not delete the passthrough topics");
     }
 }
 
