@@ -3,15 +3,18 @@
 //! constant time, and every configured key is compared, so timing tells
 //! nothing. With no keys configured the gateway is open (and says so at start).
 
-use axum::extract::{Request, State};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::Request;
 use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::future::{ready, Either, Ready};
 use subtle::ConstantTimeEq;
+use tower::{Layer, Service};
 
 use super::error::ApiError;
-use super::AppState;
-use crate::config::Secret;
+use crate::config::{GatewaySettings, Secret, Settings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -37,14 +40,67 @@ pub fn role_of(presented: &str, clients: &[Secret], admins: &[Secret]) -> Option
     }
 }
 
-pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let gateway = &state.settings.gateway;
+/// The key check in front of every route. A request that may pass goes on
+/// to its route's own future; one that may not is answered at once. A layer
+/// of its own rather than a middleware function, which costs a boxed future
+/// and a clone of the router per request.
+#[derive(Clone)]
+pub struct RequireKeyLayer {
+    settings: Arc<Settings>,
+}
+
+impl RequireKeyLayer {
+    pub fn new(settings: Arc<Settings>) -> Self {
+        Self { settings }
+    }
+}
+
+impl<S> Layer<S> for RequireKeyLayer {
+    type Service = RequireKey<S>;
+
+    fn layer(&self, inner: S) -> RequireKey<S> {
+        RequireKey {
+            inner,
+            settings: Arc::clone(&self.settings),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequireKey<S> {
+    inner: S,
+    settings: Arc<Settings>,
+}
+
+impl<S> Service<Request> for RequireKey<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match refusal(&self.settings.gateway, &request) {
+            None => Either::Right(self.inner.call(request)),
+            Some(refused) => Either::Left(ready(Ok(refused))),
+        }
+    }
+}
+
+/// The answer to a request its key does not allow (401, 403), or `None`
+/// when it may go on.
+fn refusal(gateway: &GatewaySettings, request: &Request) -> Option<Response> {
     let path = request.uri().path();
     let dashboard = path == "/dashboard";
     if !(path.starts_with("/v1/") || dashboard)
         || (gateway.client_keys.is_empty() && gateway.admin_keys.is_empty())
     {
-        return next.run(request).await;
+        return None;
     }
     let presented = request
         .headers()
@@ -62,11 +118,11 @@ pub async fn require_key(State(state): State<AppState>, request: Request, next: 
         .as_deref()
         .and_then(|key| role_of(key, &gateway.client_keys, &gateway.admin_keys));
     match role {
-        None => ApiError::Unauthorized.into_response(),
+        None => Some(ApiError::Unauthorized.into_response()),
         Some(Role::Client) if path.starts_with("/v1/admin/") || dashboard => {
-            ApiError::Forbidden(path.to_owned()).into_response()
+            Some(ApiError::Forbidden(path.to_owned()).into_response())
         }
-        Some(_) => next.run(request).await,
+        Some(_) => None,
     }
 }
 

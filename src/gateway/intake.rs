@@ -14,7 +14,6 @@ use axum::{Extension, Json};
 use chrono::Utc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tracing::{info_span, Instrument, Span};
 
 use super::error::{ApiError, ApiResult};
@@ -103,6 +102,12 @@ struct Publication<'a> {
     traceparent: String,
 }
 
+/// A 202's body: `{"request_id": …}`.
+#[derive(Serialize)]
+struct Accepted<'a> {
+    request_id: &'a RequestId,
+}
+
 async fn publish<T: Serialize>(state: &AppState, p: Publication<'_>, request: &T) -> ApiResult {
     let Publication {
         endpoint,
@@ -144,11 +149,7 @@ async fn publish<T: Serialize>(state: &AppState, p: Publication<'_>, request: &T
         }
     }
     metrics::gateway_request(endpoint, 202, "accepted");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"request_id": request_id})),
-    )
-        .into_response())
+    Ok((StatusCode::ACCEPTED, Json(Accepted { request_id })).into_response())
 }
 
 fn counted(endpoint: &'static str, result: ApiResult) -> ApiResult {

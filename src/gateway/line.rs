@@ -59,8 +59,9 @@ struct Mark {
 
 #[derive(Default)]
 struct State {
-    places: HashMap<String, Place>,
-    order: VecDeque<String>,
+    /// Each id is held once, by the map and the queue together.
+    places: HashMap<Arc<str>, Place>,
+    order: VecDeque<Arc<str>>,
     marks: HashMap<(Flow, i32), Mark>,
     committed_asked: HashMap<(Flow, i32), Instant>,
 }
@@ -78,9 +79,10 @@ impl Line {
 
     /// Remembers where a request this gateway published landed.
     pub fn placed(&self, request_id: &str, place: Place) {
+        let id: Arc<str> = Arc::from(request_id);
         let mut s = self.lock();
-        if s.places.insert(request_id.to_owned(), place).is_none() {
-            s.order.push_back(request_id.to_owned());
+        if s.places.insert(Arc::clone(&id), place).is_none() {
+            s.order.push_back(id);
         }
         while s.order.len() > CAPACITY {
             if let Some(old) = s.order.pop_front() {
