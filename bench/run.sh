@@ -14,7 +14,8 @@
 #   (g) worker memory under a backlog four times larger: drops of 2N then 8N
 #       requests straight to Kafka at full speed, each drop's own peak
 #   CPU per request of the worker, broker, PostgreSQL, Redis and load generator
-#   over the drop and the orders run (cpu.txt)
+#   over the drop and the orders run (cpu.txt), and the broker's split by
+#   thread: its request threads, the JVM's compiler, its GC (bench/broker_threads.py)
 # Results: bench/results/<time>/ (JSON + HTML per run, summary.md, index.html
 # with every run side by side); ratios printed at the end.
 #
@@ -53,8 +54,12 @@ worker_pids() { local w; for w in "${workers[@]}"; do echo "${w%%:*}"; done; }
 loadgen_measured() { # name, loadgen arguments…: one run, its CPU per request in cpu.txt
   local name=$1; shift
   local pids; pids=$(worker_pids | paste -sd,)
+  python3 bench/broker_threads.py snap "$kafka_pid" "$out/.broker-before.json"
   "$bin" loadgen "$@" --cpu "stampede worker=$pids" --cpu "broker=$kafka_pid" --cpu PostgreSQL=postgres \
     --cpu "Redis=$redis_pid" ${gateway_pid:+--cpu "gateway=$gateway_pid"} | sed -n 2,3p
+  # The broker's CPU by thread over the whole command (its setup too): how
+  # much went to serving requests, and how much to the JVM's compiler and GC.
+  python3 bench/broker_threads.py snap "$kafka_pid" "$out/.broker-after.json"
   python3 - "$name" "$out" "$@" <<'PY' | tee -a "$out/cpu.txt"
 import json, sys
 name, out, args = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -62,9 +67,13 @@ cpu = json.load(open(args[args.index("--json") + 1]))["cpu_us_per_request"]
 order = ["stampede worker", "gateway", "broker", "PostgreSQL", "Redis", "load generator"]
 print(f"{name}: " + ", ".join(f"{who} {cpu[who]:.1f} µs" for who in order if who in cpu) + " of CPU per request")
 PY
+  python3 bench/broker_threads.py diff "$out/.broker-before.json" "$out/.broker-after.json" \
+    "$(sed -n 's/.*--requests \([0-9]*\).*/\1/p' <<<"$*")" "$name, the broker's threads" | tee -a "$out/cpu.txt"
+  rm -f "$out/.broker-before.json" "$out/.broker-after.json"
 }
 declare -A pg_before
 cpu_start() {
+  python3 bench/broker_threads.py snap "$kafka_pid" "$out/.broker-before.json"
   w0=$(cpu_of $(worker_pids)); k0=$(cpu_of "$kafka_pid"); r0=$(cpu_of "$redis_pid")
   pg_before=(); local p; for p in $(pgrep -x postgres); do pg_before[$p]=$(cpu_of "$p"); done
 }
@@ -74,6 +83,9 @@ cpu_end() { # name, requests, load generator's ticks
   for p in $(pgrep -x postgres); do pg=$((pg + $(cpu_of "$p") - ${pg_before[$p]:-0})); done
   us() { python3 -c "print(f'{$1 * 1e6 / $tick / $2:.1f}')"; }
   echo "$1: stampede worker $(us $((w1 - w0)) "$2") µs, broker $(us $((k1 - k0)) "$2") µs, PostgreSQL $(us "$pg" "$2") µs, Redis $(us $((r1 - r0)) "$2") µs, load generator $(us "$3" "$2") µs of CPU per request" | tee -a "$out/cpu.txt"
+  python3 bench/broker_threads.py snap "$kafka_pid" "$out/.broker-after.json"
+  python3 bench/broker_threads.py diff "$out/.broker-before.json" "$out/.broker-after.json" "$2" "$1, the broker's threads" | tee -a "$out/cpu.txt"
+  rm -f "$out/.broker-before.json" "$out/.broker-after.json"
 }
 peak_rss_mib() { local m=0 p v; for p in $(worker_pids); do v=$(peak_mib "$p"); (( v > m )) && m=$v; done; echo "$m"; }
 

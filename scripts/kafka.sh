@@ -17,6 +17,9 @@
 #   STAMPEDE_KAFKA_PORT    the single node's port (default 9092; its controller
 #                          listens on the next one)
 #   KAFKA_HEAP             single node heap (default 768m); cluster nodes use 320m
+#   KAFKA_JIT              tiered (default, the release's): the JVM compiles
+#                          hot code with C1, then the hottest with C2; c1:
+#                          with C1 only (see kafka_jvm_opts)
 #
 # Data lives under $STAMPEDE_SERVICES_DIR/kafka (single node) and
 # $STAMPEDE_SERVICES_DIR/kafka-cluster/node-N: it survives a broker restart;
@@ -86,10 +89,22 @@ kafka_jars() {
   ksay "cached $(ls "$kafka_libs" | wc -l) jars"
 }
 
-# The JVM options of the release's kafka-run-class.sh, into the array jvm.
+# The JVM options of the release's kafka-run-class.sh, into the array jvm;
+# with KAFKA_JIT=c1, C1 only (-XX:TieredStopAtLevel=1). Measured on two
+# shared cores (README, "The broker's compiler"): with the default, C2's
+# compiles took 40-78% of the broker's CPU over each short benchmark run,
+# run after run; with C1 only the broker spent about half as much per order
+# and per passthrough message, but a third more per small produce request
+# (the gateway's), where C2's code is faster.
 kafka_jvm_opts() { # heap
+  local jit=()
+  case ${KAFKA_JIT:-tiered} in
+    c1) jit=(-XX:TieredStopAtLevel=1) ;;
+    tiered) ;;
+    *) ksay "ERROR: KAFKA_JIT must be c1 or tiered, not '$KAFKA_JIT'"; return 1 ;;
+  esac
   jvm=(-Xms"$1" -Xmx"$1" -XX:+UseG1GC -XX:MaxGCPauseMillis=20
-    -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent
+    -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent "${jit[@]}"
     -Djava.awt.headless=true
     -Dlog4j2.configurationFile="$kafka_here/scripts/kafka/log4j2.properties"
     -cp "$kafka_libs/*")
@@ -97,7 +112,7 @@ kafka_jvm_opts() { # heap
 
 kafka_java() { # heap, main class, args...
   local jvm
-  kafka_jvm_opts "$1"; shift
+  kafka_jvm_opts "$1" || return 1; shift
   java "${jvm[@]}" "$@"
 }
 
@@ -205,7 +220,7 @@ kafka_node_start() {
   fi
   ksay "starting Apache Kafka $kafka_version node $id on 127.0.0.1:$port (data $dir/data)"
   local jvm
-  kafka_jvm_opts "$heap"
+  kafka_jvm_opts "$heap" || return 1
   nohup java "${jvm[@]}" kafka.Kafka "$dir/server.properties" >"$dir/kafka.log" 2>&1 </dev/null &
   echo $! >"$(kafka_pidfile "$dir")"
 }
