@@ -51,15 +51,20 @@ redis_pid=$(pgrep -f 'redis-server 127.0.0.1:6379' | head -n 1)
 gateway_pid=
 cpu_of() { local t=0 p; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 worker_pids() { local w; for w in "${workers[@]}"; do echo "${w%%:*}"; done; }
+# The broker's CPU by thread between the two calls (bench/broker_threads.py):
+# how much went to serving requests, and how much to the JVM's compiler and GC.
+broker_threads_start() { python3 bench/broker_threads.py snap "$kafka_pid" "$out/.broker-before.json"; }
+broker_threads_end() { # name, requests: prints the split
+  python3 bench/broker_threads.py snap "$kafka_pid" "$out/.broker-after.json"
+  python3 bench/broker_threads.py diff "$out/.broker-before.json" "$out/.broker-after.json" "$2" "$1, the broker's threads"
+  rm -f "$out/.broker-before.json" "$out/.broker-after.json"
+}
 loadgen_measured() { # name, loadgen arguments…: one run, its CPU per request in cpu.txt
   local name=$1; shift
   local pids; pids=$(worker_pids | paste -sd,)
-  python3 bench/broker_threads.py snap "$kafka_pid" "$out/.broker-before.json"
+  broker_threads_start
   "$bin" loadgen "$@" --cpu "stampede worker=$pids" --cpu "broker=$kafka_pid" --cpu PostgreSQL=postgres \
     --cpu "Redis=$redis_pid" ${gateway_pid:+--cpu "gateway=$gateway_pid"} | sed -n 2,3p
-  # The broker's CPU by thread over the whole command (its setup too): how
-  # much went to serving requests, and how much to the JVM's compiler and GC.
-  python3 bench/broker_threads.py snap "$kafka_pid" "$out/.broker-after.json"
   python3 - "$name" "$out" "$@" <<'PY' | tee -a "$out/cpu.txt"
 import json, sys
 name, out, args = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -67,13 +72,11 @@ cpu = json.load(open(args[args.index("--json") + 1]))["cpu_us_per_request"]
 order = ["stampede worker", "gateway", "broker", "PostgreSQL", "Redis", "load generator"]
 print(f"{name}: " + ", ".join(f"{who} {cpu[who]:.1f} µs" for who in order if who in cpu) + " of CPU per request")
 PY
-  python3 bench/broker_threads.py diff "$out/.broker-before.json" "$out/.broker-after.json" \
-    "$(sed -n 's/.*--requests \([0-9]*\).*/\1/p' <<<"$*")" "$name, the broker's threads" | tee -a "$out/cpu.txt"
-  rm -f "$out/.broker-before.json" "$out/.broker-after.json"
+  broker_threads_end "$name" "$(sed -n 's/.*--requests \([0-9]*\).*/\1/p' <<<"$*")" | tee -a "$out/cpu.txt"
 }
 declare -A pg_before
 cpu_start() {
-  python3 bench/broker_threads.py snap "$kafka_pid" "$out/.broker-before.json"
+  broker_threads_start
   w0=$(cpu_of $(worker_pids)); k0=$(cpu_of "$kafka_pid"); r0=$(cpu_of "$redis_pid")
   pg_before=(); local p; for p in $(pgrep -x postgres); do pg_before[$p]=$(cpu_of "$p"); done
 }
@@ -83,9 +86,7 @@ cpu_end() { # name, requests, load generator's ticks
   for p in $(pgrep -x postgres); do pg=$((pg + $(cpu_of "$p") - ${pg_before[$p]:-0})); done
   us() { python3 -c "print(f'{$1 * 1e6 / $tick / $2:.1f}')"; }
   echo "$1: stampede worker $(us $((w1 - w0)) "$2") µs, broker $(us $((k1 - k0)) "$2") µs, PostgreSQL $(us "$pg" "$2") µs, Redis $(us $((r1 - r0)) "$2") µs, load generator $(us "$3" "$2") µs of CPU per request" | tee -a "$out/cpu.txt"
-  python3 bench/broker_threads.py snap "$kafka_pid" "$out/.broker-after.json"
-  python3 bench/broker_threads.py diff "$out/.broker-before.json" "$out/.broker-after.json" "$2" "$1, the broker's threads" | tee -a "$out/cpu.txt"
-  rm -f "$out/.broker-before.json" "$out/.broker-after.json"
+  broker_threads_end "$1" "$2" | tee -a "$out/cpu.txt"
 }
 peak_rss_mib() { local m=0 p v; for p in $(worker_pids); do v=$(peak_mib "$p"); (( v > m )) && m=$v; done; echo "$m"; }
 
