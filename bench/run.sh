@@ -10,7 +10,8 @@
 #   (f) the HTTP path: a drop through `stampede gateway` against the same drop
 #       straight to Kafka, with the gateway's CPU per request (loadgen's HTTP
 #       client; wrk from 256 and from 1,024 connections); the gateway's
-#       intake alone under wrk, and the HTTP exchange alone (GET /healthz)
+#       intake alone under wrk, and the HTTP exchange alone (GET /healthz);
+#       the drop straight to Kafka offered at the HTTP drop's rate
 #   (g) worker memory under a backlog four times larger: drops of 2N then 8N
 #       requests straight to Kafka at full speed, each drop's own peak
 #   CPU per request of the worker, broker, PostgreSQL, Redis and load generator
@@ -217,6 +218,11 @@ PY
 }
 wrk_drop 256 drop-http-wrk "drop via HTTP (wrk)"
 wrk_drop 1024 drop-http-wrk-1024 "drop via HTTP (wrk, 1024 connections)"
+# The same drop straight to Kafka, offered at the rate the wrk drop from 1,024
+# connections ran at: what the worker, broker, PostgreSQL and Redis cost per
+# request when requests arrive at that pace, not as a backlog read at full speed.
+http_rate=$(python3 -c "import json, sys; print(max(1, int(json.load(open(sys.argv[1]))['throughput_per_sec'])))" "$out/drop-http-wrk-1024.json")
+loadgen_measured "drop via Kafka at the wrk drop's rate" --scenario coupon-drop --requests "$http_requests" --stock "$stock" --rate "$http_rate" --quiet --json "$out/drop-kafka-at-http-rate.json"
 stop_workers
 # wrk: the gateway's own intake (202 answers) with a load generator that costs little.
 cat >"$out/wrk-issue.lua" <<'LUA'
@@ -268,7 +274,7 @@ stop_workers
 
 python3 bench/summary.py "$out"
 runs=()
-for name in passthrough passthrough-rate20k drop-1 drop-rate20k orders scale-1 scale-2 scale-4 drop-kafka drop-http; do
+for name in passthrough passthrough-rate20k drop-1 drop-rate20k orders scale-1 scale-2 scale-4 drop-kafka drop-http drop-kafka-at-http-rate; do
   [ -f "$out/$name.json" ] && runs+=("$out/$name.json")
 done
 "$bin" report "${runs[@]}" --output "$out/index.html" --title "stampede bench sitting $stamp"

@@ -103,12 +103,24 @@ for run, start in (("coupon drop", 11.0), ("orders", 53.0)):
     now = cpu.get(run, {}).get("stampede worker")
     if now is not None:
         targets.append((f"{run}: worker CPU per request halved (from {start:.0f} µs)", f"{now:.1f} µs", now <= start / 2))
+# The drop straight to Kafka offered at the wrk drop's rate: what the parts
+# behind the gateway cost per request at that pace, against the same parts
+# in the HTTP drop and in the drop via Kafka at full speed.
+def same_rate():
+    http_run, paced = cpu.get("drop via HTTP (wrk, 1024 connections)"), cpu.get("drop via Kafka at the wrk drop's rate")
+    if not (http_run and paced and cpu.get("drop via Kafka") and (out / "drop-kafka-at-http-rate.json").exists()):
+        return ""
+    behind = lambda run: sum(v for k, v in run.items() if k not in ("gateway", "load generator"))
+    offered = load("drop-kafka-at-http-rate.json")["offered_rate"]
+    return (f"; the worker, broker, PostgreSQL and Redis cost {behind(http_run):.1f} µs per request in it,"
+            f" {behind(paced):.1f} in the drop via Kafka offered at the same {offered:,.0f}/s and {behind(cpu['drop via Kafka']):.1f} at full speed;"
+            f" the gateway and wrk {http_run.get('gateway', 0) + http_run.get('load generator', 0):.1f}")
 if (out / "drop-http.json").exists() and (out / "drop-kafka.json").exists():
     targets.append(("drop via HTTP ≥ 0.5× via Kafka (loadgen's HTTP client)", f"{http / kafka:.2f}×{ceiling('drop via HTTP', kafka)}", http / kafka >= 0.5))
     if (out / "drop-http-wrk.json").exists():
         targets.append(("drop via HTTP ≥ 0.5× via Kafka (wrk)", f"{wrk / kafka:.2f}×{ceiling('drop via HTTP (wrk)', kafka)}", wrk / kafka >= 0.5))
     if (out / "drop-http-wrk-1024.json").exists():
-        targets.append(("the same, wrk from 1,024 connections", f"{wrk1024 / kafka:.2f}×{ceiling('drop via HTTP (wrk, 1024 connections)', kafka)}", wrk1024 / kafka >= 0.5))
+        targets.append(("the same, wrk from 1,024 connections", f"{wrk1024 / kafka:.2f}×{ceiling('drop via HTTP (wrk, 1024 connections)', kafka)}{same_rate()}", wrk1024 / kafka >= 0.5))
 # Worker memory: each drop's own peak, the second drop's backlog four times the first's.
 backlog = [l.split(":") for l in ((out / "backlog-memory.txt").read_text().splitlines() if (out / "backlog-memory.txt").exists() else [])]
 if len(backlog) == 2:
