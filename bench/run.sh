@@ -64,7 +64,7 @@ loadgen_measured() { # name, loadgen arguments…: one run, its CPU per request 
   local name=$1; shift
   local pids; pids=$(worker_pids | paste -sd,)
   broker_threads_start
-  "$bin" loadgen "$@" --cpu "stampede worker=$pids" --cpu "broker=$kafka_pid" --cpu PostgreSQL=postgres \
+  "$bin" loadgen "$@" ${pids:+--cpu "stampede worker=$pids"} --cpu "broker=$kafka_pid" --cpu PostgreSQL=postgres \
     --cpu "Redis=$redis_pid" ${gateway_pid:+--cpu "gateway=$gateway_pid"} | sed -n 2,3p
   python3 - "$name" "$out" "$@" <<'PY' | tee -a "$out/cpu.txt"
 import json, sys
@@ -94,7 +94,8 @@ peak_rss_mib() { local m=0 p v; for p in $(worker_pids); do v=$(peak_mib "$p"); 
 echo "== (a) Kafka passthrough, $requests messages"
 "$bin" loadgen --scenario passthrough --requests "$requests" --quiet --no-verify --json "$out/passthrough.json" | sed -n 2,3p
 echo "== (a) Kafka passthrough offered at 20,000 messages/s: the transport's own latency"
-"$bin" loadgen --scenario passthrough --requests "$requests" --rate 20000 --quiet --no-verify --json "$out/passthrough-rate20k.json" | sed -n 2,3p
+workers=()
+loadgen_measured "passthrough offered at 20,000/s" --scenario passthrough --requests "$requests" --rate 20000 --quiet --no-verify --json "$out/passthrough-rate20k.json"
 
 echo "== (b) redis-benchmark: issue_coupons.lua, one request per call"
 lua_key="$tag:{coupon:bench}"
@@ -147,7 +148,8 @@ start_workers 1 coupon
 # Warmed up as in (d): the latency of a worker that has served before, not of
 # its first batches with cold caches.
 "$bin" loadgen --scenario coupon-drop --requests $((requests / 10)) --stock "$stock" --quiet --no-verify --json "$out/warmup-rate.json" >/dev/null
-"$bin" loadgen --scenario coupon-drop --requests "$requests" --stock "$stock" --rate 20000 --quiet --json "$out/drop-rate20k.json" | sed -n 2,3p
+# Its CPU per request too: how busy the machine is at this rate.
+loadgen_measured "drop offered at 20,000/s" --scenario coupon-drop --requests "$requests" --stock "$stock" --rate 20000 --quiet --json "$out/drop-rate20k.json"
 stop_workers
 
 for n in $scale; do
