@@ -15,7 +15,8 @@
 #   (g) worker memory under a backlog four times larger: drops of 2N then 8N
 #       requests straight to Kafka at full speed, each drop's own peak
 #   CPU per request of the worker, broker, PostgreSQL, Redis and load generator
-#   over the drop and the orders run (cpu.txt), and the broker's split by
+#   over the drop, the orders run, both runs at 20,000/s and the HTTP path's
+#   runs (cpu.txt), and the broker's split by
 #   thread: its request threads, the JVM's compiler, its GC (bench/broker_threads.py)
 # Results: bench/results/<time>/ (JSON + HTML per run, summary.md, index.html
 # with every run side by side); ratios printed at the end.
