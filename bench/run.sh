@@ -16,8 +16,8 @@
 #       requests straight to Kafka at full speed, each drop's own peak
 #   CPU per request of the worker, broker, PostgreSQL, Redis and load generator
 #   over the drop, the orders run, both runs at 20,000/s and the HTTP path's
-#   runs (cpu.txt), and the broker's split by
-#   thread: its request threads, the JVM's compiler, its GC (bench/broker_threads.py)
+#   runs (cpu.txt), and the broker's split by thread: its request threads,
+#   the JVM's compiler, its GC (bench/broker_threads.py)
 # Results: bench/results/<time>/ (JSON + HTML per run, summary.md, index.html
 # with every run side by side); ratios printed at the end.
 #
