@@ -199,6 +199,11 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
         )),
         None => None,
     };
+    if let Some(p) = &passthrough {
+        p.assigned(Duration::from_secs(30))
+            .await
+            .map_err(LoadgenError::Setup)?;
+    }
 
     let bar = progress_bar(options, plan.len());
 

@@ -1,6 +1,8 @@
 //! Scenarios: their data, their requests, and what must hold afterwards.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde_json::json;
 use sqlx::PgPool;
@@ -240,9 +242,40 @@ impl BatchHandler for Passthrough {
 pub struct PassthroughRunner {
     token: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    joined: Arc<AtomicBool>,
 }
 
+/// How often [`PassthroughRunner::assigned`] looks at the consumer's
+/// assignment.
+const ASSIGNMENT_CHECK: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl PassthroughRunner {
+    /// Returns once the passthrough's consumer holds its partitions (a
+    /// group join is not the transport's latency, so the clock starts
+    /// after it); an error when it stopped or `within` passed first.
+    pub async fn assigned(
+        &self,
+        within: std::time::Duration,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.joined.load(Ordering::Relaxed) {
+            if self.task.is_finished() {
+                return Err(
+                    "the passthrough's consumer stopped before it was assigned its partitions"
+                        .into(),
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "the passthrough's consumer was not assigned its partitions within {within:?}"
+                )
+                .into());
+            }
+            tokio::time::sleep(ASSIGNMENT_CHECK).await;
+        }
+        Ok(())
+    }
+
     pub async fn stop(self) {
         self.token.cancel();
         let _ = self.task.await;
@@ -257,11 +290,12 @@ pub fn start_passthrough(
 ) -> PassthroughRunner {
     let token = CancellationToken::new();
     let settings = settings.clone();
+    let joined = Arc::new(AtomicBool::new(false));
     let options = ConsumerOptions {
         worker: "passthrough".into(),
         group_id: format!("{}.passthrough", settings.kafka.group_id),
         topics: vec![input.to_owned()],
-        joined: Default::default(),
+        joined: joined.clone(),
         // The baseline forwards what it reads, with no wait for fairness.
         fcfs_wait: std::time::Duration::ZERO,
         frontiers: None,
@@ -275,7 +309,11 @@ pub fn start_passthrough(
             tracing::error!(error = %crate::telemetry::error_chain(&e), "passthrough stopped");
         }
     });
-    PassthroughRunner { token, task }
+    PassthroughRunner {
+        token,
+        task,
+        joined,
+    }
 }
 
 /// The correctness verdict: scenario rules, then the full audit.
