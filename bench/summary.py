@@ -114,6 +114,11 @@ for run, start in (("coupon drop", 11.0), ("orders", 53.0)):
     now = cpu.get(run, {}).get("stampede worker")
     if now is not None:
         targets.append((f"{run}: worker CPU per request halved (from {start:.0f} µs)", f"{now:.1f} µs", now <= start / 2))
+# What the parts behind the gateway (worker, broker, PostgreSQL, Redis) cost
+# per request in a run: every process but the gateway and the load generator.
+behind = lambda run: sum(v for k, v in run.items() if k not in ("gateway", "load generator"))
+# The HTTP exchange alone (GET /healthz from wrk), when the sitting measured it.
+exchange = next((v for k, v in cpu.items() if k.startswith("HTTP exchange alone")), None)
 # The drop straight to Kafka offered at the wrk drop's rate: what the parts
 # behind the gateway cost per request at that pace, against the same parts
 # in the HTTP drop and in the drop via Kafka at full speed.
@@ -121,7 +126,6 @@ def same_rate():
     http_run, paced = cpu.get("drop via HTTP (wrk, 1024 connections)"), cpu.get("drop via Kafka at the wrk drop's rate")
     if not (http_run and paced and cpu.get("drop via Kafka") and (out / "drop-kafka-at-http-rate.json").exists()):
         return ""
-    behind = lambda run: sum(v for k, v in run.items() if k not in ("gateway", "load generator"))
     offered = load("drop-kafka-at-http-rate.json")["offered_rate"]
     return (f"; the worker, broker, PostgreSQL and Redis cost {behind(http_run):.1f} µs per request in it,"
             f" {behind(paced):.1f} in the drop via Kafka offered at the same {offered:,.0f}/s and {behind(cpu['drop via Kafka']):.1f} at full speed;"
@@ -133,16 +137,14 @@ def same_rate():
 # cost at 20,000/s offered (when half is no faster) or at full speed is
 # less than that. Against what 0.5× allows each request on this machine.
 def http_floor(kafka):
-    exchange = next((v for k, v in cpu.items() if k.startswith("HTTP exchange alone")), None)
     half = kafka / 2
     paced = cpu.get("drop offered at 20,000/s") if half <= 20_000 else cpu.get("drop via Kafka")
     if not (exchange and paced and cores):
         return ""
-    behind = sum(v for k, v in paced.items() if k not in ("gateway", "load generator"))
     bare = exchange.get("gateway", 0) + exchange.get("load generator", 0)
-    budget, least = cores * 1e6 / half, bare + behind
+    budget, least = cores * 1e6 / half, bare + behind(paced)
     return (f"; 0.5× ({half:,.0f}/s) allows {budget:.1f} µs per request on {cores} cores: the bare HTTP exchange costs {bare:.1f},"
-            f" the parts behind the gateway {behind:.1f} {'at 20,000/s offered' if half <= 20_000 else 'at full speed'}"
+            f" the parts behind the gateway {behind(paced):.1f} {'at 20,000/s offered' if half <= 20_000 else 'at full speed'}"
             f" (more at a slower pace): at least {least:.1f}, {'over' if least > budget else 'within'} that")
 if (out / "drop-http.json").exists() and (out / "drop-kafka.json").exists():
     targets.append(("drop via HTTP ≥ 0.5× via Kafka (loadgen's HTTP client)", f"{http / kafka:.2f}×{ceiling('drop via HTTP', kafka)}", http / kafka >= 0.5))
@@ -159,9 +161,8 @@ if len(backlog) == 2:
     targets.append(("worker memory flat under a 4× backlog (peak within 10%)", f"{small_mib} → {large_mib} MiB ({small:,} → {large:,} requests)", passed and large_mib <= small_mib * 1.1))
 # The HTTP exchange alone (GET /healthz): what a request through the gateway
 # costs before it does any work, against a whole drop request via Kafka.
-floor = next((v for k, v in cpu.items() if k.startswith("HTTP exchange alone")), None)
-if floor and cpu.get("drop via Kafka"):
-    lines += ["", f"- the HTTP exchange alone (wrk, GET /healthz): gateway {floor.get('gateway', 0):.1f} µs + wrk {floor.get('load generator', 0):.1f} µs of CPU per request,"
+if exchange and cpu.get("drop via Kafka"):
+    lines += ["", f"- the HTTP exchange alone (wrk, GET /healthz): gateway {exchange.get('gateway', 0):.1f} µs + wrk {exchange.get('load generator', 0):.1f} µs of CPU per request,"
               f" against {sum(cpu['drop via Kafka'].values()):.1f} µs for a whole drop request via Kafka (every process)"]
 lines += ["", "## Targets", "", "| target | this sitting | |", "|---|---|---|"]
 lines += [f"| {what} | {value} | {mark(met)} |" for what, value, met in targets]
