@@ -2,11 +2,12 @@
 # Idle cost: CPU used by `stampede run` (gateway + every worker) and by the
 # broker while no request arrives, from each process's own CPU time
 # (/proc/<pid>/stat) over BENCH_IDLE_SECS (30) once stampede is ready.
-# Result: bench/results/<time>-idle/idle.txt.
+# Result: idle.txt in BENCH_IDLE_OUT (bench/run.sh: its sitting's idle/),
+# else in bench/results/<time>-idle/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${BENCH_IDLE_SECS:-30}
-out=bench/results/$(date -u +%Y%m%dT%H%M%SZ)-idle
+out=${BENCH_IDLE_OUT:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)-idle}
 mkdir -p "$out"
 source bench/common.sh idle
 

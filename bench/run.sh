@@ -14,6 +14,9 @@
 #       the drop straight to Kafka offered at the HTTP drop's rate
 #   (g) worker memory under a backlog four times larger: drops of 2N then 8N
 #       requests straight to Kafka at full speed, each drop's own peak
+#   (h) idle: `stampede run` (gateway and every worker) and the broker with no
+#       traffic, their CPU over BENCH_IDLE_SECS (30) once stampede is ready
+#       (bench/idle.sh)
 #   CPU per request of the worker, broker, PostgreSQL, Redis and load generator
 #   over the drop, the orders run, both runs at 20,000/s and the HTTP path's
 #   runs (cpu.txt), and the broker's split by thread: its request threads,
@@ -274,6 +277,9 @@ for n in $((requests * 2)) $((requests * 8)); do
   echo "$n: $(peak_rss_mib) MiB" | tee -a "$out/backlog-memory.txt"
 done
 stop_workers
+
+echo "== (h) idle: stampede run and the broker with no traffic"
+BENCH_IDLE_OUT="$out/idle" bash bench/idle.sh
 
 python3 bench/summary.py "$out"
 runs=()

@@ -100,10 +100,46 @@ def busy():
     in_cores = lambda run, f: sum(run.values()) * tp(f) / 1e6
     return (f"; the processes spent {sum(drop_cpu.values()):.1f} µs per request, {in_cores(drop_cpu, 'drop-rate20k.json'):.2f} of the {cores} cores"
             f" (the passthrough {sum(pt_cpu.values()):.1f} µs, {in_cores(pt_cpu, 'passthrough-rate20k.json'):.2f} cores)")
+# The same quarter second by quarter second (loadgen's timeline with `--cpu`):
+# the whole machine's busy cores (/proc/stat: every process and the kernel)
+# while requests were offered, in the first second and after it, and in the
+# quarters whose p99 (of the results that came in them) was over `mark`.
+def quarters(run, mark):
+    offered = [b for b in run["timeline"] if b.get("cpu") and b["offered_per_sec"] > 0]
+    if not offered:
+        return None
+    mean = lambda bs, f: sum(f(b) for b in bs) / len(bs) if bs else float("nan")
+    machine = lambda b: b["cpu"]["machine_busy_cores"]
+    first, after = [b for b in offered if b["t_secs"] < 1], [b for b in offered if b["t_secs"] >= 1]
+    over = [b for b in offered if b["p99_ms"] > mark]
+    under = [b for b in offered if b["p99_ms"] <= mark and b["results_per_sec"] > 0]
+    labels = sorted({k for b in offered for k in b["cpu"]["cores"]})
+    split = lambda bs: ", ".join(f"{k} {mean(bs, lambda b: b['cpu']['cores'].get(k, 0)):.2f}" for k in labels)
+    return {
+        "all": mean(offered, machine), "first": mean(first, machine), "after": mean(after, machine),
+        "stolen": mean(offered, lambda b: b["cpu"].get("machine_stolen_cores", 0)),
+        "over": (len(over), mean(over, machine)), "under": (len(under), mean(under, machine)),
+        "split": (split(first), split(after)), "n": len(offered),
+    }
+def quarter_lines(name, q, mark):
+    (n_over, over), (n_under, under) = q["over"], q["under"]
+    return [f"- {name}, the machine's busy cores while requests were offered (/proc/stat, every process and the kernel,"
+            f" per quarter second): {q['all']:.2f} of {cores} on average, {q['first']:.2f} in the first second, {q['after']:.2f} after it"
+            f" (taken by the hypervisor: {q['stolen']:.2f}); {n_over} of {q['n']} quarter seconds had a p99 over {mark:.0f} ms,"
+            f" the machine {over:.2f} cores busy in them and {under:.2f} in the {n_under} others",
+            f"  - by process, cores: first second {q['split'][0]}; after it {q['split'][1]}"]
 if pt_rate:
     p99, pt_p99 = rate["latency"]["p99_ms"], pt_rate["latency"]["p99_ms"]
+    q, pt_q = quarters(rate, pt_p99 + 25), quarters(pt_rate, pt_p99 + 25)
+    profile = ""
+    if q and pt_q and cores:
+        lines.append("")
+        lines += quarter_lines("drop offered at 20,000/s", q, pt_p99 + 25)
+        lines += quarter_lines("passthrough offered at 20,000/s", pt_q, pt_p99 + 25)
+        profile = (f"; per quarter second the machine was {q['all']:.2f} of {cores} cores busy ({pt_q['all']:.2f} in the passthrough),"
+                   f" {q['over'][1]:.2f} in the {q['over'][0]} quarters over the mark and {q['under'][1]:.2f} in the others")
     targets.append(("p99 at 20,000/s ≤ passthrough p99 + 25 ms, whole run",
-                    f"{p99:.0f} vs {pt_p99:.0f} + 25 ms (p99.9 {rate['latency']['p999_ms']:.0f} vs {pt_rate['latency']['p999_ms']:.0f}){busy()}", p99 <= pt_p99 + 25))
+                    f"{p99:.0f} vs {pt_p99:.0f} + 25 ms (p99.9 {rate['latency']['p999_ms']:.0f} vs {pt_rate['latency']['p999_ms']:.0f}){busy()}{profile}", p99 <= pt_p99 + 25))
     steady, pt_steady = rate.get("latency_after_first_second"), pt_rate.get("latency_after_first_second")
     if steady and pt_steady:
         targets.append(("the same, requests sent after the first second",
@@ -164,6 +200,18 @@ if len(backlog) == 2:
 if exchange and cpu.get("drop via Kafka"):
     lines += ["", f"- the HTTP exchange alone (wrk, GET /healthz): gateway {exchange.get('gateway', 0):.1f} µs + wrk {exchange.get('load generator', 0):.1f} µs of CPU per request,"
               f" against {sum(cpu['drop via Kafka'].values()):.1f} µs for a whole drop request via Kafka (every process)"]
+# Idle (bench/idle.sh): share of one core over a window with no traffic.
+idle_file = out / "idle" / "idle.txt"
+if idle_file.exists():
+    idle_text = idle_file.read_text()
+    window = idle_text.split("idle for ")[1].split(",")[0] if "idle for " in idle_text else "?"
+    share = {k.strip(): float(v.strip().rstrip("%")) for k, v in
+             (l.split(":") for l in idle_text.splitlines()[1:] if l.endswith("%"))}
+    run_share, broker_share = share.get("stampede run", 0.0), share.get("Apache Kafka broker", 0.0)
+    lines += ["", f"- idle for {window}: `stampede run` {run_share:.1f}%, the broker {broker_share:.1f}% of one core"]
+    targets.append(("idle: `stampede run` + broker < 5% of one core",
+                    f"{run_share:.1f}% + {broker_share:.1f}% = {run_share + broker_share:.1f}% over {window}",
+                    run_share + broker_share < 5))
 lines += ["", "## Targets", "", "| target | this sitting | |", "|---|---|---|"]
 lines += [f"| {what} | {value} | {mark(met)} |" for what, value, met in targets]
 (out / "summary.md").write_text("\n".join(lines) + "\n")

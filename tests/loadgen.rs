@@ -54,6 +54,25 @@ async fn a_mixed_run_over_kafka_and_a_drop_over_http_pass_their_verdicts() {
         );
     }
     assert!(cpu["stampede"] > 0.0, "{cpu:?}");
+    // The same per quarter second: every watched process in each slice,
+    // the machine busy at least as much as this process alone.
+    let slices: Vec<_> = report
+        .timeline
+        .iter()
+        .filter_map(|b| b.cpu.as_ref())
+        .collect();
+    assert!(!slices.is_empty(), "{:?}", report.timeline);
+    for slice in &slices {
+        assert!(slice.cores.contains_key("PostgreSQL") && slice.cores.contains_key("Redis"));
+        assert!(
+            slice.machine_busy_cores + 0.05 >= slice.cores["stampede"],
+            "{slice:?}"
+        );
+    }
+    assert!(
+        slices.iter().any(|s| s.cores["stampede"] > 0.0),
+        "{slices:?}"
+    );
     assert!(report.summary().contains("CPU per request over the run: "));
     assert_eq!(report.answered, 900);
     assert_eq!(report.outcomes.values().sum::<usize>(), 900);

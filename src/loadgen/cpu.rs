@@ -3,10 +3,17 @@
 //! and the verdict's audit after are not counted (`--cpu LABEL=WHO`).
 //!
 //! Each process's own user + system time, read from `/proc` (Linux); the
-//! load generator counts itself as `load generator`.
+//! load generator counts itself as `load generator`. Over the run's
+//! quarter seconds ([`Slices`]) the same, in cores, next to the whole
+//! machine's (`/proc/stat`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use procfs::CurrentSI;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 /// Which processes a label stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,9 +60,45 @@ impl FromStr for Watched {
 /// The label the load generator's own CPU time is reported under.
 pub const SELF_LABEL: &str = "load generator";
 
-/// CPU ticks per process, per label, at one moment.
+/// CPU ticks per process, per label, at one moment, and the machine's.
 #[derive(Debug, Default)]
-pub struct Sample(BTreeMap<String, HashMap<i32, u64>>);
+pub struct Sample {
+    per_label: BTreeMap<String, HashMap<i32, u64>>,
+    machine: Option<Machine>,
+}
+
+/// The machine's CPU ticks since boot (`/proc/stat`, every core): busy
+/// (user, nice, system, interrupts), and taken by the hypervisor for
+/// others (steal).
+#[derive(Debug, Default, Clone, Copy)]
+struct Machine {
+    busy: u64,
+    stolen: u64,
+}
+
+impl Machine {
+    fn now() -> Option<Self> {
+        let t = procfs::KernelStats::current().ok()?.total;
+        let busy = t.user + t.nice + t.system + t.irq.unwrap_or(0) + t.softirq.unwrap_or(0);
+        Some(Self {
+            busy,
+            stolen: t.steal.unwrap_or(0),
+        })
+    }
+}
+
+/// The CPU one slice of a run took, in cores (1.0: one core busy for the
+/// whole slice).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SliceCpu {
+    /// Per label (`--cpu`, and the load generator's own).
+    pub cores: BTreeMap<String, f64>,
+    /// Every process and the kernel (`/proc/stat`).
+    pub machine_busy_cores: f64,
+    /// Time the hypervisor ran something else instead (`steal`).
+    #[serde(default)]
+    pub machine_stolen_cores: f64,
+}
 
 fn ticks(stat: &procfs::process::Stat) -> u64 {
     stat.utime + stat.stime
@@ -100,29 +143,103 @@ impl Sample {
         if let Ok(me) = procfs::process::Process::myself().and_then(|p| p.stat()) {
             sample.insert(SELF_LABEL.to_owned(), HashMap::from([(me.pid, ticks(&me))]));
         }
-        Self(sample)
+        Self {
+            per_label: sample,
+            machine: Machine::now(),
+        }
     }
 
-    /// µs of CPU per request between `self` and `later`, per label: a
-    /// process that started in between counts from zero, one that ended is
-    /// not counted.
+    /// Ticks each label used between `self` and `later`: a process that
+    /// started in between counts from zero, one that ended is not counted.
+    fn used<'a>(&'a self, later: &'a Sample) -> impl Iterator<Item = (&'a String, u64)> {
+        later.per_label.iter().map(move |(label, now)| {
+            let before = self.per_label.get(label);
+            let used = now
+                .iter()
+                .map(|(pid, t)| t.saturating_sub(*before.and_then(|b| b.get(pid)).unwrap_or(&0)))
+                .sum();
+            (label, used)
+        })
+    }
+
+    /// µs of CPU per request between `self` and `later`, per label.
     pub fn per_request(&self, later: &Sample, requests: usize) -> BTreeMap<String, f64> {
         let tick_us = 1e6 / procfs::ticks_per_second() as f64;
-        later
-            .0
-            .iter()
-            .map(|(label, now)| {
-                let before = self.0.get(label);
-                let used: u64 = now
-                    .iter()
-                    .map(|(pid, t)| {
-                        t.saturating_sub(*before.and_then(|b| b.get(pid)).unwrap_or(&0))
-                    })
-                    .sum();
+        self.used(later)
+            .map(|(label, used)| {
                 (
                     label.clone(),
                     used as f64 * tick_us / requests.max(1) as f64,
                 )
+            })
+            .collect()
+    }
+
+    /// Cores each label, and the machine, kept busy between `self` and
+    /// `later`, `secs` apart.
+    pub fn cores(&self, later: &Sample, secs: f64) -> SliceCpu {
+        let per_sec = procfs::ticks_per_second() as f64 * secs.max(1e-3);
+        let (busy, stolen) = match (self.machine, later.machine) {
+            (Some(a), Some(b)) => (
+                b.busy.saturating_sub(a.busy),
+                b.stolen.saturating_sub(a.stolen),
+            ),
+            _ => (0, 0),
+        };
+        SliceCpu {
+            cores: self
+                .used(later)
+                .map(|(label, used)| (label.clone(), used as f64 / per_sec))
+                .collect(),
+            machine_busy_cores: busy as f64 / per_sec,
+            machine_stolen_cores: stolen as f64 / per_sec,
+        }
+    }
+}
+
+/// Samples taken every `period` from a run's start until it is told to
+/// stop: the CPU of each slice between two of them.
+#[derive(Debug, Default)]
+pub struct Slices(Vec<(Instant, Sample)>);
+
+impl Slices {
+    /// Samples `watched` every `period` from `started` until `stop`.
+    pub async fn take(
+        watched: Vec<Watched>,
+        started: Instant,
+        period: Duration,
+        stop: CancellationToken,
+    ) -> Self {
+        let mut every = tokio::time::interval_at(started.into(), period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut samples = Vec::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = every.tick() => samples.push((Instant::now(), Sample::take(&watched))),
+            }
+        }
+        // The last slice, unless too short to read: the clock counts whole
+        // ticks (10 ms), a few of them in a short slice read as many cores.
+        if samples
+            .last()
+            .is_some_and(|(at, _)| at.elapsed() >= period / 2)
+        {
+            samples.push((Instant::now(), Sample::take(&watched)));
+        }
+        Self(samples)
+    }
+
+    /// Each slice's CPU by the slot of `slot_secs` since `started` it
+    /// began in (a late sample's slice counts where it began).
+    pub fn by_slot(&self, started: Instant, slot_secs: f64) -> BTreeMap<usize, SliceCpu> {
+        self.0
+            .windows(2)
+            .map(|w| {
+                let ((a_at, a), (b_at, b)) = (&w[0], &w[1]);
+                let slot = (a_at.saturating_duration_since(started).as_secs_f64() / slot_secs + 0.5)
+                    as usize;
+                (slot, a.cores(b, b_at.duration_since(*a_at).as_secs_f64()))
             })
             .collect()
     }
@@ -164,9 +281,51 @@ mod tests {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
         }
         std::hint::black_box(x);
-        let per = before.per_request(&Sample::take(&watched), 1000);
+        let after = Sample::take(&watched);
+        let per = before.per_request(&after, 1000);
         // 200 ms of spinning over 1000 requests is about 200 µs each.
         assert!(per["me"] > 100.0, "{per:?}");
         assert!(per[SELF_LABEL] >= per["me"] * 0.9, "{per:?}");
+        // The same 200 ms as a slice: about one core, which the machine
+        // counts among its busy ones.
+        let slice = before.cores(&after, started.elapsed().as_secs_f64());
+        assert!(slice.cores["me"] > 0.5, "{slice:?}");
+        assert!(
+            slice.machine_busy_cores >= slice.cores["me"] * 0.9,
+            "{slice:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slices_follow_the_run_quarter_by_quarter() {
+        let me = std::process::id() as i32;
+        let watched = vec![Watched {
+            label: "me".into(),
+            who: Who::Pids(vec![me]),
+        }];
+        let started = Instant::now();
+        let stop = CancellationToken::new();
+        let sampler = tokio::spawn(Slices::take(
+            watched,
+            started,
+            Duration::from_millis(250),
+            stop.clone(),
+        ));
+        // A core's worth of spinning for half a second.
+        tokio::task::spawn_blocking(|| {
+            let spin = Instant::now();
+            let mut x = 0u64;
+            while spin.elapsed() < Duration::from_millis(500) {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            std::hint::black_box(x);
+        })
+        .await
+        .unwrap();
+        stop.cancel();
+        let slots = sampler.await.unwrap().by_slot(started, 0.25);
+        let me_in = |slot: usize| slots.get(&slot).map_or(0.0, |s| s.cores["me"]);
+        assert!(me_in(0) > 0.3 && me_in(1) > 0.3, "{slots:?}");
+        assert!(slots[&0].machine_busy_cores >= me_in(0) * 0.9, "{slots:?}");
     }
 }

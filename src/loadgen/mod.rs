@@ -26,6 +26,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 pub use report::{Fairness, Report};
 pub use scenario::Scenario;
@@ -209,6 +210,16 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
 
     let cpu_before = cpu::Sample::take(&options.cpu);
     let started = Instant::now();
+    // With `--cpu`, the same processes' CPU per quarter second of the run.
+    let slicing = CancellationToken::new();
+    let slices = (!options.cpu.is_empty()).then(|| {
+        tokio::spawn(cpu::Slices::take(
+            options.cpu.clone(),
+            started,
+            Duration::from_secs_f64(report::BUCKET_SECS),
+            slicing.clone(),
+        ))
+    });
     let sent_at: SentAt = Arc::new(std::sync::Mutex::new(HashMap::with_capacity(plan.len())));
     let expected = plan.len();
     let mut publish = spawn_publish(
@@ -230,6 +241,11 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
     )
     .await;
     let cpu_after = cpu::Sample::take(&options.cpu);
+    slicing.cancel();
+    let slices = match slices {
+        Some(sampling) => sampling.await.unwrap_or_default(),
+        None => cpu::Slices::default(),
+    };
     bar.finish_and_clear();
     let publish_outcome = match published {
         Some(outcome) => outcome,
@@ -242,7 +258,7 @@ pub async fn run(settings: &Settings, options: &LoadgenOptions) -> Result<Report
     }
     let turned_away = publish_outcome?;
     let sent_at = std::mem::take(&mut *sent_at.lock().unwrap_or_else(|p| p.into_inner()));
-    let mut report = report::build(options, started, &sent_at, &results);
+    let mut report = report::build(options, started, &sent_at, &results, &slices);
     report.turned_away = turned_away;
     report.cpu_us_per_request = cpu_before.per_request(&cpu_after, report.answered);
     options.thresholds.check(&mut report);

@@ -45,6 +45,10 @@ pub struct Bucket {
     pub p99_ms: f64,
     #[serde(default)]
     pub p999_ms: f64,
+    /// The CPU the slice took (`--cpu`): each watched process's, the load
+    /// generator's and the whole machine's, in cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<super::cpu::SliceCpu>,
 }
 
 /// The latency at one percentile of the whole run.
@@ -164,7 +168,7 @@ pub enum Won {
     Other,
 }
 
-const BUCKET_SECS: f64 = 0.25;
+pub(super) const BUCKET_SECS: f64 = 0.25;
 
 /// Requests sent this long after the start count for the steady state.
 const STEADY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -174,8 +178,14 @@ pub(super) fn build(
     started: Instant,
     sent_at: &HashMap<String, Instant>,
     results: &HashMap<String, Vec<Seen>>,
+    slices: &super::cpu::Slices,
 ) -> Report {
     let seen = Tally::of(started, sent_at, results);
+    let mut timeline = seen.timeline();
+    let mut cpu = slices.by_slot(started, BUCKET_SECS);
+    for bucket in &mut timeline {
+        bucket.cpu = cpu.remove(&((bucket.t_secs / BUCKET_SECS).round() as usize));
+    }
     let duration = seen
         .last
         .saturating_duration_since(started)
@@ -201,7 +211,7 @@ pub(super) fn build(
         throughput_per_sec: results.len() as f64 / duration,
         latency: latency(&seen.all),
         latency_after_first_second: (!seen.steady.is_empty()).then(|| latency(&seen.steady)),
-        timeline: seen.timeline(),
+        timeline,
         distribution: distribution(&seen.all),
         outcomes: seen.outcomes,
         checks: Vec::new(),
@@ -303,6 +313,7 @@ impl Tally {
                     p90_ms: q(0.9),
                     p99_ms: q(0.99),
                     p999_ms: q(0.999),
+                    cpu: None,
                 }
             })
             .collect()
@@ -609,7 +620,7 @@ mod tests {
             payload: Vec::new(),
         };
         let results = HashMap::from([("r".to_owned(), vec![seen])]);
-        build(&o, t0, &sent_at, &results)
+        build(&o, t0, &sent_at, &results, &Default::default())
     }
 
     #[test]
