@@ -114,12 +114,16 @@ def quarters(run, mark):
     over = [b for b in offered if b["p99_ms"] > mark]
     under = [b for b in offered if b["p99_ms"] <= mark and b["results_per_sec"] > 0]
     labels = sorted({k for b in offered for k in b["cpu"]["cores"]})
-    split = lambda bs: ", ".join(f"{k} {mean(bs, lambda b: b['cpu']['cores'].get(k, 0)):.2f}" for k in labels)
+    split = lambda bs, what: ", ".join(f"{k} {mean(bs, lambda b: b['cpu'].get(what, {}).get(k, 0)):.2f}" for k in labels)
+    pressure = lambda bs: mean(bs, lambda b: b["cpu"].get("machine_cpu_pressure") or 0)
     return {
         "all": mean(offered, machine), "first": mean(first, machine), "after": mean(after, machine),
         "stolen": mean(offered, lambda b: b["cpu"].get("machine_stolen_cores", 0)),
         "over": (len(over), mean(over, machine)), "under": (len(under), mean(under, machine)),
-        "split": (split(first), split(after)), "n": len(offered),
+        "split": (split(first, "cores"), split(after, "cores")), "n": len(offered),
+        "waiting": (split(first, "waiting"), split(after, "waiting")),
+        "waited": mean(offered, lambda b: sum(b["cpu"].get("waiting", {}).values())),
+        "pressure": (pressure(offered), pressure(first), pressure(after), pressure(over), pressure(under)),
     }
 def quarter_lines(name, q, mark):
     (n_over, over), (n_under, under) = q["over"], q["under"]
@@ -127,7 +131,10 @@ def quarter_lines(name, q, mark):
             f" per quarter second): {q['all']:.2f} of {cores} on average, {q['first']:.2f} in the first second, {q['after']:.2f} after it"
             f" (taken by the hypervisor: {q['stolen']:.2f}); {n_over} of {q['n']} quarter seconds had a p99 over {mark:.0f} ms,"
             f" the machine {over:.2f} cores busy in them and {under:.2f} in the {n_under} others",
-            f"  - by process, cores: first second {q['split'][0]}; after it {q['split'][1]}"]
+            f"  - by process, cores: first second {q['split'][0]}; after it {q['split'][1]}",
+            f"  - by process, time ready to run but waiting for a core (the run queue, seconds per second): first second {q['waiting'][0]}; after it {q['waiting'][1]}",
+            f"  - some task waiting for a core (/proc/pressure/cpu): {q['pressure'][0]:.0%} of the time; {q['pressure'][1]:.0%} in the first second,"
+            f" {q['pressure'][2]:.0%} after it; {q['pressure'][3]:.0%} in the quarter seconds over the mark, {q['pressure'][4]:.0%} in the others"]
 if pt_rate:
     p99, pt_p99 = rate["latency"]["p99_ms"], pt_rate["latency"]["p99_ms"]
     q, pt_q = quarters(rate, pt_p99 + 25), quarters(pt_rate, pt_p99 + 25)
@@ -137,7 +144,9 @@ if pt_rate:
         lines += quarter_lines("drop offered at 20,000/s", q, pt_p99 + 25)
         lines += quarter_lines("passthrough offered at 20,000/s", pt_q, pt_p99 + 25)
         profile = (f"; per quarter second the machine was {q['all']:.2f} of {cores} cores busy ({pt_q['all']:.2f} in the passthrough),"
-                   f" {q['over'][1]:.2f} in the {q['over'][0]} quarters over the mark and {q['under'][1]:.2f} in the others")
+                   f" {q['over'][1]:.2f} in the {q['over'][0]} quarters over the mark and {q['under'][1]:.2f} in the others;"
+                   f" some task waited for a core {q['pressure'][0]:.0%} of the time ({pt_q['pressure'][0]:.0%} in the passthrough),"
+                   f" the watched processes' threads {q['waited']:.2f} s per second in all ({pt_q['waited']:.2f})")
     targets.append(("p99 at 20,000/s ≤ passthrough p99 + 25 ms, whole run",
                     f"{p99:.0f} vs {pt_p99:.0f} + 25 ms (p99.9 {rate['latency']['p999_ms']:.0f} vs {pt_rate['latency']['p999_ms']:.0f}){busy()}{profile}", p99 <= pt_p99 + 25))
     steady, pt_steady = rate.get("latency_after_first_second"), pt_rate.get("latency_after_first_second")

@@ -64,6 +64,7 @@ async fn a_mixed_run_over_kafka_and_a_drop_over_http_pass_their_verdicts() {
     assert!(!slices.is_empty(), "{:?}", report.timeline);
     for slice in &slices {
         assert!(slice.cores.contains_key("PostgreSQL") && slice.cores.contains_key("Redis"));
+        assert!(slice.waiting.contains_key("PostgreSQL") && slice.waiting["stampede"] >= 0.0);
         assert!(
             slice.machine_busy_cores + 0.05 >= slice.cores["stampede"],
             "{slice:?}"

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use procfs::CurrentSI;
+use procfs::{Current, CurrentSI};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -60,20 +60,60 @@ impl FromStr for Watched {
 /// The label the load generator's own CPU time is reported under.
 pub const SELF_LABEL: &str = "load generator";
 
-/// CPU ticks per process, per label, at one moment, and the machine's.
+/// CPU use per process, per label, at one moment, and the machine's.
 #[derive(Debug, Default)]
 pub struct Sample {
-    per_label: BTreeMap<String, HashMap<i32, u64>>,
+    per_label: BTreeMap<String, HashMap<i32, Use>>,
     machine: Option<Machine>,
 }
 
-/// The machine's CPU ticks since boot (`/proc/stat`, every core): busy
-/// (user, nice, system, interrupts), and taken by the hypervisor for
-/// others (steal).
+/// One process's CPU so far: clock ticks it ran (user + system), and the
+/// time its threads were ready to run but waited for a core (the
+/// scheduler's run queue, `/proc/<pid>/task/*/schedstat`).
+#[derive(Debug, Default, Clone, Copy)]
+struct Use {
+    ticks: u64,
+    waited_ns: u64,
+}
+
+impl Use {
+    fn of(process: &procfs::process::Process, stat: &procfs::process::Stat) -> Self {
+        let waited_ns = process
+            .tasks()
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter_map(|t| t.schedstat().ok())
+                    .map(|s| s.run_delay)
+                    .sum()
+            })
+            .unwrap_or(0);
+        Self {
+            ticks: stat.utime + stat.stime,
+            waited_ns,
+        }
+    }
+
+    /// What `self` (later) added to `before` (zero for a process that
+    /// started in between).
+    fn since(&self, before: Option<&Use>) -> Use {
+        let before = before.copied().unwrap_or_default();
+        Use {
+            ticks: self.ticks.saturating_sub(before.ticks),
+            waited_ns: self.waited_ns.saturating_sub(before.waited_ns),
+        }
+    }
+}
+
+/// The machine's CPU since boot: ticks busy (user, nice, system,
+/// interrupts) and taken by the hypervisor for others (steal), over every
+/// core (`/proc/stat`); and µs during which some task waited for a core
+/// (`/proc/pressure/cpu`, where the kernel keeps it).
 #[derive(Debug, Default, Clone, Copy)]
 struct Machine {
     busy: u64,
     stolen: u64,
+    pressure_us: Option<u64>,
 }
 
 impl Machine {
@@ -83,6 +123,7 @@ impl Machine {
         Some(Self {
             busy,
             stolen: t.steal.unwrap_or(0),
+            pressure_us: procfs::CpuPressure::current().ok().map(|p| p.some.total),
         })
     }
 }
@@ -93,15 +134,20 @@ impl Machine {
 pub struct SliceCpu {
     /// Per label (`--cpu`, and the load generator's own).
     pub cores: BTreeMap<String, f64>,
+    /// Per label: how long its threads were ready to run but waited for a
+    /// core, per second of the slice (0.5: half a thread's worth of time
+    /// spent in the run queue).
+    #[serde(default)]
+    pub waiting: BTreeMap<String, f64>,
     /// Every process and the kernel (`/proc/stat`).
     pub machine_busy_cores: f64,
     /// Time the hypervisor ran something else instead (`steal`).
     #[serde(default)]
     pub machine_stolen_cores: f64,
-}
-
-fn ticks(stat: &procfs::process::Stat) -> u64 {
-    stat.utime + stat.stime
+    /// Share of the slice during which some task waited for a core
+    /// (`/proc/pressure/cpu`, "some"; absent where the kernel has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_cpu_pressure: Option<f64>,
 }
 
 impl Sample {
@@ -114,34 +160,35 @@ impl Sample {
                 Who::Pids(_) => None,
             })
             .collect();
-        let mut by_name: HashMap<String, HashMap<i32, u64>> = HashMap::new();
+        let mut by_name: HashMap<String, HashMap<i32, Use>> = HashMap::new();
         if !named.is_empty() {
-            for stat in procfs::process::all_processes()
+            for (process, stat) in procfs::process::all_processes()
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter_map(|p| p.stat().ok())
-                .filter(|s| named.contains(&s.comm.as_str()))
+                .filter_map(|p| p.stat().ok().map(|s| (p, s)))
+                .filter(|(_, s)| named.contains(&s.comm.as_str()))
             {
                 by_name
                     .entry(stat.comm.clone())
                     .or_default()
-                    .insert(stat.pid, ticks(&stat));
+                    .insert(stat.pid, Use::of(&process, &stat));
             }
         }
+        let of_pid = |pid: i32| {
+            let process = procfs::process::Process::new(pid).ok()?;
+            let stat = process.stat().ok()?;
+            Some((pid, Use::of(&process, &stat)))
+        };
         for w in watched {
             let pids = match &w.who {
                 Who::Named(name) => by_name.get(name).cloned().unwrap_or_default(),
-                Who::Pids(pids) => pids
-                    .iter()
-                    .filter_map(|&pid| procfs::process::Process::new(pid).ok()?.stat().ok())
-                    .map(|s| (s.pid, ticks(&s)))
-                    .collect(),
+                Who::Pids(pids) => pids.iter().filter_map(|&pid| of_pid(pid)).collect(),
             };
             sample.insert(w.label.clone(), pids);
         }
-        if let Ok(me) = procfs::process::Process::myself().and_then(|p| p.stat()) {
-            sample.insert(SELF_LABEL.to_owned(), HashMap::from([(me.pid, ticks(&me))]));
+        if let Some(me) = of_pid(std::process::id() as i32) {
+            sample.insert(SELF_LABEL.to_owned(), HashMap::from([me]));
         }
         Self {
             per_label: sample,
@@ -149,15 +196,18 @@ impl Sample {
         }
     }
 
-    /// Ticks each label used between `self` and `later`: a process that
+    /// What each label used between `self` and `later`: a process that
     /// started in between counts from zero, one that ended is not counted.
-    fn used<'a>(&'a self, later: &'a Sample) -> impl Iterator<Item = (&'a String, u64)> {
+    fn used<'a>(&'a self, later: &'a Sample) -> impl Iterator<Item = (&'a String, Use)> {
         later.per_label.iter().map(move |(label, now)| {
             let before = self.per_label.get(label);
-            let used = now
-                .iter()
-                .map(|(pid, t)| t.saturating_sub(*before.and_then(|b| b.get(pid)).unwrap_or(&0)))
-                .sum();
+            let used = now.iter().fold(Use::default(), |sum, (pid, u)| {
+                let d = u.since(before.and_then(|b| b.get(pid)));
+                Use {
+                    ticks: sum.ticks + d.ticks,
+                    waited_ns: sum.waited_ns + d.waited_ns,
+                }
+            });
             (label, used)
         })
     }
@@ -169,30 +219,41 @@ impl Sample {
             .map(|(label, used)| {
                 (
                     label.clone(),
-                    used as f64 * tick_us / requests.max(1) as f64,
+                    used.ticks as f64 * tick_us / requests.max(1) as f64,
                 )
             })
             .collect()
     }
 
     /// Cores each label, and the machine, kept busy between `self` and
-    /// `later`, `secs` apart.
+    /// `later`, `secs` apart, and how long each waited for one.
     pub fn cores(&self, later: &Sample, secs: f64) -> SliceCpu {
-        let per_sec = procfs::ticks_per_second() as f64 * secs.max(1e-3);
-        let (busy, stolen) = match (self.machine, later.machine) {
-            (Some(a), Some(b)) => (
+        let secs = secs.max(1e-3);
+        let per_sec = procfs::ticks_per_second() as f64 * secs;
+        let machine = self.machine.zip(later.machine);
+        let (busy, stolen) = machine.map_or((0, 0), |(a, b)| {
+            (
                 b.busy.saturating_sub(a.busy),
                 b.stolen.saturating_sub(a.stolen),
-            ),
-            _ => (0, 0),
-        };
+            )
+        });
+        let pressure = machine.and_then(|(a, b)| {
+            let waited_us = b.pressure_us?.saturating_sub(a.pressure_us?);
+            Some(waited_us as f64 / 1e6 / secs)
+        });
+        let used: Vec<(&String, Use)> = self.used(later).collect();
         SliceCpu {
-            cores: self
-                .used(later)
-                .map(|(label, used)| (label.clone(), used as f64 / per_sec))
+            cores: used
+                .iter()
+                .map(|(label, u)| ((*label).clone(), u.ticks as f64 / per_sec))
+                .collect(),
+            waiting: used
+                .iter()
+                .map(|(label, u)| ((*label).clone(), u.waited_ns as f64 / 1e9 / secs))
                 .collect(),
             machine_busy_cores: busy as f64 / per_sec,
             machine_stolen_cores: stolen as f64 / per_sec,
+            machine_cpu_pressure: pressure,
         }
     }
 }
@@ -294,6 +355,48 @@ mod tests {
             slice.machine_busy_cores >= slice.cores["me"] * 0.9,
             "{slice:?}"
         );
+    }
+
+    #[test]
+    fn threads_beyond_the_cores_wait_for_one() {
+        let me = std::process::id() as i32;
+        let watched = vec![Watched {
+            label: "me".into(),
+            who: Who::Pids(vec![me]),
+        }];
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let before = Sample::take(&watched);
+        let started = Instant::now();
+        // Twice as many spinning threads as cores, for 300 ms: each is
+        // ready to run all along and gets a core about half of the time.
+        // The second sample is taken while they still spin (a thread that
+        // ended takes its counts with it).
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let slice = std::thread::scope(|scope| {
+            for _ in 0..cores * 2 {
+                scope.spawn(|| {
+                    let mut x = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    }
+                    std::hint::black_box(x);
+                });
+            }
+            std::thread::sleep(Duration::from_millis(300)); // the window measured
+            let slice = before.cores(&Sample::take(&watched), started.elapsed().as_secs_f64());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            slice
+        });
+        assert!(
+            slice.waiting["me"] > cores as f64 * 0.5,
+            "{cores} cores: {slice:?}"
+        );
+        if std::path::Path::new("/proc/pressure/cpu").exists() {
+            assert!(
+                slice.machine_cpu_pressure.is_some_and(|p| p > 0.5),
+                "{slice:?}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
