@@ -96,6 +96,26 @@
     }, [x, ...aligned]);
   }
 
+  // 2b. CPU per quarter second, for runs watched with --cpu: the machine's
+  // busy cores and the time the watched processes' threads waited for a core.
+  if (runs.some((r) => r.report.timeline.some((b) => b.cpu))) {
+    const xs = [], ys = [], series = [{}];
+    runs.forEach((r, i) => {
+      const slices = r.report.timeline.filter((b) => b.cpu);
+      if (slices.length === 0) return;
+      const t = slices.map((b) => b.t_secs);
+      xs.push(t, t);
+      ys.push(slices.map((b) => b.cpu.machine_busy_cores),
+        slices.map((b) => Object.values(b.cpu.waiting || {}).reduce((sum, v) => sum + v, 0)));
+      series.push({ label: label(r, "machine busy (cores)"), stroke: colour(i), width: 2 });
+      series.push({ label: label(r, "watched threads waiting for a core (s per s)"), stroke: colour(i), dash: [6, 4], width: 1.5 });
+    });
+    const [x, aligned] = align(xs, ys);
+    chart("CPU per 250 ms: busy cores, and time spent waiting for one", {
+      scales: timeScale, series, axes: [xTime, yAxis("cores / seconds per second")],
+    }, [x, ...aligned]);
+  }
+
   // 3. Latency distribution: latency at each percentile (x: 1/(1-q), log).
   {
     const xs = [], ys = [], series = [{}];
