@@ -2,7 +2,7 @@
 
 use foldhash::{HashMap, HashMapExt};
 
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 
 use super::Result;
 
@@ -67,11 +67,12 @@ pub async fn get(db: &PgPool, request_id: &str) -> Result<Option<StoredResult>> 
     .await?)
 }
 
-/// Stores results in the transaction that carries their effects. A request
-/// stored concurrently by another worker fails the transaction (unique
+/// Stores results in the transaction that carries their effects (or, for
+/// results with no effect, as a statement of its own: atomic alike). A
+/// request stored concurrently by another worker fails it (unique
 /// violation), which the caller retries and then answers as a replay.
-pub async fn insert_all(
-    tx: &mut Transaction<'_, Postgres>,
+pub async fn insert_all<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     kind: &str,
     rows: &[NewResult],
 ) -> Result<()> {
@@ -104,7 +105,7 @@ pub async fn insert_all(
     .bind(&statuses)
     .bind(&codes)
     .bind(&results)
-    .execute(&mut **tx)
+    .execute(db)
     .await?;
     Ok(())
 }

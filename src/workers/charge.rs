@@ -102,7 +102,7 @@ impl Decide for ChargeLogic {
             results.push(result);
         }
         users::write_balances(&mut tx, &changed, &history).await?;
-        processed::insert_all(&mut tx, Flow::Charge.kind(), &results).await?;
+        processed::insert_all(&mut *tx, Flow::Charge.kind(), &results).await?;
         tx.commit().await.map_err(crate::store::StoreError::from)?;
         Ok(results)
     }

@@ -250,8 +250,17 @@ impl CouponLogic {
                 coupon_id: requests[i].coupon_id,
             })
             .collect();
-        let mut tx = self.db.begin().await.map_err(StoreError::from)?;
-        let written = coupons::issue(&mut tx, &grants).await?;
+        // Nothing granted (a sold-out batch): the results are its only rows,
+        // and one statement is a transaction of its own, two round trips
+        // fewer than opening one around it.
+        let mut tx = match grants.is_empty() {
+            true => None,
+            false => Some(self.db.begin().await.map_err(StoreError::from)?),
+        };
+        let written = match &mut tx {
+            Some(tx) => coupons::issue(tx, &grants).await?,
+            None => Vec::new(),
+        };
         let mut outcomes: Vec<Option<IssueOutcome>> = batch
             .rejected
             .iter_mut()
@@ -274,8 +283,13 @@ impl CouponLogic {
             let (code, result) = issue_result(r, outcome);
             results.push(stored(&r.request_id, r.user_id, code, &result)?);
         }
-        processed::insert_all(&mut tx, Flow::Coupon.kind(), &results).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        match tx {
+            Some(mut tx) => {
+                processed::insert_all(&mut *tx, Flow::Coupon.kind(), &results).await?;
+                tx.commit().await.map_err(StoreError::from)?;
+            }
+            None => processed::insert_all(&self.db, Flow::Coupon.kind(), &results).await?,
+        }
         Ok((results, drifted))
     }
 

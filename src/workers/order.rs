@@ -208,7 +208,7 @@ impl OrderLogic {
         users::write_balances(&mut tx, &writes.balances, &writes.history).await?;
         products::decrement(&mut tx, &writes.sold).await?;
         orders::enqueue(&mut tx, ORDER_STATS, &writes.events).await?;
-        processed::insert_all(&mut tx, Flow::Order.kind(), &writes.results).await?;
+        processed::insert_all(&mut *tx, Flow::Order.kind(), &writes.results).await?;
         tx.commit().await.map_err(StoreError::from)?;
         *committed = true;
 
