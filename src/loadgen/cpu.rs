@@ -271,13 +271,24 @@ impl Slices {
         period: Duration,
         stop: CancellationToken,
     ) -> Self {
+        // Reading /proc blocks (a broker has a hundred threads to read):
+        // off the runtime that times the run's results.
+        let watched: std::sync::Arc<[Watched]> = watched.into();
+        let sample = || {
+            let watched = watched.clone();
+            async move {
+                tokio::task::spawn_blocking(move || (Instant::now(), Sample::take(&watched)))
+                    .await
+                    .ok()
+            }
+        };
         let mut every = tokio::time::interval_at(started.into(), period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut samples = Vec::new();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = every.tick() => samples.push((Instant::now(), Sample::take(&watched))),
+                _ = every.tick() => samples.extend(sample().await),
             }
         }
         // The last slice, unless too short to read: the clock counts whole
@@ -286,7 +297,7 @@ impl Slices {
             .last()
             .is_some_and(|(at, _)| at.elapsed() >= period / 2)
         {
-            samples.push((Instant::now(), Sample::take(&watched)));
+            samples.extend(sample().await);
         }
         Self(samples)
     }
@@ -310,6 +321,23 @@ impl Slices {
 mod tests {
     use super::*;
 
+    /// This process, as the label `me`.
+    fn me() -> Vec<Watched> {
+        vec![Watched {
+            label: "me".into(),
+            who: Who::Pids(vec![std::process::id() as i32]),
+        }]
+    }
+
+    /// Keeps a core busy while `going` says so.
+    fn spin(going: impl Fn() -> bool) {
+        let mut x = 0u64;
+        while going() {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+    }
+
     #[test]
     fn labels_name_pids_or_a_process_name() {
         assert_eq!(
@@ -330,18 +358,10 @@ mod tests {
 
     #[test]
     fn cpu_spent_in_between_is_counted_per_request() {
-        let me = std::process::id() as i32;
-        let watched = vec![Watched {
-            label: "me".into(),
-            who: Who::Pids(vec![me]),
-        }];
+        let watched = me();
         let before = Sample::take(&watched);
-        let started = std::time::Instant::now();
-        let mut x = 0u64;
-        while started.elapsed() < std::time::Duration::from_millis(200) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        }
-        std::hint::black_box(x);
+        let started = Instant::now();
+        spin(|| started.elapsed() < Duration::from_millis(200));
         let after = Sample::take(&watched);
         let per = before.per_request(&after, 1000);
         // 200 ms of spinning over 1000 requests is about 200 µs each.
@@ -359,11 +379,7 @@ mod tests {
 
     #[test]
     fn threads_beyond_the_cores_wait_for_one() {
-        let me = std::process::id() as i32;
-        let watched = vec![Watched {
-            label: "me".into(),
-            who: Who::Pids(vec![me]),
-        }];
+        let watched = me();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let before = Sample::take(&watched);
         let started = Instant::now();
@@ -374,13 +390,7 @@ mod tests {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let slice = std::thread::scope(|scope| {
             for _ in 0..cores * 2 {
-                scope.spawn(|| {
-                    let mut x = 0u64;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    }
-                    std::hint::black_box(x);
-                });
+                scope.spawn(|| spin(|| !stop.load(std::sync::atomic::Ordering::Relaxed)));
             }
             std::thread::sleep(Duration::from_millis(300)); // the window measured
             let slice = before.cores(&Sample::take(&watched), started.elapsed().as_secs_f64());
@@ -401,27 +411,18 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slices_follow_the_run_quarter_by_quarter() {
-        let me = std::process::id() as i32;
-        let watched = vec![Watched {
-            label: "me".into(),
-            who: Who::Pids(vec![me]),
-        }];
         let started = Instant::now();
         let stop = CancellationToken::new();
         let sampler = tokio::spawn(Slices::take(
-            watched,
+            me(),
             started,
             Duration::from_millis(250),
             stop.clone(),
         ));
         // A core's worth of spinning for half a second.
         tokio::task::spawn_blocking(|| {
-            let spin = Instant::now();
-            let mut x = 0u64;
-            while spin.elapsed() < Duration::from_millis(500) {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-            }
-            std::hint::black_box(x);
+            let spinning = Instant::now();
+            spin(|| spinning.elapsed() < Duration::from_millis(500));
         })
         .await
         .unwrap();

@@ -253,9 +253,10 @@ impl CouponLogic {
         // Nothing granted (a sold-out batch): the results are its only rows,
         // and one statement is a transaction of its own, two round trips
         // fewer than opening one around it.
-        let mut tx = match grants.is_empty() {
-            true => None,
-            false => Some(self.db.begin().await.map_err(StoreError::from)?),
+        let mut tx = if grants.is_empty() {
+            None
+        } else {
+            Some(self.db.begin().await.map_err(StoreError::from)?)
         };
         let written = match &mut tx {
             Some(tx) => coupons::issue(tx, &grants).await?,
