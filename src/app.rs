@@ -236,6 +236,11 @@ impl Parts {
             settings: settings.clone(),
             db: self.db.clone(),
             counters: self.counters.clone(),
+            claims: crate::gateway::idempotency::Claims::start(
+                self.counters.clone(),
+                settings.gateway.idempotency_ttl_secs,
+                std::time::Duration::from_millis(settings.redis.response_timeout_ms),
+            ),
             producer: self.producers.for_gateway().clone(),
             topics: self.topics.clone(),
             waiters: Waiters::default(),

@@ -9,6 +9,35 @@ use stampede::app::Roles;
 use stampede::config::Secret;
 use stampede::workers::WorkerKind;
 
+/// Posts a charge of user 1 as a marker and reads the charge topic up to it:
+/// the `before` requests the gateway published ahead of it (user 1's
+/// requests share a partition, so they come in the order accepted).
+async fn published_before_a_marker(
+    env: &TestEnv,
+    c: &reqwest::Client,
+    http: &str,
+    before: usize,
+) -> Vec<Value> {
+    let (status, marker) = post(
+        c,
+        format!("{http}/v1/charges"),
+        json!({"user_id": 1, "amount": 5000}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let mut published: Vec<Value> = env
+        .reader(&env.topics.requests(stampede::kafka::Flow::Charge))
+        .take(before + 1)
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    let last = published.pop().unwrap();
+    assert_eq!(last["request_id"], marker["request_id"], "{published:?}");
+    published
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charges_over_http_follow_every_rule() {
     let env = TestEnv::new().await;
@@ -199,20 +228,77 @@ async fn bad_input_is_refused_and_nothing_is_published() {
     assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
 
     // Nothing reached the request topic: a marker sent afterwards is the first message.
-    let (status, marker) = post(
-        &c,
-        format!("{http}/v1/charges"),
-        json!({"user_id": 1, "amount": 5000}),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let first = env
-        .reader(&env.topics.requests(stampede::kafka::Flow::Charge))
-        .take(1)
-        .await;
-    let first: Value = serde_json::from_slice(&first[0].payload).unwrap();
-    assert_eq!(first["request_id"], marker["request_id"]);
+    published_before_a_marker(&env, &c, &http, 0).await;
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// Keys claimed at once, as a drop's buyers send them: every new key is
+/// accepted, and of the requests racing on one key with two bodies only
+/// one body is ever accepted, the other refused and never published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_claimed_at_once_each_bind_one_body() {
+    let env = TestEnv::new().await;
+    let app = env.start(Roles::gateway_only()).await;
+    let http = app.http();
+    let c = reqwest::Client::new();
+    // One user: every request lands on one partition, in the order accepted.
+    let charge = |key: String, amount: i64| {
+        let (c, url) = (c.clone(), format!("{http}/v1/charges"));
+        tokio::spawn(async move {
+            let body = json!({"user_id": 1, "amount": amount});
+            (key.clone(), amount, post(&c, url, body, Some(&key)).await)
+        })
+    };
+    let mut posts: Vec<_> = (0..200)
+        .map(|i| charge(format!("buyer-{i}"), 1_000))
+        .collect();
+    posts.extend((0..40).map(|i| charge("one-key".into(), 1_000 + (i % 2) * 1_000)));
+    let mut race = Vec::new();
+    for post in posts {
+        let (key, amount, (status, answer)) = post.await.unwrap();
+        if key == "one-key" {
+            race.push((amount, status, answer));
+        } else {
+            assert_eq!(
+                (status, answer["request_id"].as_str()),
+                (StatusCode::ACCEPTED, Some(key.as_str()))
+            );
+        }
+    }
+    let accepted: Vec<i64> = race
+        .iter()
+        .filter(|(_, status, _)| *status == StatusCode::ACCEPTED)
+        .map(|(amount, _, _)| *amount)
+        .collect();
+    let bound = accepted[0];
+    assert!(
+        accepted.iter().all(|a| *a == bound),
+        "one body per key: {accepted:?}"
+    );
+    for (amount, status, answer) in &race {
+        if *amount != bound {
+            assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+            assert_eq!(
+                answer["error"]["code"], "idempotency_key_reused",
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!(
+        accepted.len(),
+        20,
+        "every request with the bound body is accepted"
+    );
+
+    // What was published before a marker sent last: the accepted ones only.
+    let published = published_before_a_marker(&env, &c, &http, 220).await;
+    let raced: Vec<&Value> = published
+        .iter()
+        .filter(|p| p["request_id"] == "one-key")
+        .collect();
+    assert_eq!(raced.len(), 20);
+    assert!(raced.iter().all(|p| p["amount"] == bound), "{raced:?}");
     app.stop().await;
     env.cleanup().await;
 }

@@ -289,3 +289,58 @@ async fn beyond_max_in_flight_the_gateway_turns_requests_away_at_once() {
     app.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_request_while_redis_is_away_is_refused_at_once_and_publishes_nothing() {
+    let redis = Link::to("127.0.0.1:6379").await;
+    let env = TestEnv::new().await;
+    let app = env
+        .start_with(Roles::gateway_only(), |s| {
+            s.redis.url = Url(redis.route(s.redis.url.as_str()));
+        })
+        .await;
+    let http = app.http();
+    // A buyer waits seconds, not the connection's whole reconnecting: the
+    // claim is refused within Redis's response timeout (500 ms).
+    let c = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let charge = |key: &'static str| {
+        let request = c
+            .post(format!("{http}/v1/charges"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"user_id": 1, "amount": 5_000}));
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(charge("before").await.status(), StatusCode::ACCEPTED);
+    redis.cut();
+    // The key cannot be claimed: 503, and nothing is published.
+    let refused: Vec<_> =
+        futures::future::join_all(["away-1", "away-2", "away-3"].map(charge)).await;
+    for response in refused {
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    }
+    redis.restore();
+    // Once Redis is back, the same keys are taken.
+    for key in ["away-1", "away-2", "away-3"] {
+        eventually(&format!("{key} accepted"), || async {
+            (charge(key).await.status() == StatusCode::ACCEPTED).then_some(())
+        })
+        .await;
+    }
+    let published = env.reader(&env.topics.requests(Flow::Charge)).take(4).await;
+    let ids: Vec<String> = published
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.payload).unwrap()["request_id"].to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        ["\"before\"", "\"away-1\"", "\"away-2\"", "\"away-3\""],
+        "only accepted requests were published"
+    );
+    app.stop().await;
+    env.cleanup().await;
+}

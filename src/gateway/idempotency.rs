@@ -2,12 +2,25 @@
 //! The gateway remembers a fingerprint of the first request that used a key
 //! (in Redis, for `gateway.idempotency_ttl_secs`); the same key with a
 //! different body or route is refused with 422.
+//!
+//! Claims go to Redis together: whatever claims arrive while one pipeline is
+//! out go in the next, so the keys of many buyers cost Redis one read and
+//! one write rather than one each. Each claim is one command, `SET key
+//! fingerprint NX GET EX ttl` (Redis 7 or later): it takes a new key and
+//! tells the fingerprint a taken one holds.
+
+use std::time::Duration;
 
 use redis::AsyncCommands;
 use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 
 use super::error::ApiError;
-use crate::counters::Counters;
+use crate::counters::{Counters, RedisConn};
+use crate::telemetry::error_chain;
+
+/// The most claims one pipeline carries.
+const MOST_PER_PIPELINE: usize = 512;
 
 /// What a key is bound to: route and body.
 pub fn fingerprint(route: &str, body: &[u8]) -> String {
@@ -18,39 +31,152 @@ pub fn fingerprint(route: &str, body: &[u8]) -> String {
     format!("{:x}", hash.finalize())
 }
 
-/// Claims `key` for `fingerprint`. Ok when the key is new or was used for the
-/// same request before (publishing again is harmless: workers deduplicate).
-pub async fn claim(
-    counters: &Counters,
-    ttl_secs: u64,
-    key: &str,
-    fingerprint: &str,
-) -> Result<(), ApiError> {
-    let mut conn = counters.connection();
-    let redis_key = counters.key(&format!("idem:{key}"));
-    let set: bool = redis::cmd("SET")
-        .arg(&redis_key)
-        .arg(fingerprint)
-        .arg("NX")
-        .arg("EX")
-        .arg(ttl_secs)
-        .query_async::<Option<String>>(&mut conn)
-        .await?
-        .is_some();
-    if set {
-        return Ok(());
-    }
-    let existing: Option<String> = conn.get(&redis_key).await?;
-    match existing {
-        Some(existing) if existing != fingerprint => {
-            Err(ApiError::IdempotencyConflict(key.to_owned()))
+/// What a claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claimed {
+    /// The key was free; it is this request's now.
+    New,
+    /// The key was taken by the same route and body before.
+    Again,
+    /// The key was taken by another route or body.
+    Conflict,
+}
+
+struct Claim {
+    key: String,
+    fingerprint: String,
+    /// What the claim found, or why Redis could not say.
+    answer: oneshot::Sender<Result<Claimed, String>>,
+}
+
+/// The gateway's claims of keys, on their way to Redis. Clones share one
+/// sending task, which ends once every clone is gone and the claims still
+/// queued are answered.
+#[derive(Clone)]
+pub struct Claims {
+    queue: mpsc::Sender<Claim>,
+    counters: Counters,
+    /// How long a claim waits for its answer before the request is refused.
+    patience: Duration,
+}
+
+impl Claims {
+    /// Starts the task that sends claims to `counters`' Redis, each key kept
+    /// `ttl_secs`; a claim not answered within `patience` is refused (503).
+    /// Call inside a Tokio runtime.
+    pub fn start(counters: Counters, ttl_secs: u64, patience: Duration) -> Self {
+        let (queue, mut waiting) = mpsc::channel::<Claim>(4 * MOST_PER_PIPELINE);
+        let sender = counters.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MOST_PER_PIPELINE);
+            while waiting.recv_many(&mut batch, MOST_PER_PIPELINE).await > 0 {
+                send(&sender, ttl_secs, &mut batch).await;
+            }
+        });
+        Self {
+            queue,
+            counters,
+            patience,
         }
-        _ => Ok(()),
+    }
+
+    /// Claims `key` for `fingerprint`. Ok when the key is new or was used
+    /// for the same request before (publishing again is harmless: workers
+    /// deduplicate). While Redis is away the request is refused within the
+    /// claims' patience, whatever the connection's own reconnecting takes.
+    pub async fn claim(&self, key: &str, fingerprint: String) -> Result<(), ApiError> {
+        let unavailable =
+            |reason: &str| ApiError::Unavailable(format!("redis unavailable: {reason}"));
+        let (answer, answered) = oneshot::channel();
+        let claim = Claim {
+            key: self.counters.key(&format!("idem:{key}")),
+            fingerprint,
+            answer,
+        };
+        let asked = async {
+            self.queue.send(claim).await.ok()?;
+            answered.await.ok()
+        };
+        match tokio::time::timeout(self.patience, asked).await {
+            Ok(Some(Ok(Claimed::New | Claimed::Again))) => Ok(()),
+            Ok(Some(Ok(Claimed::Conflict))) => Err(ApiError::IdempotencyConflict(key.to_owned())),
+            Ok(Some(Err(reason))) => Err(unavailable(&reason)),
+            Ok(None) => Err(unavailable("the gateway's key claims are no longer sent")),
+            Err(_) => Err(unavailable(&format!(
+                "the key was not claimed within {} ms",
+                self.patience.as_millis()
+            ))),
+        }
+    }
+
+    /// Forgets a claim whose request could not be published.
+    pub async fn release(&self, key: &str) {
+        let mut conn = self.counters.connection();
+        let _: Result<i64, _> = conn.del(self.counters.key(&format!("idem:{key}"))).await;
     }
 }
 
-/// Forgets a claim whose request could not be published.
-pub async fn release(counters: &Counters, key: &str) {
+/// One claim's command: take the key unless taken, and say what it held.
+fn claim_command(claim: &Claim, ttl_secs: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(&claim.key)
+        .arg(&claim.fingerprint)
+        .arg("NX")
+        .arg("GET")
+        .arg("EX")
+        .arg(ttl_secs);
+    cmd
+}
+
+/// What a claim found, from the fingerprint its key held before it.
+fn claimed(claim: &Claim, held: Option<String>) -> Claimed {
+    match held {
+        None => Claimed::New,
+        Some(held) if held == claim.fingerprint => Claimed::Again,
+        Some(_) => Claimed::Conflict,
+    }
+}
+
+/// Sends `claims` to Redis and answers each (leaving `claims` empty): in one pipeline on a single
+/// server (its commands run in order, so of two claims of one key the
+/// first takes it); one command each on a Redis Cluster, whose keys live
+/// on different nodes.
+async fn send(counters: &Counters, ttl_secs: u64, claims: &mut Vec<Claim>) {
+    // A claim whose request was refused while it waited is not sent.
+    claims.retain(|claim| !claim.answer.is_closed());
+    if claims.is_empty() {
+        return;
+    }
     let mut conn = counters.connection();
-    let _: Result<i64, _> = conn.del(counters.key(&format!("idem:{key}"))).await;
+    let held: Vec<Result<Option<String>, String>> = match conn {
+        RedisConn::Single(_) => {
+            let mut pipe = redis::pipe();
+            for claim in claims.iter() {
+                pipe.add_command(claim_command(claim, ttl_secs));
+            }
+            match pipe.query_async::<Vec<Option<String>>>(&mut conn).await {
+                Ok(held) => held.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    let reason = error_chain(&e);
+                    claims.iter().map(|_| Err(reason.clone())).collect()
+                }
+            }
+        }
+        RedisConn::Cluster(_) => {
+            futures::future::join_all(claims.iter().map(|claim| {
+                let mut conn = conn.clone();
+                let cmd = claim_command(claim, ttl_secs);
+                async move {
+                    cmd.query_async::<Option<String>>(&mut conn)
+                        .await
+                        .map_err(|e| error_chain(&e))
+                }
+            }))
+            .await
+        }
+    };
+    for (claim, held) in claims.drain(..).zip(held) {
+        let found = held.map(|held| claimed(&claim, held));
+        let _ = claim.answer.send(found);
+    }
 }

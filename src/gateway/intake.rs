@@ -117,14 +117,9 @@ async fn publish<T: Serialize>(state: &AppState, p: Publication<'_>, request: &T
         keyed,
         traceparent,
     } = p;
-    if let Some(fingerprint) = &keyed {
-        idempotency::claim(
-            &state.counters,
-            state.settings.gateway.idempotency_ttl_secs,
-            request_id.as_str(),
-            fingerprint,
-        )
-        .await?;
+    let claimed = keyed.is_some();
+    if let Some(fingerprint) = keyed {
+        state.claims.claim(request_id.as_str(), fingerprint).await?;
     }
     let payload = serde_json::to_vec(request).map_err(|e| ApiError::Internal(e.to_string()))?;
     let message = OutMessage::new(state.topics.requests(flow), user_id.to_string(), payload)
@@ -139,8 +134,8 @@ async fn publish<T: Serialize>(state: &AppState, p: Publication<'_>, request: &T
             },
         ),
         Err(e) => {
-            if keyed.is_some() {
-                idempotency::release(&state.counters, request_id.as_str()).await;
+            if claimed {
+                state.claims.release(request_id.as_str()).await;
             }
             metrics::gateway_request(endpoint, 503, "unavailable");
             return Err(ApiError::Unavailable(format!(

@@ -58,6 +58,8 @@ pub struct Shared {
     pub settings: Arc<Settings>,
     pub db: PgPool,
     pub counters: Counters,
+    /// `Idempotency-Key` claims, sent to Redis together.
+    pub claims: idempotency::Claims,
     pub producer: Producer,
     pub topics: Topics,
     pub waiters: Waiters,
