@@ -323,6 +323,12 @@ async fn a_keyed_request_while_redis_is_away_is_refused_at_once_and_publishes_no
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unavailable", "{body}");
     }
+    // Readiness says Redis is away, in as little time.
+    let ready = c.get(format!("{http}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready: Value = ready.json().await.unwrap();
+    assert_ne!(ready["redis"], "ok", "{ready}");
+    assert_eq!(ready["postgres"], "ok", "{ready}");
     redis.restore();
     // Once Redis is back, the same keys are taken.
     for key in ["away-1", "away-2", "away-3"] {

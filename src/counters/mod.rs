@@ -230,7 +230,7 @@ impl Counters {
     /// new at every start (after a restart, a restore from a snapshot, a
     /// failover). `None` on a Redis Cluster, whose nodes each have their own.
     pub async fn server_id(&self) -> Result<Option<String>> {
-        if matches!(self.conn, RedisConn::Cluster(_)) {
+        if self.conn.is_cluster() {
             return Ok(None);
         }
         let mut conn = self.conn.clone();

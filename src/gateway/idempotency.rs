@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::ApiError;
-use crate::counters::{Counters, RedisConn};
+use crate::counters::Counters;
 use crate::telemetry::error_chain;
 
 /// The most claims one pipeline carries.
@@ -148,31 +148,28 @@ async fn send(counters: &Counters, ttl_secs: u64, claims: &mut Vec<Claim>) {
         return;
     }
     let mut conn = counters.connection();
-    let held: Vec<Result<Option<String>, String>> = match conn {
-        RedisConn::Single(_) => {
-            let mut pipe = redis::pipe();
-            for claim in claims.iter() {
-                pipe.add_command(claim_command(claim, ttl_secs));
+    let held: Vec<Result<Option<String>, String>> = if conn.is_cluster() {
+        futures::future::join_all(claims.iter().map(|claim| {
+            let mut conn = conn.clone();
+            let cmd = claim_command(claim, ttl_secs);
+            async move {
+                cmd.query_async::<Option<String>>(&mut conn)
+                    .await
+                    .map_err(|e| error_chain(&e))
             }
-            match pipe.query_async::<Vec<Option<String>>>(&mut conn).await {
-                Ok(held) => held.into_iter().map(Ok).collect(),
-                Err(e) => {
-                    let reason = error_chain(&e);
-                    claims.iter().map(|_| Err(reason.clone())).collect()
-                }
-            }
+        }))
+        .await
+    } else {
+        let mut pipe = redis::pipe();
+        for claim in claims.iter() {
+            pipe.add_command(claim_command(claim, ttl_secs));
         }
-        RedisConn::Cluster(_) => {
-            futures::future::join_all(claims.iter().map(|claim| {
-                let mut conn = conn.clone();
-                let cmd = claim_command(claim, ttl_secs);
-                async move {
-                    cmd.query_async::<Option<String>>(&mut conn)
-                        .await
-                        .map_err(|e| error_chain(&e))
-                }
-            }))
-            .await
+        match pipe.query_async::<Vec<Option<String>>>(&mut conn).await {
+            Ok(held) => held.into_iter().map(Ok).collect(),
+            Err(e) => {
+                let reason = error_chain(&e);
+                claims.iter().map(|_| Err(reason.clone())).collect()
+            }
         }
     };
     for (claim, held) in claims.drain(..).zip(held) {
