@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::TestEnv;
+use common::{eventually, TestEnv};
 use serde_json::json;
 use stampede::app::Roles;
 use stampede::domain::messages::OrderRequest;
@@ -127,6 +127,57 @@ async fn spent_grants_and_holds_are_dropped_not_subtracted_again() {
     assert_eq!(env.counters.product_stock(1).await.unwrap(), Some(8));
     assert!(env.counters.grant_ids(5).await.unwrap().is_empty());
     assert!(env.counters.hold_ids().await.unwrap().is_empty());
+    assert!(env.audit().await.passed());
+    env.cleanup().await;
+}
+
+/// A crash between an issue's commit and the clean-up of its grant leaves
+/// the grant in Redis. When the request is delivered again it is answered
+/// from its stored result, byte for byte, and the grant is dropped then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_issue_drops_the_grant_a_crash_left() {
+    let env = TestEnv::new().await;
+    coupons_and_an_order_decided(&env, 2).await;
+    let mut redis = env.counters.connection();
+    let _: () = redis::cmd("HSET")
+        .arg(env.counters.key("{coupon:5}:grants"))
+        .arg(&["k-1", "1", "k-2", "2"][..])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let app = env.start(Roles::workers(vec![WorkerKind::Coupon])).await;
+    for user in 1..=2 {
+        env.publish(
+            Flow::Coupon,
+            user,
+            &json!({"request_id": format!("k-{user}"), "user_id": user, "coupon_id": 5}),
+        )
+        .await;
+    }
+    eventually("the redelivered requests' grants are dropped", || async {
+        env.counters
+            .grant_ids(5)
+            .await
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    app.stop().await;
+    let mut answers: std::collections::HashMap<String, Vec<Vec<u8>>> = Default::default();
+    for message in env.results(Flow::Coupon).take(4).await {
+        let result: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        answers
+            .entry(result["request_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(message.payload);
+    }
+    for (id, seen) in &answers {
+        assert_eq!(seen.len(), 2, "{id}");
+        assert_eq!(seen[0], seen[1], "{id}: the stored result again");
+    }
+    assert_eq!(env.counters.coupon_stock(5).await.unwrap(), Some(8));
     assert!(env.audit().await.passed());
     env.cleanup().await;
 }

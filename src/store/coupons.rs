@@ -206,12 +206,16 @@ pub struct IssuedBy {
     pub shards: i32,
 }
 
-/// The coupons issued by these requests, with how their coupon is split.
+/// The coupons issued by these requests, with how their coupon is split:
+/// found by each request's stored result (by request id, its primary key),
+/// which names the `user_coupon_id` it issued.
 pub async fn issued_by(db: &PgPool, request_ids: &[&str]) -> Result<Vec<IssuedBy>> {
     Ok(sqlx::query_as(
-        "SELECT uc.request_id, uc.user_id, uc.coupon_id, c.shards
-         FROM user_coupons uc JOIN coupons c ON c.id = uc.coupon_id
-         WHERE uc.request_id = ANY($1)",
+        "SELECT p.request_id, uc.user_id, uc.coupon_id, c.shards
+         FROM processed_requests p
+         JOIN user_coupons uc ON uc.id = (p.result::jsonb ->> 'user_coupon_id')::int8
+         JOIN coupons c ON c.id = uc.coupon_id
+         WHERE p.request_id = ANY($1) AND p.kind = 'coupon' AND p.status = 'succeeded'",
     )
     .bind(request_ids)
     .fetch_all(db)
