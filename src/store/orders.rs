@@ -205,10 +205,12 @@ pub async fn enqueue(
     Ok(())
 }
 
-/// Which of `request_ids` paid an order.
+/// Which of `request_ids` paid an order: those whose stored result is a
+/// succeeded order (an order commits with its result).
 pub async fn paid_among(db: &PgPool, request_ids: &[&str]) -> Result<HashSet<String>> {
     Ok(sqlx::query_scalar(
-        "SELECT o.request_id FROM unnest($1::text[]) AS k(id) JOIN orders o ON o.request_id = k.id",
+        "SELECT request_id FROM processed_requests
+         WHERE request_id = ANY($1) AND kind = 'order' AND status = 'succeeded'",
     )
     .bind(super::distinct(request_ids))
     .fetch_all(db)
