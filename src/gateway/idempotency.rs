@@ -137,10 +137,10 @@ fn claimed(claim: &Claim, held: Option<String>) -> Claimed {
     }
 }
 
-/// Sends `claims` to Redis and answers each (leaving `claims` empty): in one pipeline on a single
-/// server (its commands run in order, so of two claims of one key the
-/// first takes it); one command each on a Redis Cluster, whose keys live
-/// on different nodes.
+/// Sends `claims` to Redis and answers each, leaving `claims` empty: in one
+/// pipeline on a single server (its commands run in order, so of two claims
+/// of one key the first takes it); one command each on a Redis Cluster,
+/// whose keys live on different nodes.
 async fn send(counters: &Counters, ttl_secs: u64, claims: &mut Vec<Claim>) {
     // A claim whose request was refused while it waited is not sent.
     claims.retain(|claim| !claim.answer.is_closed());
