@@ -2,11 +2,13 @@
 
 mod common;
 
-use common::{get_json as get, post_json as post, TestEnv};
+use common::link::Link;
+use common::{eventually, get_json as get, post_json as post, TestEnv};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use stampede::app::Roles;
-use stampede::config::Secret;
+use stampede::config::{Secret, Url};
+use stampede::kafka::Flow;
 use stampede::workers::WorkerKind;
 
 /// Posts a charge of user 1 as a marker and reads the charge topic up to it:
@@ -27,7 +29,7 @@ async fn published_before_a_marker(
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let mut published: Vec<Value> = env
-        .reader(&env.topics.requests(stampede::kafka::Flow::Charge))
+        .reader(&env.topics.requests(Flow::Charge))
         .take(before + 1)
         .await
         .iter()
@@ -354,7 +356,7 @@ async fn idempotency_key_becomes_the_request_id_and_guards_its_body() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(result["balance"], 5000);
     // Both accepted posts were published; the charge happened once.
-    let results = env.results(stampede::kafka::Flow::Charge).take(2).await;
+    let results = env.results(Flow::Charge).take(2).await;
     assert_eq!(results[0].payload, results[1].payload);
     assert_eq!(env.balance(1).await, Some(5000));
     app.stop().await;
@@ -475,10 +477,7 @@ async fn credentials_separate_clients_from_admins() {
         StatusCode::OK
     );
     // The refused calls published nothing: the accepted one is the first message.
-    let first = env
-        .reader(&env.topics.requests(stampede::kafka::Flow::Charge))
-        .take(1)
-        .await;
+    let first = env.reader(&env.topics.requests(Flow::Charge)).take(1).await;
     let first: Value = serde_json::from_slice(&first[0].payload).unwrap();
     assert_eq!(first["request_id"], accepted["request_id"]);
     app.stop().await;
@@ -539,7 +538,7 @@ async fn trace_context_flows_from_http_through_kafka_to_the_result() {
         .await
         .unwrap();
     let request = env
-        .reader(&env.topics.requests(stampede::kafka::Flow::Charge))
+        .reader(&env.topics.requests(Flow::Charge))
         .take(1)
         .await
         .remove(0);
@@ -548,11 +547,7 @@ async fn trace_context_flows_from_http_through_kafka_to_the_result() {
         "{:?}",
         request.headers
     );
-    let result = env
-        .results(stampede::kafka::Flow::Charge)
-        .take(1)
-        .await
-        .remove(0);
+    let result = env.results(Flow::Charge).take(1).await.remove(0);
     assert!(
         result.headers["traceparent"].contains(trace),
         "{:?}",
@@ -634,7 +629,7 @@ async fn rate_limits_answer_429_and_publish_nothing_over_them() {
 
     // The charge topic holds exactly the accepted charges.
     let published: std::collections::HashSet<String> = env
-        .reader(&env.topics.requests(stampede::kafka::Flow::Charge))
+        .reader(&env.topics.requests(Flow::Charge))
         .take(accepted.len())
         .await
         .iter()
@@ -651,7 +646,7 @@ async fn rate_limits_answer_429_and_publish_nothing_over_them() {
         stampede::kafka::client_config(&env.settings.kafka)
             .create()
             .unwrap();
-    let topic = env.topics.requests(stampede::kafka::Flow::Charge);
+    let topic = env.topics.requests(Flow::Charge);
     let total: i64 = (0..env.settings.kafka.partitions)
         .map(|p| {
             use rdkafka::consumer::Consumer;
@@ -670,6 +665,72 @@ async fn rate_limits_answer_429_and_publish_nothing_over_them() {
             &["status=\"429\""]
         ),
         2.0
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// While Redis is away a keyed POST cannot claim its key: it is refused
+/// with 503 at once (not after the Redis connection's reconnecting, seconds
+/// later), nothing is published, and `/readyz` says so as quickly. (Here,
+/// not with the other outages: those read the in-flight gauge of this
+/// process's metrics.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_request_while_redis_is_away_is_refused_at_once_and_publishes_nothing() {
+    let redis = Link::to("127.0.0.1:6379").await;
+    let env = TestEnv::new().await;
+    let app = env
+        .start_with(Roles::gateway_only(), |s| {
+            s.redis.url = Url(redis.route(s.redis.url.as_str()));
+        })
+        .await;
+    let http = app.http();
+    // A buyer waits seconds, not the connection's whole reconnecting: the
+    // claim is refused within Redis's response timeout (500 ms).
+    let c = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let charge = |key: &'static str| {
+        let request = c
+            .post(format!("{http}/v1/charges"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"user_id": 1, "amount": 5_000}));
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(charge("before").await.status(), StatusCode::ACCEPTED);
+    redis.cut();
+    // The key cannot be claimed: 503, and nothing is published.
+    let refused: Vec<_> =
+        futures::future::join_all(["away-1", "away-2", "away-3"].map(charge)).await;
+    for response in refused {
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    }
+    // Readiness says Redis is away, in as little time.
+    let ready = c.get(format!("{http}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready: Value = ready.json().await.unwrap();
+    assert_ne!(ready["redis"], "ok", "{ready}");
+    assert_eq!(ready["postgres"], "ok", "{ready}");
+    redis.restore();
+    // Once Redis is back, the same keys are taken.
+    for key in ["away-1", "away-2", "away-3"] {
+        eventually(&format!("{key} accepted"), || async {
+            (charge(key).await.status() == StatusCode::ACCEPTED).then_some(())
+        })
+        .await;
+    }
+    let published = env.reader(&env.topics.requests(Flow::Charge)).take(4).await;
+    let ids: Vec<String> = published
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.payload).unwrap()["request_id"].to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        ["\"before\"", "\"away-1\"", "\"away-2\"", "\"away-3\""],
+        "only accepted requests were published"
     );
     app.stop().await;
     env.cleanup().await;
