@@ -66,11 +66,11 @@ impl Claims {
     /// Call inside a Tokio runtime.
     pub fn start(counters: Counters, ttl_secs: u64, patience: Duration) -> Self {
         let (queue, mut waiting) = mpsc::channel::<Claim>(4 * MOST_PER_PIPELINE);
-        let sender = counters.clone();
+        let redis = counters.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MOST_PER_PIPELINE);
             while waiting.recv_many(&mut batch, MOST_PER_PIPELINE).await > 0 {
-                send(&sender, ttl_secs, &mut batch).await;
+                send(&redis, ttl_secs, &mut batch).await;
             }
         });
         Self {
@@ -82,8 +82,9 @@ impl Claims {
 
     /// Claims `key` for `fingerprint`. Ok when the key is new or was used
     /// for the same request before (publishing again is harmless: workers
-    /// deduplicate). While Redis is away the request is refused within the
-    /// claims' patience, whatever the connection's own reconnecting takes.
+    /// deduplicate). The claims' patience counts from the moment the claim
+    /// is queued: a claim that waits behind a pipeline Redis is slow to
+    /// answer is refused within it too, not only one whose own command is.
     pub async fn claim(&self, key: &str, fingerprint: String) -> Result<(), ApiError> {
         let unavailable =
             |reason: &str| ApiError::Unavailable(format!("redis unavailable: {reason}"));
