@@ -10,7 +10,8 @@
 #   (f) the HTTP path: a drop through `stampede gateway` against the same drop
 #       straight to Kafka, with the gateway's CPU per request (loadgen's HTTP
 #       client; wrk from 256 and from 1,024 connections); the gateway's
-#       intake alone under wrk, and the HTTP exchange alone (GET /healthz);
+#       intake alone under wrk (HTTP/1.1) and under h2load (HTTP/2), and the
+#       HTTP exchange alone (GET /healthz);
 #       the drop straight to Kafka offered at the HTTP drop's rate
 #   (g) worker memory under a backlog four times larger: drops of 2N then 8N
 #       requests straight to Kafka at full speed, each drop's own peak
@@ -40,6 +41,7 @@ mkdir -p "$out"
 
 command -v pgbench >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql-contrib >/dev/null; }
 command -v redis-benchmark >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-tools >/dev/null; }
+command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 export STAMPEDE_WORKER__BATCH_SIZE=${BENCH_BATCH:-2000}
 source bench/common.sh bench
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml)
@@ -250,6 +252,26 @@ out, n, g, k, tick = sys.argv[1], int(sys.argv[2] or 0), int(sys.argv[3]), int(s
 rate = open(f"{out}/wrk.txt").read().split("Requests/sec:")[1].split()[0] if n else "0"
 print(f"wrk intake: {float(rate):,.0f} requests/s accepted; gateway {g * 1e6 / tick / max(n, 1):.1f} µs, broker {k * 1e6 / tick / max(n, 1):.1f} µs of CPU per request")
 PY
+# The same intake over HTTP/2 without TLS, as a proxy in front of the gateway
+# sends it: h2load, 4 connections with up to 64 requests at once on each (one
+# body for every request: it measures the intake, not a drop).
+printf '{"user_id": 1}' >"$out/h2load-issue.json"
+g0=$(cpu_of "$gateway_pid"); k0=$(cpu_of "$kafka_pid")
+bash -c 'h2load -D 10 -c 4 -m 64 -t 1 -d "$2" -H "content-type: application/json" "$1/v1/coupons/1/issue" >"$3" 2>&1; read -r -a f </proc/$$/stat; echo $((f[15] + f[16])) >"$4"' _ \
+  "http://127.0.0.1:$gw_port" "$out/h2load-issue.json" "$out/h2load.txt" "$out/.h2load-ticks" || true
+python3 - "$out" "$(( $(cpu_of "$gateway_pid") - g0 ))" "$(( $(cpu_of "$kafka_pid") - k0 ))" "$(cat "$out/.h2load-ticks")" "$tick" <<'PY' | tee -a "$out/cpu.txt"
+import re, sys
+out, g, k, h, tick = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4] or 0), int(sys.argv[5])
+text = open(f"{out}/h2load.txt").read()
+done = re.search(r"requests: \d+ total, \d+ started, (\d+) done", text)
+codes = re.search(r"status codes: (\d+) 2xx", text)
+secs = re.search(r"finished in ([\d.]+)s", text)
+n, ok = (int(done[1]), int(codes[1])) if done and codes else (0, 0)
+rate = n / float(secs[1]) if n and secs else 0
+per = lambda t: t * 1e6 / tick / max(n, 1)
+print(f"h2load intake (HTTP/2, 4 connections × 64 streams): {rate:,.0f} requests/s accepted ({ok:,} of {n:,} answered 2xx); gateway {per(g):.1f} µs, broker {per(k):.1f} µs, load generator {per(h):.1f} µs of CPU per request")
+PY
+rm -f "$out/.h2load-ticks"
 # The HTTP exchange alone: the same connections asking GET /healthz, which
 # publishes nothing. What a request through any gateway costs here before
 # it does any work (the gateway's and wrk's CPU per request).

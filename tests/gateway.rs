@@ -235,6 +235,110 @@ async fn bad_input_is_refused_and_nothing_is_published() {
     env.cleanup().await;
 }
 
+/// A client (or a proxy in front of the gateway) speaking HTTP/2 without
+/// TLS, many requests at once on one connection, gets the answers an
+/// HTTP/1.1 client gets: 202 for each request, each published once, its
+/// result readable, and the same refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_get_the_same_answers_on_one_connection() {
+    let env = TestEnv::with(|s| s.gateway.body_limit_bytes = 4096).await;
+    let app = env
+        .start(Roles {
+            gateway: true,
+            workers: vec![WorkerKind::Charge],
+        })
+        .await;
+    let http = app.http();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let (status, _) = post(
+        &h2,
+        format!("{http}/v1/admin/users"),
+        json!({"user_id": 20, "balance": 0}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let sent = futures::future::join_all((0..50).map(|_| {
+        h2.post(format!("{http}/v1/charges"))
+            .json(&json!({"user_id": 20, "amount": 5000}))
+            .send()
+    }))
+    .await;
+    let mut ids = std::collections::BTreeSet::new();
+    for response in sent {
+        let response = response.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.unwrap();
+        ids.insert(body["request_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 50, "each request its own id");
+    let last = ids.iter().next_back().unwrap();
+    let (status, result) = get(&h2, format!("{http}/v1/requests/{last}?wait_ms=20000")).await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    assert_eq!(result["status"], "succeeded", "{result}");
+    eventually("all 50 charges applied", || {
+        let (h2, url) = (h2.clone(), format!("{http}/v1/users/20/balance"));
+        async move { (get(&h2, url).await.1["balance"] == 250_000).then_some(()) }
+    })
+    .await;
+
+    let (status, answer) = post(
+        &h2,
+        format!("{http}/v1/charges"),
+        json!({"user_id": 20, "amount": "5000"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer["error"]["code"], "invalid_request");
+    let (status, answer) = post(
+        &h2,
+        format!("{http}/v1/charges"),
+        json!({"user_id": 20, "amount": 5000, "pad": "x".repeat(5000)}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer["error"]["code"], "payload_too_large");
+
+    // A marker from the same user, on the same partition: what the gateway
+    // published before it is the 50 accepted, once each, and no refusal.
+    let (status, marker) = post(
+        &h2,
+        format!("{http}/v1/charges"),
+        json!({"user_id": 20, "amount": 5000}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let mut published: Vec<String> = env
+        .reader(&env.topics.requests(Flow::Charge))
+        .take(51)
+        .await
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<Value>(&m.payload).unwrap()["request_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(published.pop().as_deref(), marker["request_id"].as_str());
+    assert_eq!(
+        published
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        ids
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
 /// Keys claimed at once, as a drop's buyers send them: every new key is
 /// accepted, and of the requests racing on one key with two bodies only
 /// one body is ever accepted, the other refused and never published.

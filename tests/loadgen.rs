@@ -171,6 +171,16 @@ async fn a_mixed_run_over_kafka_and_a_drop_over_http_pass_their_verdicts() {
         300
     );
 
+    // The same drop over HTTP/2, many requests at once on each connection:
+    // the same verdict and the same split of outcomes.
+    let mut drop2 = options(Scenario::CouponDrop, 400, Via::Http2, app.http());
+    drop2.rate = Some(2_000);
+    let report = loadgen::run(&env.settings, &drop2).await.unwrap();
+    assert!(report.passed(), "{}", report.summary());
+    assert_eq!(report.answered, 400);
+    assert_eq!(report.fairness.map(|f| f.winners), Some(100));
+    assert_eq!(report.outcomes.get("succeeded"), Some(&100));
+
     // A gateway with two slots, pushed by 64 clients at once: it turns
     // requests away with 503, the clients retry, and nothing is lost.
     let narrow = env

@@ -36,14 +36,16 @@ pub struct LoadgenArgs {
     /// Offered load in requests/s (open loop, at least 1); full speed when absent.
     #[arg(long, value_parser = at_least_one)]
     pub rate: Option<usize>,
-    /// Publish straight to Kafka, or post to the gateway.
+    /// Publish straight to Kafka, or post to the gateway over HTTP/1.1 or
+    /// HTTP/2 (cleartext, prior knowledge, 8 connections).
     #[arg(long, value_enum, default_value = "kafka")]
     pub via: Via,
-    /// The gateway's base URL for --via http (default: gateway.listen).
+    /// The gateway's base URL for --via http or http2 (default:
+    /// gateway.listen).
     #[arg(long)]
     pub http_url: Option<String>,
     /// Requests awaiting their 202 (HTTP) or broker ack (Kafka) at once;
-    /// default 256 over HTTP, 20000 to Kafka.
+    /// default 256 over HTTP/1.1, 1024 over HTTP/2, 20000 to Kafka.
     #[arg(long, value_parser = at_least_one)]
     pub concurrency: Option<usize>,
     /// Give up waiting for results after this many seconds.

@@ -53,8 +53,42 @@ pub enum LoadgenError {
 /// How requests reach stampede.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Via {
+    /// Published straight to the request topics.
     Kafka,
+    /// Posted to the gateway over HTTP/1.1, one request per connection at a
+    /// time.
     Http,
+    /// Posted to the gateway over HTTP/2 without TLS (prior knowledge), many
+    /// requests at once on each of a few connections, as a proxy in front
+    /// of the gateway would send them.
+    Http2,
+}
+
+impl Via {
+    /// Whether requests go through the gateway.
+    pub fn is_http(self) -> bool {
+        matches!(self, Via::Http | Via::Http2)
+    }
+}
+
+/// The HTTP/2 connections requests are spread over: one connection's frames
+/// are read and written by one task, so a few keep both the client and the
+/// gateway using every core.
+const HTTP2_CONNECTIONS: usize = 8;
+
+/// The clients posting to the gateway: one pooling HTTP/1.1 client, or one
+/// client per HTTP/2 connection.
+fn http_clients(via: Via) -> Result<Vec<reqwest::Client>, LoadgenError> {
+    let build =
+        |b: reqwest::ClientBuilder| b.build().map_err(|e| LoadgenError::Http(e.to_string()));
+    match via {
+        Via::Http2 => (0..HTTP2_CONNECTIONS)
+            .map(|_| build(reqwest::Client::builder().http2_prior_knowledge()))
+            .collect(),
+        Via::Kafka | Via::Http => Ok(vec![build(
+            reqwest::Client::builder().pool_max_idle_per_host(256),
+        )?]),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -384,13 +418,11 @@ async fn publish_all(
     sent_at: SentAt,
 ) -> Result<u64, LoadgenError> {
     let mut turned_away = 0;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .map_err(|e| LoadgenError::Http(e.to_string()))?;
+    let clients = http_clients(options.via)?;
     let max_in_flight = options.concurrency.unwrap_or(match options.via {
         Via::Kafka => 20_000,
         Via::Http => 256,
+        Via::Http2 => 1_024,
     });
     let mut in_flight = FuturesUnordered::new();
     for (i, request) in plan.into_iter().enumerate() {
@@ -412,7 +444,7 @@ async fn publish_all(
             .unwrap_or_else(|p| p.into_inner())
             .insert(request.request_id.clone(), stamp);
         let producer = producer.clone();
-        let client = client.clone();
+        let client = clients[i % clients.len()].clone();
         let topic = passthrough_in
             .map(str::to_owned)
             .unwrap_or_else(|| topics.requests(request.flow));
@@ -439,7 +471,7 @@ async fn publish_all(
                     .map(|r| r.map(|_| 0).map_err(LoadgenError::Kafka))
                     .boxed()
             }
-            Via::Http => {
+            Via::Http | Via::Http2 => {
                 tokio::spawn(async move { scenario::post(&client, &url, &request, give_up).await })
                     .map(joined)
                     .boxed()

@@ -370,7 +370,7 @@ fn settings_of(o: &LoadgenOptions) -> BTreeMap<String, String> {
         "concurrency",
         o.concurrency.map_or("default".into(), |c| c.to_string()),
     );
-    if o.via == super::Via::Http {
+    if o.via.is_http() {
         put("gateway", o.http_url.clone());
     }
     s
