@@ -11,6 +11,7 @@
 
 pub mod cpu;
 pub mod html;
+mod http;
 mod report;
 mod scenario;
 
@@ -75,21 +76,6 @@ impl Via {
 /// are read and written by one task, so a few keep both the client and the
 /// gateway using every core.
 const HTTP2_CONNECTIONS: usize = 8;
-
-/// The clients posting to the gateway: one pooling HTTP/1.1 client, or one
-/// client per HTTP/2 connection.
-fn http_clients(via: Via) -> Result<Vec<reqwest::Client>, LoadgenError> {
-    let build =
-        |b: reqwest::ClientBuilder| b.build().map_err(|e| LoadgenError::Http(e.to_string()));
-    match via {
-        Via::Http2 => (0..HTTP2_CONNECTIONS)
-            .map(|_| build(reqwest::Client::builder().http2_prior_knowledge()))
-            .collect(),
-        Via::Kafka | Via::Http => Ok(vec![build(
-            reqwest::Client::builder().pool_max_idle_per_host(256),
-        )?]),
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct LoadgenOptions {
@@ -418,7 +404,14 @@ async fn publish_all(
     sent_at: SentAt,
 ) -> Result<u64, LoadgenError> {
     let mut turned_away = 0;
-    let clients = http_clients(options.via)?;
+    let gateway = match options.via {
+        Via::Kafka => None,
+        Via::Http => Some(http::Version::Http1),
+        Via::Http2 => Some(http::Version::Http2),
+    }
+    .map(|version| http::Gateway::new(&options.http_url, version, HTTP2_CONNECTIONS))
+    .transpose()?
+    .map(Arc::new);
     let max_in_flight = options.concurrency.unwrap_or(match options.via {
         Via::Kafka => 20_000,
         Via::Http => 256,
@@ -444,18 +437,16 @@ async fn publish_all(
             .unwrap_or_else(|p| p.into_inner())
             .insert(request.request_id.clone(), stamp);
         let producer = producer.clone();
-        let client = clients[i % clients.len()].clone();
+        let gateway = gateway.clone();
         let topic = passthrough_in
             .map(str::to_owned)
             .unwrap_or_else(|| topics.requests(request.flow));
-        let via = options.via;
-        let url = options.http_url.clone();
         let give_up = started + options.timeout;
         // Each request goes out when it is due, not when this loop next
         // looks at the ones in flight: handed to the Kafka client at once, or
         // posted by a task of its own.
-        let sent: BoxFuture<'static, Result<u64, LoadgenError>> = match via {
-            Via::Kafka => {
+        let sent: BoxFuture<'static, Result<u64, LoadgenError>> = match gateway {
+            None => {
                 // Stamped as the gateway stamps what it accepts.
                 let mut body = request.body;
                 body["requested_at"] = chrono::Utc::now()
@@ -471,8 +462,8 @@ async fn publish_all(
                     .map(|r| r.map(|_| 0).map_err(LoadgenError::Kafka))
                     .boxed()
             }
-            Via::Http | Via::Http2 => {
-                tokio::spawn(async move { scenario::post(&client, &url, &request, give_up).await })
+            Some(gateway) => {
+                tokio::spawn(async move { scenario::post(&gateway, &request, give_up).await })
                     .map(joined)
                     .boxed()
             }

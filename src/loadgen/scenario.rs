@@ -159,8 +159,7 @@ pub fn plan(o: &LoadgenOptions, s: &Setup, run_id: &str) -> Vec<Planned> {
 /// same `Idempotency-Key`, until `give_up`. Returns how often it was turned
 /// away.
 pub async fn post(
-    client: &reqwest::Client,
-    base: &str,
+    gateway: &super::http::Gateway,
     p: &Planned,
     give_up: std::time::Instant,
 ) -> Result<u64, LoadgenError> {
@@ -178,18 +177,12 @@ pub async fn post(
             json!({"user_id": p.user_id, "items": p.body["items"]}),
         ),
     };
+    let body = bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
     let mut turned_away = 0;
     loop {
-        let response = client
-            .post(format!("{base}{path}"))
-            .header("Idempotency-Key", &p.request_id)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| LoadgenError::Http(e.to_string()))?;
-        match response.status() {
-            reqwest::StatusCode::ACCEPTED => return Ok(turned_away),
-            reqwest::StatusCode::SERVICE_UNAVAILABLE if std::time::Instant::now() < give_up => {
+        match gateway.post(&path, &p.request_id, body.clone()).await? {
+            http::StatusCode::ACCEPTED => return Ok(turned_away),
+            http::StatusCode::SERVICE_UNAVAILABLE if std::time::Instant::now() < give_up => {
                 turned_away += 1;
                 let pause = 10 * turned_away.min(20) + rand::random_range(0..10);
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
