@@ -9,9 +9,9 @@
 #   (e) scale-out: the same drop with 1, 2 and 4 worker processes in one group
 #   (f) the HTTP path: a drop through `stampede gateway` against the same drop
 #       straight to Kafka, with the gateway's CPU per request (loadgen's HTTP
-#       client; wrk from 256 and from 1,024 connections); the gateway's
-#       intake alone under wrk (HTTP/1.1) and under h2load (HTTP/2), and the
-#       HTTP exchange alone (GET /healthz);
+#       client over HTTP/1.1 and HTTP/2; wrk from 256 and from 1,024
+#       connections); the gateway's intake alone under wrk (HTTP/1.1) and
+#       under h2load (HTTP/2), and the HTTP exchange alone (GET /healthz);
 #       the drop straight to Kafka offered at the HTTP drop's rate
 #   (g) worker memory under a backlog four times larger: drops of 2N then 8N
 #       requests straight to Kafka at full speed, each drop's own peak
@@ -178,6 +178,7 @@ done
 start_workers 1 coupon
 loadgen_measured "drop via Kafka" --scenario coupon-drop --requests "$http_requests" --stock "$stock" --quiet --json "$out/drop-kafka.json"
 loadgen_measured "drop via HTTP" --scenario coupon-drop --requests "$http_requests" --stock "$stock" --via http --http-url "http://127.0.0.1:$gw_port" --quiet --json "$out/drop-http.json"
+loadgen_measured "drop via HTTP/2" --scenario coupon-drop --requests "$http_requests" --stock "$stock" --via http2 --http-url "http://127.0.0.1:$gw_port" --quiet --json "$out/drop-http2.json"
 
 # The same drop through the gateway with wrk as the load generator (C, far
 # cheaper per request than loadgen's HTTP client): each of $http_requests new

@@ -37,6 +37,10 @@ if (out / "drop-http.json").exists() and (out / "drop-kafka.json").exists():
     rows = [f"| straight to Kafka | {kafka:,.0f} | {verdict('drop-kafka.json')} |",
             f"| through the gateway (HTTP) | {http:,.0f} | {verdict('drop-http.json')} |"]
     ratios = [f"- HTTP / Kafka: **{http / kafka:.2f}**"]
+    if (out / "drop-http2.json").exists():
+        http2 = tp("drop-http2.json")
+        rows.append(f"| through the gateway (HTTP/2, loadgen's client) | {http2:,.0f} | {verdict('drop-http2.json')} |")
+        ratios.append(f"- HTTP/2 / Kafka: **{http2 / kafka:.2f}**")
     if (out / "drop-http-wrk.json").exists():
         wrk = tp("drop-http-wrk.json")
         rows.append(f"| through the gateway (HTTP), wrk as the load generator | {wrk:,.0f} | {verdict('drop-http-wrk.json')} |")
@@ -193,6 +197,8 @@ def http_floor(kafka):
             f" (more at a slower pace): at least {least:.1f}, {'over' if least > budget else 'within'} that")
 if (out / "drop-http.json").exists() and (out / "drop-kafka.json").exists():
     targets.append(("drop via HTTP ≥ 0.5× via Kafka (loadgen's HTTP client)", f"{http / kafka:.2f}×{ceiling('drop via HTTP', kafka)}", http / kafka >= 0.5))
+    if (out / "drop-http2.json").exists():
+        targets.append(("the same over HTTP/2 (loadgen's client)", f"{http2 / kafka:.2f}×{ceiling('drop via HTTP/2', kafka)}", http2 / kafka >= 0.5))
     if (out / "drop-http-wrk.json").exists():
         targets.append(("drop via HTTP ≥ 0.5× via Kafka (wrk)", f"{wrk / kafka:.2f}×{ceiling('drop via HTTP (wrk)', kafka)}{http_floor(kafka)}", wrk / kafka >= 0.5))
     if (out / "drop-http-wrk-1024.json").exists():
