@@ -40,6 +40,20 @@ async fn published_before_a_marker(
     published
 }
 
+/// A charge of `user` padded past a 4,096-byte body limit: 413
+/// `payload_too_large`.
+async fn refuses_a_body_over_4096_bytes(c: &reqwest::Client, http: &str, user: i64) {
+    let (status, big) = post(
+        c,
+        format!("{http}/v1/charges"),
+        json!({"user_id": user, "amount": 5000, "pad": "x".repeat(5000)}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(big["error"]["code"], "payload_too_large");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charges_over_http_follow_every_rule() {
     let env = TestEnv::new().await;
@@ -192,15 +206,7 @@ async fn bad_input_is_refused_and_nothing_is_published() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, big) = post(
-        &c,
-        format!("{http}/v1/charges"),
-        json!({"user_id": 1, "amount": 5000, "pad": "x".repeat(5000)}),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(big["error"]["code"], "payload_too_large");
+    refuses_a_body_over_4096_bytes(&c, &http, 1).await;
 
     // Query strings that do not parse, and a method a path does not
     // answer: the same error shape as every other refusal.
@@ -296,15 +302,7 @@ async fn http2_clients_get_the_same_answers_on_one_connection() {
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(answer["error"]["code"], "invalid_request");
-    let (status, answer) = post(
-        &h2,
-        format!("{http}/v1/charges"),
-        json!({"user_id": 20, "amount": 5000, "pad": "x".repeat(5000)}),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(answer["error"]["code"], "payload_too_large");
+    refuses_a_body_over_4096_bytes(&h2, &http, 20).await;
 
     // A marker from the same user, on the same partition: what the gateway
     // published before it is the 50 accepted, once each, and no refusal.
