@@ -192,6 +192,14 @@ async fn a_mixed_run_over_kafka_and_a_drop_over_http_pass_their_verdicts() {
     assert!(report.passed(), "{}", report.summary());
     assert_eq!(report.answered, 600);
     assert!(report.turned_away > 0, "{}", report.summary());
+    // The same over HTTP/2: requests at once on one connection count
+    // against the same two slots.
+    let mut charges2 = options(Scenario::Charges, 600, Via::Http2, narrow.http());
+    charges2.concurrency = Some(64);
+    let report = loadgen::run(&env.settings, &charges2).await.unwrap();
+    assert!(report.passed(), "{}", report.summary());
+    assert_eq!(report.answered, 600);
+    assert!(report.turned_away > 0, "{}", report.summary());
     narrow.stop().await;
     app.stop().await;
     env.cleanup().await;
