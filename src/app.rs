@@ -2,7 +2,6 @@
 //! both — on shared connections, and stops them together.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -14,7 +13,7 @@ use crate::config::Settings;
 use crate::counters::{CounterError, Counters};
 use crate::gateway::{self, AppState, Shared, Waiters};
 use crate::kafka::consumer::{run_batches, ConsumerOptions};
-use crate::kafka::{Flow, Producer, Topics};
+use crate::kafka::{Flow, Joined, Producer, Topics};
 use crate::reconcile;
 use crate::store::{self, StoreError};
 use crate::telemetry::metrics;
@@ -123,10 +122,10 @@ pub async fn run(
         topics: Topics::new(settings.kafka.topic_prefix.clone()),
         settings,
     };
-    let consumers: Vec<(String, Arc<AtomicBool>)> = roles
+    let consumers: Vec<(String, Joined)> = roles
         .workers
         .iter()
-        .map(|k| (k.name().to_owned(), Arc::new(AtomicBool::new(false))))
+        .map(|k| (k.name().to_owned(), Joined::default()))
         .collect();
     let state = parts.app_state(consumers.clone());
     let mut tasks = JoinSet::new();
@@ -229,7 +228,7 @@ impl Producers {
 }
 
 impl Parts {
-    fn app_state(&self, consumers: Vec<(String, Arc<AtomicBool>)>) -> AppState {
+    fn app_state(&self, consumers: Vec<(String, Joined)>) -> AppState {
         let settings = &self.settings;
         AppState::new(Shared {
             line: Default::default(),
@@ -253,7 +252,7 @@ impl Parts {
     }
 
     /// How worker `kind` consumes.
-    fn consumer_options(&self, kind: WorkerKind, joined: Arc<AtomicBool>) -> ConsumerOptions {
+    fn consumer_options(&self, kind: WorkerKind, joined: Joined) -> ConsumerOptions {
         let group = format!("{}.{}", self.settings.kafka.group_id, kind.name());
         let wait = self.settings.worker.fcfs_wait_ms;
         ConsumerOptions {
@@ -320,7 +319,7 @@ impl Parts {
     fn spawn_worker(
         &self,
         kind: WorkerKind,
-        joined: Arc<AtomicBool>,
+        joined: Joined,
         shutdown: &CancellationToken,
         tasks: &mut JoinSet<anyhow::Result<()>>,
     ) {

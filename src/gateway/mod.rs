@@ -64,7 +64,7 @@ pub struct Shared {
     pub topics: Topics,
     pub waiters: Waiters,
     /// Each worker of this process and whether its consumer holds an assignment.
-    pub consumers: Vec<(String, Arc<std::sync::atomic::AtomicBool>)>,
+    pub consumers: Vec<(String, crate::kafka::Joined)>,
     /// Permits for write requests being handled (`gateway.max_in_flight`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Rate limits per user and client address (`gateway.limits`).

@@ -39,7 +39,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let joined: Vec<(&String, bool)> = state
         .consumers
         .iter()
-        .map(|(worker, flag)| (worker, flag.load(std::sync::atomic::Ordering::Relaxed)))
+        .map(|(worker, joined)| (worker, joined.is_set()))
         .collect();
     let consumers: serde_json::Map<String, serde_json::Value> = joined
         .iter()

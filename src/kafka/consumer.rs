@@ -14,7 +14,6 @@
 //! message.
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +57,7 @@ pub struct ConsumerOptions {
     pub group_id: String,
     pub topics: Vec<String>,
     /// Set while the consumer holds an assignment (for `/readyz`).
-    pub joined: Arc<AtomicBool>,
+    pub joined: super::Joined,
     /// How long an empty partition that was just delivering is waited for
     /// before later messages of other partitions are decided
     /// ([`super::merge`]); zero merges only what has arrived.

@@ -26,6 +26,7 @@ pub use consumer::ConsumerError;
 pub use handler::BatchHandler;
 pub use incoming::Incoming;
 pub use producer::{OutMessage, Producer};
+pub use rebalance::Joined;
 pub use topics::{Flow, Topics};
 
 /// The base client configuration every stampede client starts from.

@@ -1,8 +1,6 @@
 //! Scenarios: their data, their requests, and what must hold afterwards.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use serde_json::json;
 use sqlx::PgPool;
@@ -18,7 +16,7 @@ use crate::kafka::consumer::{run_batches, ConsumerOptions};
 use crate::kafka::handler::{BatchHandler, HandlerError};
 use crate::kafka::turns::Turn;
 use crate::kafka::Incoming;
-use crate::kafka::{Flow, OutMessage, Producer, Topics};
+use crate::kafka::{Flow, Joined, OutMessage, Producer, Topics};
 use crate::reconcile;
 use crate::store::{coupons, orders, products, users};
 
@@ -235,12 +233,10 @@ impl BatchHandler for Passthrough {
 pub struct PassthroughRunner {
     token: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    joined: Arc<AtomicBool>,
+    joined: Joined,
+    /// Cancelled when the consumer's task ends, however it ends.
+    ended: CancellationToken,
 }
-
-/// How often [`PassthroughRunner::assigned`] looks at the consumer's
-/// assignment.
-const ASSIGNMENT_CHECK: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl PassthroughRunner {
     /// Returns once the passthrough's consumer holds its partitions (a
@@ -250,23 +246,17 @@ impl PassthroughRunner {
         &self,
         within: std::time::Duration,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let deadline = tokio::time::Instant::now() + within;
-        while !self.joined.load(Ordering::Relaxed) {
-            if self.task.is_finished() {
-                return Err(
-                    "the passthrough's consumer stopped before it was assigned its partitions"
-                        .into(),
-                );
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "the passthrough's consumer was not assigned its partitions within {within:?}"
-                )
-                .into());
-            }
-            tokio::time::sleep(ASSIGNMENT_CHECK).await;
+        tokio::select! {
+            biased;
+            () = self.joined.assigned() => Ok(()),
+            () = self.ended.cancelled() => Err(
+                "the passthrough's consumer stopped before it was assigned its partitions".into(),
+            ),
+            () = tokio::time::sleep(within) => Err(format!(
+                "the passthrough's consumer was not assigned its partitions within {within:?}"
+            )
+            .into()),
         }
-        Ok(())
     }
 
     pub async fn stop(self) {
@@ -283,7 +273,7 @@ pub fn start_passthrough(
 ) -> PassthroughRunner {
     let token = CancellationToken::new();
     let settings = settings.clone();
-    let joined = Arc::new(AtomicBool::new(false));
+    let joined = Joined::default();
     let options = ConsumerOptions {
         worker: "passthrough".into(),
         group_id: format!("{}.passthrough", settings.kafka.group_id),
@@ -297,7 +287,10 @@ pub fn start_passthrough(
         output: output.into(),
     };
     let cancel = token.clone();
+    let ended = CancellationToken::new();
+    let end = ended.clone().drop_guard();
     let task = tokio::spawn(async move {
+        let _end = end;
         if let Err(e) = run_batches(&settings, options, &handler, &producer, cancel).await {
             tracing::error!(error = %crate::telemetry::error_chain(&e), "passthrough stopped");
         }
@@ -306,6 +299,7 @@ pub fn start_passthrough(
         token,
         task,
         joined,
+        ended,
     }
 }
 
