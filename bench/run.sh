@@ -12,6 +12,8 @@
 #       client over HTTP/1.1 and HTTP/2; wrk from 256 and from 1,024
 #       connections); the gateway's intake alone under wrk (HTTP/1.1) and
 #       under h2load (HTTP/2), and the HTTP exchange alone (GET /healthz);
+#       the drop straight to Kafka offered at half its own rate (the HTTP
+#       target's pace);
 #       the drop straight to Kafka offered at the HTTP drop's rate
 #   (g) worker memory under a backlog four times larger: drops of 2N then 8N
 #       requests straight to Kafka at full speed, each drop's own peak
@@ -178,6 +180,11 @@ until curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null; do
 done
 start_workers 1 coupon
 loadgen_measured "drop via Kafka" --scenario coupon-drop --requests "$http_requests" --stock "$stock" --quiet --json "$out/drop-kafka.json"
+# The same drop straight to Kafka offered at half the rate it just ran at:
+# the pace the HTTP target (0.5x) asks for, and what the worker, broker,
+# PostgreSQL and Redis cost per request at that pace.
+half_rate=$(python3 -c "import json, sys; print(max(1, int(json.load(open(sys.argv[1]))['throughput_per_sec'] / 2)))" "$out/drop-kafka.json")
+loadgen_measured "drop via Kafka at half its rate" --scenario coupon-drop --requests "$http_requests" --stock "$stock" --rate "$half_rate" --quiet --json "$out/drop-kafka-half.json"
 loadgen_measured "drop via HTTP" --scenario coupon-drop --requests "$http_requests" --stock "$stock" --via http --http-url "http://127.0.0.1:$gw_port" --quiet --json "$out/drop-http.json"
 loadgen_measured "drop via HTTP/2" --scenario coupon-drop --requests "$http_requests" --stock "$stock" --via http2 --http-url "http://127.0.0.1:$gw_port" --quiet --json "$out/drop-http2.json"
 
