@@ -202,8 +202,12 @@ def http_floor(kafka):
         return ""
     bare = exchange.get("gateway", 0) + exchange.get("load generator", 0)
     budget, least = cores * 1e6 / half, bare + behind(paced)
+    # The gateway's own work on a request: its CPU per request in the wrk
+    # drop less what GET /healthz costs it.
+    gateway = cpu.get("drop via HTTP (wrk)", {}).get("gateway")
+    own = f"; that work costs it {gateway - exchange.get('gateway', 0):.1f} in the wrk drop (its {gateway:.1f} per request there less GET /healthz's {exchange.get('gateway', 0):.1f})" if gateway else ""
     verdict = (": out of reach on this machine, even for a gateway that did no more per request than answer GET /healthz"
-               if least > budget else f", within that by {budget - least:.1f} µs, which the gateway's own work (decoding, publishing) would have to fit in")
+               if least > budget else f", within that by {budget - least:.1f} µs, which the gateway's own work (decoding, publishing) would have to fit in{own}")
     return (f"; 0.5× ({half:,.0f}/s) allows {budget:.1f} µs per request on {cores} cores: the bare HTTP exchange costs {bare:.1f},"
             f" the parts behind the gateway {behind(paced):.1f} {where}: at least {least:.1f}{verdict}")
 if (out / "drop-http.json").exists() and (out / "drop-kafka.json").exists():
