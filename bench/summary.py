@@ -181,16 +181,13 @@ def same_rate():
             f" the gateway and wrk {http_run.get('gateway', 0) + http_run.get('load generator', 0):.1f}")
 # The least a request through the gateway can cost at half the drop via
 # Kafka's rate: the bare HTTP exchange (GET /healthz from wrk), plus what the
-# parts behind the gateway cost at that pace. They cost more per request
-# the slower requests come (the drop at the wrk drop's rate), so what they
-# cost at 20,000/s offered (when half is no faster) or at full speed is
-# less than that. Against what 0.5× allows each request on this machine.
+# parts behind the gateway cost at that pace: measured at that pace when the
+# sitting ran the drop via Kafka at half its rate. Without that run, what
+# they cost at 20,000/s offered (when half is no faster) or at full speed:
+# less, since they cost more per request the slower requests come. Against
+# what 0.5× allows each request on this machine.
 def http_floor(kafka):
     half = kafka / 2
-    # The parts behind the gateway at the pace 0.5x asks for: measured at
-    # that pace when the sitting ran the drop via Kafka at half its rate;
-    # else at 20,000/s offered when that is no faster, else at full speed
-    # (a pace never costs less per request than a backlog).
     at_half = cpu.get("drop via Kafka at half its rate")
     if at_half and (out / "drop-kafka-half.json").exists():
         paced, where = at_half, f"offered at that pace ({load('drop-kafka-half.json')['offered_rate']:,.0f}/s, the drop via Kafka at half its rate)"
@@ -200,12 +197,13 @@ def http_floor(kafka):
         paced, where = cpu.get("drop via Kafka"), "at full speed (more at a slower pace)"
     if not (exchange and paced and cores):
         return ""
-    bare = exchange.get("gateway", 0) + exchange.get("load generator", 0)
+    healthz = exchange.get("gateway", 0)
+    bare = healthz + exchange.get("load generator", 0)
     budget, least = cores * 1e6 / half, bare + behind(paced)
     # The gateway's own work on a request: its CPU per request in the wrk
     # drop less what GET /healthz costs it.
     gateway = cpu.get("drop via HTTP (wrk)", {}).get("gateway")
-    own = f"; that work costs it {gateway - exchange.get('gateway', 0):.1f} in the wrk drop (its {gateway:.1f} per request there less GET /healthz's {exchange.get('gateway', 0):.1f})" if gateway else ""
+    own = f"; that work costs it {gateway - healthz:.1f} in the wrk drop (its {gateway:.1f} per request there less GET /healthz's {healthz:.1f})" if gateway else ""
     verdict = (": out of reach on this machine, even for a gateway that did no more per request than answer GET /healthz"
                if least > budget else f", within that by {budget - least:.1f} µs, which the gateway's own work (decoding, publishing) would have to fit in{own}")
     return (f"; 0.5× ({half:,.0f}/s) allows {budget:.1f} µs per request on {cores} cores: the bare HTTP exchange costs {bare:.1f},"
