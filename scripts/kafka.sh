@@ -91,7 +91,7 @@ kafka_jars() {
 
 # The JVM options of the release's kafka-run-class.sh, into the array jvm;
 # with KAFKA_JIT=c1, C1 only (-XX:TieredStopAtLevel=1). Measured on two
-# shared cores (README, "The broker's compiler"): with the default, C2's
+# shared cores (bench/FINDINGS.md, "The broker's compiler"): with the default, C2's
 # compiles took 28-72% of the broker's CPU over short orders runs,
 # run after run; with C1 only the broker spent about half as much per order
 # and per passthrough message, but a third more per small produce request
