@@ -151,12 +151,14 @@ def quarter_lines(name, q, mark):
     (n_over, over), (n_under, under) = q["over"], q["under"]
     return [f"- {name}, the machine's busy cores while requests were offered (/proc/stat, every process and the kernel,"
             f" per quarter second): {q['all']:.2f} of {cores} on average, {q['first']:.2f} in the first second, {q['after']:.2f} after it"
-            f" (taken by the hypervisor: {q['stolen']:.2f}); {n_over} of {q['n']} quarter seconds had a p99 over {mark:.0f} ms,"
-            f" the machine {over:.2f} cores busy in them and {under:.2f} in the {n_under} others",
+            f" (taken by the hypervisor: {q['stolen']:.2f}); "
+            + (f"{n_over} of {q['n']} quarter seconds had a p99 over {mark:.0f} ms,"
+               f" the machine {over:.2f} cores busy in them and {under:.2f} in the {n_under} others"
+               if n_over else f"none of the {q['n']} quarter seconds had a p99 over {mark:.0f} ms"),
             f"  - by process, cores: first second {q['split'][0]}; after it {q['split'][1]}",
             f"  - by process, time ready to run but waiting for a core (the run queue, seconds per second): first second {q['waiting'][0]}; after it {q['waiting'][1]}",
             f"  - some task waiting for a core (/proc/pressure/cpu): {q['pressure'][0]:.0%} of the time; {q['pressure'][1]:.0%} in the first second,"
-            f" {q['pressure'][2]:.0%} after it; {q['pressure'][3]:.0%} in the quarter seconds over the mark, {q['pressure'][4]:.0%} in the others"]
+            f" {q['pressure'][2]:.0%} after it" + (f"; {q['pressure'][3]:.0%} in the quarter seconds over the mark, {q['pressure'][4]:.0%} in the others" if n_over else "")]
 if pt_rate:
     p99, pt_p99 = rate["latency"]["p99_ms"], pt_rate["latency"]["p99_ms"]
     q, pt_q = quarters(rate, pt_p99 + 25), quarters(pt_rate, pt_p99 + 25)
@@ -165,8 +167,10 @@ if pt_rate:
         lines.append("")
         lines += quarter_lines("drop offered at 20,000/s", q, pt_p99 + 25)
         lines += quarter_lines("passthrough offered at 20,000/s", pt_q, pt_p99 + 25)
+        over_mark = (f" {q['over'][1]:.2f} in the {q['over'][0]} quarters over the mark and {q['under'][1]:.2f} in the others;"
+                     if q["over"][0] else " no quarter second over the mark;")
         profile = (f"; per quarter second the machine was {q['all']:.2f} of {cores} cores busy ({pt_q['all']:.2f} in the passthrough),"
-                   f" {q['over'][1]:.2f} in the {q['over'][0]} quarters over the mark and {q['under'][1]:.2f} in the others;"
+                   f"{over_mark}"
                    f" some task waited for a core {q['pressure'][0]:.0%} of the time ({pt_q['pressure'][0]:.0%} in the passthrough),"
                    f" the watched processes' threads {q['waited']:.2f} s per second in all ({pt_q['waited']:.2f})")
     targets.append(("p99 at 20,000/s ≤ passthrough p99 + 25 ms, whole run",
