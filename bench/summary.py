@@ -82,6 +82,12 @@ def rows_bound(run, file, share, unit):
     return (f"; PostgreSQL's rows alone {alone:.1f} µs per {unit} (it spent {spent['PostgreSQL']:.1f}),"
             f" so {share}× leaves the other processes {budget - alone:.1f} µs, against their {others:.1f}"
             + (f" (the load generator alone spent {generator:.1f})" if generator is not None else ""))
+# The mean of f over the quarter seconds bs (nan for none), and the same per
+# watched process of a quarter's CPU sample (`what`: "cores" or "waiting").
+def mean(bs, f):
+    return sum(f(b) for b in bs) / len(bs) if bs else float("nan")
+def by_process(bs, what, labels):
+    return ", ".join(f"{k} {mean(bs, lambda b: b['cpu'].get(what, {}).get(k, 0)):.2f}" for k in labels)
 # A full-speed run's drain: the quarter seconds after the load generator
 # published its last request (the last, partial one left out), when only the
 # backlog is being decided. How fast results came then, and how busy the
@@ -92,10 +98,8 @@ def drain(name, file):
     quarters = [b for b in load(file)["timeline"] if b.get("cpu") and b["offered_per_sec"] == 0 and b["results_per_sec"] > 0][:-1]
     if not quarters:
         return ""
-    mean = lambda f: sum(f(b) for b in quarters) / len(quarters)
-    rate, busy_cores = mean(lambda b: b["results_per_sec"]), mean(lambda b: b["cpu"]["machine_busy_cores"])
-    labels = sorted({k for b in quarters for k in b["cpu"]["cores"]})
-    split = ", ".join(f"{k} {mean(lambda b: b['cpu']['cores'].get(k, 0)):.2f}" for k in labels)
+    rate, busy_cores = mean(quarters, lambda b: b["results_per_sec"]), mean(quarters, lambda b: b["cpu"]["machine_busy_cores"])
+    split = by_process(quarters, "cores", sorted({k for b in quarters for k in b["cpu"]["cores"]}))
     lines.extend(["", f"- {name}, once every request was published ({len(quarters) / 4:.2f} s of quarter seconds): results at {rate:,.0f}/s,"
                       f" the machine {busy_cores:.2f} of {cores} cores busy (/proc/stat); by process, cores: {split}"])
     return (f"; once every request was published, results came at {rate:,.0f}/s"
@@ -130,13 +134,12 @@ def quarters(run, mark):
     offered = [b for b in run["timeline"] if b.get("cpu") and b["offered_per_sec"] > 0]
     if not offered:
         return None
-    mean = lambda bs, f: sum(f(b) for b in bs) / len(bs) if bs else float("nan")
     machine = lambda b: b["cpu"]["machine_busy_cores"]
     first, after = [b for b in offered if b["t_secs"] < 1], [b for b in offered if b["t_secs"] >= 1]
     over = [b for b in offered if b["p99_ms"] > mark]
     under = [b for b in offered if b["p99_ms"] <= mark and b["results_per_sec"] > 0]
     labels = sorted({k for b in offered for k in b["cpu"]["cores"]})
-    split = lambda bs, what: ", ".join(f"{k} {mean(bs, lambda b: b['cpu'].get(what, {}).get(k, 0)):.2f}" for k in labels)
+    split = lambda bs, what: by_process(bs, what, labels)
     pressure = lambda bs: mean(bs, lambda b: b["cpu"].get("machine_cpu_pressure") or 0)
     return {
         "all": mean(offered, machine), "first": mean(first, machine), "after": mean(after, machine),
