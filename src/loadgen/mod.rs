@@ -49,6 +49,8 @@ pub enum LoadgenError {
     Io(#[from] std::io::Error),
     #[error("a send task failed")]
     Task(#[from] tokio::task::JoinError),
+    #[error("encoding a request")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// How requests reach stampede.
@@ -452,15 +454,16 @@ async fn publish_all(
                 body["requested_at"] = chrono::Utc::now()
                     .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
                     .into();
-                let message = OutMessage::new(
-                    topic,
-                    request.user_id.to_string(),
-                    serde_json::to_vec(&body).unwrap_or_default(),
-                );
-                producer
-                    .start(&message)
-                    .map(|r| r.map(|_| 0).map_err(LoadgenError::Kafka))
-                    .boxed()
+                match serde_json::to_vec(&body) {
+                    Ok(payload) => {
+                        let message = OutMessage::new(topic, request.user_id.to_string(), payload);
+                        producer
+                            .start(&message)
+                            .map(|r| r.map(|_| 0).map_err(LoadgenError::Kafka))
+                            .boxed()
+                    }
+                    Err(e) => futures::future::ready(Err(LoadgenError::Encode(e))).boxed(),
+                }
             }
             Some(gateway) => {
                 tokio::spawn(async move { scenario::post(&gateway, &request, give_up).await })
