@@ -20,6 +20,8 @@
 #   (h) idle: `stampede run` (gateway and every worker) and the broker with no
 #       traffic, their CPU over BENCH_IDLE_SECS (30) once stampede is ready
 #       (bench/idle.sh)
+#   (i) the worker's CPU per request against the code this work began with,
+#       in interleaved pairs of a drop and of orders (bench/baseline.sh)
 #   CPU per request of the worker, broker, PostgreSQL, Redis and load generator
 #   over the drop, the orders run, both runs at 20,000/s and the HTTP path's
 #   runs (cpu.txt), and the broker's split by thread: its request threads,
@@ -311,6 +313,9 @@ stop_workers
 
 echo "== (h) idle: stampede run and the broker with no traffic"
 BENCH_IDLE_OUT="$out/idle" bash bench/idle.sh
+
+echo "== (i) the worker against the code this work began with (bench/baseline.sh)"
+BENCH_BASELINE_OUT=$out bash bench/baseline.sh || echo "(i) not measured: see the message above" >&2
 
 python3 bench/summary.py "$out"
 runs=()

@@ -183,10 +183,21 @@ if pt_rate:
         targets.append(("the same, requests sent after the first second",
                         f"{steady['p99_ms']:.0f} vs {pt_steady['p99_ms']:.0f} + 25 ms (p99.9 {steady['p999_ms']:.0f} vs {pt_steady['p999_ms']:.0f})",
                         steady["p99_ms"] <= pt_steady["p99_ms"] + 25))
-# Where the issue started (its own figures, worker process CPU per request).
-for run, start in (("coupon drop", 11.0), ("orders", 53.0)):
+# The worker's CPU per request halved. With bench/baseline.sh's pairs in this
+# sitting: today's worker against the code this work began with, each pair
+# run back to back (the median ratio). Without them (sittings before it):
+# against the figures the work started from, measured on the old broker.
+baseline = (out / "baseline.txt").read_text() if (out / "baseline.txt").exists() else ""
+verdicts = {m.group(1): m for m in re.finditer(
+    r"^(\w+): worker CPU per request now / at (\w+), median of (\d+) pairs: ([\d.]+)× \(start ([\d.]+) µs, now ([\d.]+) µs\)", baseline, re.M)}
+for run, flow, start in (("coupon drop", "drop", 11.0), ("orders", "orders", 53.0)):
     now = cpu.get(run, {}).get("stampede worker")
-    if now is not None:
+    if (v := verdicts.get(flow)):
+        targets.append((f"{run}: worker CPU per request halved against the code at {v.group(2)}, same sitting",
+                        f"{float(v.group(4)):.2f}× (median of {v.group(3)} interleaved pairs: {v.group(6)} µs now, {v.group(5)} µs at the start)"
+                        + (f"; {now:.1f} µs in this sitting's run" if now is not None else ""),
+                        float(v.group(4)) <= 0.5))
+    elif now is not None:
         targets.append((f"{run}: worker CPU per request halved (from {start:.0f} µs)", f"{now:.1f} µs", now <= start / 2))
 # What the parts behind the gateway (worker, broker, PostgreSQL, Redis) cost
 # per request in a run: every process but the gateway and the load generator.
@@ -265,6 +276,9 @@ if idle_file.exists():
     targets.append(("idle: `stampede run` + broker < 5% of one core",
                     f"{run_share:.1f}% + {broker_share:.1f}% = {run_share + broker_share:.1f}% over {window}",
                     run_share + broker_share < 5))
+if baseline:
+    lines += ["", "The worker against the code this work began with (bench/baseline.sh), each pair run back to back:", ""]
+    lines += [f"- {l}" for l in baseline.splitlines()]
 lines += ["", "## Targets", "", "| target | this sitting | |", "|---|---|---|"]
 lines += [f"| {what} | {value} | {mark(met)} |" for what, value, met in targets]
 (out / "summary.md").write_text("\n".join(lines) + "\n")

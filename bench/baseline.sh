@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The worker's CPU per request against the code this benchmark work began
+# with, in the same sitting: the machine's speed moves by the hour (see
+# bench/FINDINGS.md), so a figure from another sitting says little about a
+# change. Builds that code once (commit BENCH_BASELINE_REV, d9418eb, the last
+# before any change made for speed; about five minutes, cached under
+# target/baseline/), then runs interleaved pairs — the start's worker, then
+# today's, then today's first — of a coupon drop and of orders. Each side
+# has its own database, topics and Redis keys, and its own load generator
+# (the start's cannot use today's tables). A side's figure is its worker
+# process's own CPU time (/proc/<pid>/stat) from the first batch it records
+# to the load generator's last result, divided by the run's requests.
+#
+# Writes baseline.txt (one line per pair, one verdict per flow; each side's
+# worker and load generator log beside it) to
+# BENCH_BASELINE_OUT, else bench/results/<time>-baseline/.
+# Environment: BENCH_BASELINE_REV (d9418eb), BENCH_BASELINE_PAIRS (3),
+# BENCH_REQUESTS (200000), BENCH_STOCK (10000), BENCH_ORDERS (50000),
+# BENCH_BATCH (2000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rev=${BENCH_BASELINE_REV:-d9418eb}
+pairs=${BENCH_BASELINE_PAIRS:-3}
+requests=${BENCH_REQUESTS:-200000}
+stock=${BENCH_STOCK:-10000}
+orders=${BENCH_ORDERS:-50000}
+out=${BENCH_BASELINE_OUT:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)-baseline}
+mkdir -p "$out"
+export STAMPEDE_WORKER__BATCH_SIZE=${BENCH_BATCH:-2000}
+source bench/common.sh baseline
+
+full=$(git rev-parse --verify --quiet "$rev^{commit}") || {
+  echo "commit $rev is not in this clone (a shallow clone? git fetch --unshallow)" >&2
+  exit 1
+}
+base_dir=target/baseline/${full:0:12}
+base_bin=$base_dir/target/release/stampede
+if [ ! -x "$base_bin" ]; then
+  echo "== building the code of ${full:0:12} once (about five minutes; kept in $base_dir)"
+  rm -rf "$base_dir/src"
+  mkdir -p "$base_dir/src"
+  git archive "$full" | tar -x -C "$base_dir/src"
+  CARGO_TARGET_DIR=$base_dir/target cargo build --release --locked --bin stampede \
+    --manifest-path "$base_dir/src/Cargo.toml" 2>&1 | grep -E "^(error|warning: unused)" || true
+  [ -x "$base_bin" ] || { echo "the build of ${full:0:12} failed" >&2; exit 1; }
+fi
+
+# The sum of stampede_messages_consumed_total at a metrics address.
+consumed() { curl -sf "http://127.0.0.1:$1/metrics" | awk '/^stampede_messages_consumed_total/ { s += $2 } END { print s + 0 }'; }
+# run SIDE BINARY FLOW PAIR: one warmed-up run of FLOW (drop or orders) with
+# a worker of BINARY; prints "<µs per request> <requests/s end to end>".
+run() {
+  local side=$1 b=$2 flow=$3 pair=$4 only args n warm
+  local name=$tag-$side-$flow-$pair
+  if [ "$flow" = drop ]; then
+    only=coupon n=$requests warm=$((requests / 10))
+    args=(--scenario coupon-drop --stock "$stock")
+  else
+    only=order n=$orders warm=$((orders / 10))
+    args=(--scenario orders --users 20000 --stock 1000000)
+  fi
+  (
+    export STAMPEDE_DATABASE__URL=postgres://postgres@127.0.0.1:5432/$name
+    export STAMPEDE_KAFKA__TOPIC_PREFIX=$name. STAMPEDE_KAFKA__GROUP_ID=$name STAMPEDE_REDIS__KEY_PREFIX=$name
+    "$b" migrate >/dev/null
+    "$b" topics create >/dev/null
+    worker_port=$((worker_port + 1))
+    "$b" worker --only "$only" --metrics-addr "127.0.0.1:$worker_port" >"$out/baseline-$side-$flow-$pair.log" 2>&1 &
+    local w=$! deadline=$((SECONDS + 60))
+    until curl -sf "http://127.0.0.1:$worker_port/metrics" | grep -q '^stampede_consumer_assigned_partitions{.*} [1-9]'; do
+      (( SECONDS < deadline )) || { echo "the $side worker never got partitions" >&2; kill "$w"; exit 1; }
+      sleep 0.2
+    done
+    "$b" loadgen "${args[@]}" --requests "$warm" --quiet --no-verify --json "$out/.baseline-warm.json" >/dev/null 2>>"$out/baseline-$side-$flow-$pair-loadgen.log"
+    local c0; c0=$(consumed "$worker_port")
+    "$b" loadgen "${args[@]}" --requests "$n" --quiet --no-verify --json "$out/.baseline-run.json" >"$out/.baseline-run.txt" 2>>"$out/baseline-$side-$flow-$pair-loadgen.log" &
+    local lg=$!
+    until [ "$(consumed "$worker_port")" != "$c0" ]; do
+      kill -0 "$lg" 2>/dev/null || break
+      sleep 0.02
+    done
+    local t0 t1
+    t0=$(awk '{print $14 + $15}' "/proc/$w/stat")
+    wait "$lg" || { echo "the $side load generator failed: $(cat "$out/.baseline-run.txt")" >&2; kill "$w"; exit 1; }
+    t1=$(awk '{print $14 + $15}' "/proc/$w/stat")
+    kill -TERM "$w"
+    wait "$w" 2>/dev/null || true
+    "$bin" topics delete --yes >/dev/null 2>&1 || true
+    redis-cli -h 127.0.0.1 --scan --pattern "$name:*" | xargs -r -n 1000 redis-cli -h 127.0.0.1 del >/dev/null
+    psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null
+    python3 -c "import sys; print(f'{($t1 - $t0) * 1e6 / $tick / $n:.2f}', sys.argv[1])" \
+      "$(grep -o '[0-9]* requests/s end to end' "$out/.baseline-run.txt" | cut -d' ' -f1)"
+  )
+}
+tick=$(getconf CLK_TCK)
+: >"$out/baseline.txt"
+for flow in drop orders; do
+  echo "== $flow: the worker of ${full:0:12} against today's, $pairs interleaved pairs"
+  for pair in $(seq 1 "$pairs"); do
+    if (( pair % 2 )); then order="start now"; else order="now start"; fi
+    declare -A us=() rate=()
+    for side in $order; do
+      b=$bin; [ "$side" = start ] && b=$base_bin
+      read -r us[$side] rate[$side] < <(run "$side" "$b" "$flow" "$pair")
+      worker_port=$((worker_port + 1))
+    done
+    python3 - "$flow" "$pair" "${us[start]}" "${us[now]}" "${rate[start]}" "${rate[now]}" <<'PY' | tee -a "$out/baseline.txt"
+import sys
+flow, pair, start, now, r_start, r_now = sys.argv[1:]
+start, now = float(start), float(now)
+print(f"{flow}, pair {pair}: worker {start:.2f} µs per request at the start, {now:.2f} now ({now / start:.2f}×);"
+      f" end to end {int(r_start):,}/s and {int(r_now):,}/s")
+PY
+  done
+done
+rm -f "$out"/.baseline-*
+python3 - "$out/baseline.txt" "${full:0:12}" <<'PY' | tee -a "$out/baseline.txt"
+import re, statistics, sys
+path, rev = sys.argv[1], sys.argv[2]
+runs = {}
+for line in open(path):
+    if (m := re.match(r"(\w+), pair \d+: worker ([\d.]+) µs .* ([\d.]+) now \(([\d.]+)×\)", line)):
+        runs.setdefault(m.group(1), []).append((float(m.group(2)), float(m.group(3)), float(m.group(4))))
+for flow, rs in runs.items():
+    ratio = statistics.median(r for _, _, r in rs)
+    print(f"{flow}: worker CPU per request now / at {rev}, median of {len(rs)} pairs: {ratio:.2f}×"
+          f" (start {statistics.median(s for s, _, _ in rs):.2f} µs, now {statistics.median(n for _, n, _ in rs):.2f} µs)")
+PY
