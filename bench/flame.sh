@@ -106,6 +106,22 @@ PARTS = [
     ("metrics", r"telemetry::metrics|^metrics"),
 ]
 
+# The same CPU split once: each sample counted in the first of these its
+# stack falls in. The first three together are what the Kafka client costs
+# the worker: consuming, producing and acknowledging, whatever it decides.
+ONCE = [
+    ("the Kafka client: librdkafka's own threads", r"^rdk:"),
+    ("the stats outbox relay", r"workers::outbox::"),
+    ("the Kafka client: publishing results, delivery reports", r"kafka::producer::|kafka::consumer::spawn_publish"),
+    ("reading each request's requested_at (ordering a batch)", r"pipeline::requested_at"),
+    ("the Kafka client: taking messages in", r"kafka::(intake|merge|incoming)::|MessageStream|BaseConsumer"),
+    ("PostgreSQL client (sqlx)", r"^sqlx"),
+    ("Redis client", r"^redis::|stampede::counters::"),
+    ("JSON, decoding and encoding", r"^serde_json::"),
+    ("deciding a batch, the rest", r"stampede::"),
+]
+KAFKA_CLIENT = [name for name, _ in ONCE if name.startswith("the Kafka client")]
+
 def short(frame):
     frame = re.sub(r"::h[0-9a-f]{16}$", "", frame)
     return frame[:100]
@@ -127,18 +143,25 @@ for scenario in ("drop", "orders"):
     for p, n in per.most_common():
         if p != "idle":
             print(f"| {p} | {100 * n / busy:.1f}% |")
-    total, parts, leaves = 0, collections.Counter(), collections.Counter()
+    total, parts, once, leaves = 0, collections.Counter(), collections.Counter(), collections.Counter()
     for stack, n in stacks(f"{scenario}-worker.folded"):
         total += n
         leaves[short(stack[-1])] += n
         for name, pattern in PARTS:
             if any(re.search(pattern, f) for f in stack):
                 parts[name] += n
+        once[next((name for name, pattern in ONCE if any(re.search(pattern, f) for f in stack)),
+                  "the runtime and the kernel (scheduling, waiting, the rest)")] += n
     total = max(total, 1)
     print("\nThe worker process, by part (callees included; parts overlap):\n")
     print("| part | share of the worker's CPU |\n|---|---|")
     for name, _ in PARTS:
         print(f"| {name} | {100 * parts[name] / total:.1f}% |")
+    print("\nThe same, each sample counted once (in the first of these its stack falls in):\n")
+    print("| part | share of the worker's CPU |\n|---|---|")
+    for name in [name for name, _ in ONCE] + ["the runtime and the kernel (scheduling, waiting, the rest)"]:
+        print(f"| {name} | {100 * once[name] / total:.1f}% |")
+    print(f"| **the Kafka client in all** | **{100 * sum(once[k] for k in KAFKA_CLIENT) / total:.1f}%** |")
     print("\nIts hottest functions (self time):\n")
     print("| function | share |\n|---|---|")
     for f, n in leaves.most_common(10):
