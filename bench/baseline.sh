@@ -3,7 +3,7 @@
 # with, in the same sitting: the machine's speed moves by the hour (see
 # bench/FINDINGS.md), so a figure from another sitting says little about a
 # change. Builds that code once (commit BENCH_BASELINE_REV, d9418eb, the last
-# before any change made for speed; about five minutes, cached under
+# before any change made for speed; a few minutes, cached under
 # target/baseline/), then runs interleaved pairs — the start's worker, then
 # today's, then today's first — of a coupon drop and of orders. Each side
 # has its own database, topics and Redis keys, and its own load generator
@@ -36,7 +36,7 @@ full=$(git rev-parse --verify --quiet "$rev^{commit}") || {
 base_dir=target/baseline/${full:0:12}
 base_bin=$base_dir/target/release/stampede
 if [ ! -x "$base_bin" ]; then
-  echo "== building the code of ${full:0:12} once (about five minutes; kept in $base_dir)"
+  echo "== building the code of ${full:0:12} once (a few minutes; kept in $base_dir)"
   rm -rf "$base_dir/src"
   mkdir -p "$base_dir/src"
   git archive "$full" | tar -x -C "$base_dir/src"
