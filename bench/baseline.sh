@@ -45,6 +45,7 @@ if [ ! -x "$base_bin" ]; then
   [ -x "$base_bin" ] || { echo "the build of ${full:0:12} failed" >&2; exit 1; }
 fi
 
+today=$bin
 # The sum of stampede_messages_consumed_total at a metrics address.
 consumed() { curl -sf "http://127.0.0.1:$1/metrics" | awk '/^stampede_messages_consumed_total/ { s += $2 } END { print s + 0 }'; }
 # run SIDE BINARY FLOW PAIR: one warmed-up run of FLOW (drop or orders) with
@@ -64,28 +65,24 @@ run() {
     export STAMPEDE_KAFKA__TOPIC_PREFIX=$name. STAMPEDE_KAFKA__GROUP_ID=$name STAMPEDE_REDIS__KEY_PREFIX=$name
     "$b" migrate >/dev/null
     "$b" topics create >/dev/null
-    worker_port=$((worker_port + 1))
-    "$b" worker --only "$only" --metrics-addr "127.0.0.1:$worker_port" >"$out/baseline-$side-$flow-$pair.log" 2>&1 &
-    local w=$! deadline=$((SECONDS + 60))
-    until curl -sf "http://127.0.0.1:$worker_port/metrics" | grep -q '^stampede_consumer_assigned_partitions{.*} [1-9]'; do
-      (( SECONDS < deadline )) || { echo "the $side worker never got partitions" >&2; kill "$w"; exit 1; }
-      sleep 0.2
-    done
+    # common.sh's start_workers, with this side's binary.
+    local bin=$b
+    start_workers 1 "$only" "baseline-$side-$flow-$pair"
+    local w=${workers[0]%%:*} port=${workers[0]#*:}
     "$b" loadgen "${args[@]}" --requests "$warm" --quiet --no-verify --json "$out/.baseline-warm.json" >/dev/null 2>>"$out/baseline-$side-$flow-$pair-loadgen.log"
-    local c0; c0=$(consumed "$worker_port")
+    local c0; c0=$(consumed "$port")
     "$b" loadgen "${args[@]}" --requests "$n" --quiet --no-verify --json "$out/.baseline-run.json" >"$out/.baseline-run.txt" 2>>"$out/baseline-$side-$flow-$pair-loadgen.log" &
     local lg=$!
-    until [ "$(consumed "$worker_port")" != "$c0" ]; do
+    until [ "$(consumed "$port")" != "$c0" ]; do
       kill -0 "$lg" 2>/dev/null || break
       sleep 0.02
     done
     local t0 t1
     t0=$(awk '{print $14 + $15}' "/proc/$w/stat")
-    wait "$lg" || { echo "the $side load generator failed: $(cat "$out/.baseline-run.txt")" >&2; kill "$w"; exit 1; }
+    wait "$lg" || { echo "the $side load generator failed: $(cat "$out/.baseline-run.txt")" >&2; stop_workers; exit 1; }
     t1=$(awk '{print $14 + $15}' "/proc/$w/stat")
-    kill -TERM "$w"
-    wait "$w" 2>/dev/null || true
-    "$bin" topics delete --yes >/dev/null 2>&1 || true
+    stop_workers
+    "$today" topics delete --yes >/dev/null 2>&1 || true
     redis-cli -h 127.0.0.1 --scan --pattern "$name:*" | xargs -r -n 1000 redis-cli -h 127.0.0.1 del >/dev/null
     psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null
     python3 -c "import sys; print(f'{($t1 - $t0) * 1e6 / $tick / $n:.2f}', sys.argv[1])" \
@@ -102,6 +99,7 @@ for flow in drop orders; do
     for side in $order; do
       b=$bin; [ "$side" = start ] && b=$base_bin
       read -r us[$side] rate[$side] < <(run "$side" "$b" "$flow" "$pair")
+      # run's start_workers took the next port in a subshell: move past it.
       worker_port=$((worker_port + 1))
     done
     python3 - "$flow" "$pair" "${us[start]}" "${us[now]}" "${rate[start]}" "${rate[now]}" <<'PY' | tee -a "$out/baseline.txt"
