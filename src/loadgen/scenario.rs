@@ -175,10 +175,7 @@ pub async fn post(
             json!({"user_id": p.user_id, "items": p.body["items"]}),
         ),
     };
-    let body = bytes::Bytes::from(
-        serde_json::to_vec(&body)
-            .map_err(|e| LoadgenError::Http(format!("encoding a request body: {e}")))?,
-    );
+    let body = bytes::Bytes::from(serde_json::to_vec(&body)?);
     let mut turned_away = 0;
     loop {
         match gateway.post(&path, &p.request_id, body.clone()).await? {
