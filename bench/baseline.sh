@@ -17,6 +17,12 @@
 # Environment: BENCH_BASELINE_REV (d9418eb), BENCH_BASELINE_PAIRS (3),
 # BENCH_REQUESTS (200000), BENCH_STOCK (10000), BENCH_ORDERS (50000),
 # BENCH_BATCH (2000).
+#
+# The same pairs compare a setting: BENCH_BASELINE_REV=today runs today's
+# build on both sides, and BENCH_BASELINE_ENV ("NAME=value ...", e.g.
+# GLIBC_TUNABLES=glibc.malloc.mxfast=0 or STAMPEDE_WORKER__BATCH_SIZE=4000)
+# is given to the first side's worker alone (any revision's), not to its
+# load generator. Its lines then read "with <setting>" for that side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${BENCH_BASELINE_REV:-d9418eb}
@@ -29,12 +35,26 @@ mkdir -p "$out"
 export STAMPEDE_WORKER__BATCH_SIZE=${BENCH_BATCH:-2000}
 source bench/common.sh baseline
 
-full=$(git rev-parse --verify --quiet "$rev^{commit}") || {
-  echo "commit $rev is not in this clone (a shallow clone? git fetch --unshallow)" >&2
-  exit 1
-}
-base_dir=target/baseline/${full:0:12}
-base_bin=$base_dir/target/release/stampede
+worker_env=${BENCH_BASELINE_ENV:-}
+for kv in $worker_env; do
+  [[ $kv == [A-Za-z_]*=* ]] || { echo "BENCH_BASELINE_ENV: $kv is not NAME=value" >&2; exit 2; }
+done
+if [ "$rev" = today ]; then
+  [ -n "$worker_env" ] || { echo "BENCH_BASELINE_REV=today compares a setting: give it in BENCH_BASELINE_ENV" >&2; exit 2; }
+  full=today base_bin=$bin
+else
+  full=$(git rev-parse --verify --quiet "$rev^{commit}") || {
+    echo "commit $rev is not in this clone (a shallow clone? git fetch --unshallow)" >&2
+    exit 1
+  }
+  base_dir=target/baseline/${full:0:12}
+  base_bin=$base_dir/target/release/stampede
+fi
+label=${full:0:12}
+start_label="at the start"
+if [ -n "$worker_env" ]; then
+  label="$label with $worker_env" start_label="with $worker_env"
+fi
 if [ ! -x "$base_bin" ]; then
   echo "== building the code of ${full:0:12} once (a few minutes; kept in $base_dir)"
   rm -rf "$base_dir/src"
@@ -65,9 +85,12 @@ run() {
     export STAMPEDE_KAFKA__TOPIC_PREFIX=$name. STAMPEDE_KAFKA__GROUP_ID=$name STAMPEDE_REDIS__KEY_PREFIX=$name
     "$b" migrate >/dev/null
     "$b" topics create >/dev/null
-    # common.sh's start_workers, with this side's binary.
-    local bin=$b
+    # common.sh's start_workers, with this side's binary (and the first
+    # side's environment, for its worker alone).
+    local bin=$b kv
+    if [ "$side" = start ]; then for kv in $worker_env; do export "$kv"; done; fi
     start_workers 1 "$only" "baseline-$side-$flow-$pair"
+    if [ "$side" = start ]; then for kv in $worker_env; do unset "${kv%%=*}"; done; fi
     local w=${workers[0]%%:*} port=${workers[0]#*:}
     "$b" loadgen "${args[@]}" --requests "$warm" --quiet --no-verify --json "$out/.baseline-warm.json" >/dev/null 2>>"$out/baseline-$side-$flow-$pair-loadgen.log"
     local c0; c0=$(consumed "$port")
@@ -92,7 +115,7 @@ run() {
 tick=$(getconf CLK_TCK)
 : >"$out/baseline.txt"
 for flow in drop orders; do
-  echo "== $flow: the worker of ${full:0:12} against today's, $pairs interleaved pairs"
+  echo "== $flow: the worker of $label against today's, $pairs interleaved pairs"
   for pair in $(seq 1 "$pairs"); do
     if (( pair % 2 )); then order="start now"; else order="now start"; fi
     declare -A us=() rate=()
@@ -102,17 +125,17 @@ for flow in drop orders; do
       # run's start_workers took the next port in a subshell: move past it.
       worker_port=$((worker_port + 1))
     done
-    python3 - "$flow" "$pair" "${us[start]}" "${us[now]}" "${rate[start]}" "${rate[now]}" <<'PY' | tee -a "$out/baseline.txt"
+    python3 - "$flow" "$pair" "${us[start]}" "${us[now]}" "${rate[start]}" "${rate[now]}" "$start_label" <<'PY' | tee -a "$out/baseline.txt"
 import sys
-flow, pair, start, now, r_start, r_now = sys.argv[1:]
+flow, pair, start, now, r_start, r_now, start_label = sys.argv[1:]
 start, now = float(start), float(now)
-print(f"{flow}, pair {pair}: worker {start:.2f} µs per request at the start, {now:.2f} now ({now / start:.2f}×);"
+print(f"{flow}, pair {pair}: worker {start:.2f} µs per request {start_label}, {now:.2f} now ({now / start:.2f}×);"
       f" end to end {int(r_start):,}/s and {int(r_now):,}/s")
 PY
   done
 done
 rm -f "$out"/.baseline-*
-python3 - "$out/baseline.txt" "${full:0:12}" <<'PY' | tee -a "$out/baseline.txt"
+python3 - "$out/baseline.txt" "$label" <<'PY' | tee -a "$out/baseline.txt"
 import re, statistics, sys
 path, rev = sys.argv[1], sys.argv[2]
 runs = {}
