@@ -66,8 +66,6 @@ if [ ! -x "$base_bin" ]; then
 fi
 
 today=$bin
-# The sum of stampede_messages_consumed_total at a metrics address.
-consumed() { curl -sf "http://127.0.0.1:$1/metrics" | awk '/^stampede_messages_consumed_total/ { s += $2 } END { print s + 0 }'; }
 # run SIDE BINARY FLOW PAIR: one warmed-up run of FLOW (drop or orders) with
 # a worker of BINARY; prints "<µs per request> <requests/s end to end>".
 run() {
@@ -105,9 +103,7 @@ run() {
     wait "$lg" || { echo "the $side load generator failed: $(cat "$out/.baseline-run.txt")" >&2; stop_workers; exit 1; }
     t1=$(awk '{print $14 + $15}' "/proc/$w/stat")
     stop_workers
-    "$today" topics delete --yes >/dev/null 2>&1 || true
-    redis-cli -h 127.0.0.1 --scan --pattern "$name:*" | xargs -r -n 1000 redis-cli -h 127.0.0.1 del >/dev/null
-    psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null
+    bin=$today drop_stampede "$name"
     python3 -c "import sys; print(f'{($t1 - $t0) * 1e6 / $tick / $n:.2f}', sys.argv[1])" \
       "$(grep -o '[0-9]* requests/s end to end' "$out/.baseline-run.txt" | cut -d' ' -f1)"
   )

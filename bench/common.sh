@@ -14,13 +14,21 @@ export STAMPEDE_LOG__FILTER=warn
 "$bin" migrate >/dev/null
 "$bin" topics create >/dev/null
 pids=()
+# drop_stampede NAME: the topics under the exported prefix (deleted by
+# "$bin"), then the Redis keys and the database named NAME.
+drop_stampede() {
+  "$bin" topics delete --yes >/dev/null 2>&1 || true
+  redis-cli -h 127.0.0.1 --scan --pattern "$1:*" | xargs -r -n 1000 redis-cli -h 127.0.0.1 del >/dev/null
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"$1\" WITH (FORCE)" >/dev/null
+}
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  "$bin" topics delete --yes >/dev/null 2>&1 || true
-  redis-cli -h 127.0.0.1 --scan --pattern "$tag:*" 2>/dev/null | xargs -r -n 1000 redis-cli -h 127.0.0.1 del >/dev/null 2>&1 || true
-  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS \"$tag\" WITH (FORCE)" >/dev/null 2>&1 || true
+  drop_stampede "$tag" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+# consumed PORT: the sum of stampede_messages_consumed_total at a worker's
+# metrics address (a batch counts once its results are out).
+consumed() { curl -sf "http://127.0.0.1:$1/metrics" | awk '/^stampede_messages_consumed_total[{]/ {s += $2} END {printf "%d", s}'; }
 
 # Worker processes. start_workers N ONLY [NAME] starts N `stampede worker
 # --only ONLY`, each serving metrics on a port of its own (logs in

@@ -198,20 +198,19 @@ loadgen_measured "drop via HTTP/2" --scenario coupon-drop --requests "$http_requ
 # `stampede audit` passes. Twice: from 256 connections, and from 1,024 (a
 # drop's buyers all press at once; more requests wait in the gateway's
 # producer together, so its batches to the broker are larger).
-consumed() { curl -sf "http://127.0.0.1:${workers[0]#*:}/metrics" | awk '/^stampede_messages_consumed_total[{]/ {s += $2} END {printf "%d", s}'; }
 wrk_drop() { # connections, result name, CPU line name
   local connections=$1 name=$2 label=$3
   local first_user wrk_coupon c0 t0 t1 wrk_wrapper deadline issued audit_ok
   first_user=$(psql -h 127.0.0.1 -U postgres -d "$tag" -Atc "SELECT COALESCE(max(id), 0) + 1 FROM users")
   wrk_coupon=$(psql -h 127.0.0.1 -U postgres -d "$tag" -Atc "SELECT COALESCE(max(id), 0) + 1 FROM coupons")
   "$bin" seed --users "$http_requests" --first-user-id "$first_user" --coupons 1 --first-coupon-id "$wrk_coupon" --coupon-stock "$stock" >/dev/null
-  c0=$(consumed); cpu_start; g0=$(cpu_of "$gateway_pid")
+  c0=$(consumed "${workers[0]#*:}"); cpu_start; g0=$(cpu_of "$gateway_pid")
   t0=$(date +%s.%N)
   bash -c 'wrk -t 2 -c "$7" -d 600s -s bench/wrk/drop.lua "$1" -- "$2" "$3" "$4" 2 >"$5"; read -r -a f </proc/$$/stat; echo $((f[15] + f[16])) >"$6"' _ \
     "http://127.0.0.1:$gw_port" "$first_user" "$http_requests" "$wrk_coupon" "$out/$name.txt" "$out/.wrk-ticks" "$connections" &
   wrk_wrapper=$!
   deadline=$((SECONDS + 300))
-  until (( $(consumed) >= c0 + http_requests )); do
+  until (( $(consumed "${workers[0]#*:}") >= c0 + http_requests )); do
     (( SECONDS < deadline )) || { echo "the wrk drop's results never all came out" >&2; break; }
     sleep 0.02
   done
@@ -222,7 +221,7 @@ wrk_drop() { # connections, result name, CPU line name
   echo "$label: gateway $(python3 -c "print(f'{($(cpu_of "$gateway_pid") - $g0) * 1e6 / $tick / $http_requests:.1f}')") µs of CPU per request" | tee -a "$out/cpu.txt"
   issued=$(psql -h 127.0.0.1 -U postgres -d "$tag" -Atc "SELECT issued FROM coupons WHERE id = $wrk_coupon")
   audit_ok=false; "$bin" audit >"$out/$name-audit.txt" 2>&1 && audit_ok=true
-  python3 - "$out" "$http_requests" "$stock" "$t0" "$t1" "$(( $(consumed) - c0 ))" "$issued" "$audit_ok" "$name" "$connections" <<'PY'
+  python3 - "$out" "$http_requests" "$stock" "$t0" "$t1" "$(( $(consumed "${workers[0]#*:}") - c0 ))" "$issued" "$audit_ok" "$name" "$connections" <<'PY'
 import json, sys
 out, n, stock, t0, t1, answered, issued, audit_ok, name, connections = sys.argv[1:]
 n, stock, answered, issued = int(n), int(stock), int(answered), int(issued or -1)
