@@ -131,15 +131,20 @@ PY
   done
 done
 rm -f "$out"/.baseline-*
-python3 - "$out/baseline.txt" "$label" <<'PY' | tee -a "$out/baseline.txt"
+python3 - "$out/baseline.txt" "$label" "$worker_env" <<'PY' | tee -a "$out/baseline.txt"
 import re, statistics, sys
-path, rev = sys.argv[1], sys.argv[2]
+path, rev, setting = sys.argv[1:]
 runs = {}
 for line in open(path):
     if (m := re.match(r"(\w+), pair \d+: worker ([\d.]+) µs .* ([\d.]+) now \(([\d.]+)×\)", line)):
         runs.setdefault(m.group(1), []).append((float(m.group(2)), float(m.group(3)), float(m.group(4))))
 for flow, rs in runs.items():
     ratio = statistics.median(r for _, _, r in rs)
-    print(f"{flow}: worker CPU per request now / at {rev}, median of {len(rs)} pairs: {ratio:.2f}×"
-          f" (start {statistics.median(s for s, _, _ in rs):.2f} µs, now {statistics.median(n for _, n, _ in rs):.2f} µs)")
+    first, now = statistics.median(s for s, _, _ in rs), statistics.median(n for _, n, _ in rs)
+    if setting:  # both sides today's build: name them by the setting, not "start"
+        print(f"{flow}: worker CPU per request without / with {setting}, median of {len(rs)} pairs: {ratio:.2f}×"
+              f" (with it {first:.2f} µs, without {now:.2f} µs)")
+    else:  # the line summary.py reads
+        print(f"{flow}: worker CPU per request now / at {rev}, median of {len(rs)} pairs: {ratio:.2f}×"
+              f" (start {first:.2f} µs, now {now:.2f} µs)")
 PY
