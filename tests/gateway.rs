@@ -155,6 +155,25 @@ async fn bad_input_is_refused_and_nothing_is_published() {
     assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
     let body: Value = raw.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_request");
+    // Whether a body is JSON decides 400 or 422, not where decoding stopped.
+    for (text, expected) in [
+        (r#"{"user_id": 1, "amount": [5000"#, StatusCode::BAD_REQUEST),
+        (
+            r#"{"user_id": 1, "amount": 1e400}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let answer = c
+            .post(format!("{http}/v1/charges"))
+            .body(text)
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), expected, "{text}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_request", "{text}");
+    }
     for body in [
         json!({"user_id": 1, "amount": "5000"}),
         json!({"user_id": 1, "amount": 0}),

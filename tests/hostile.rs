@@ -147,6 +147,13 @@ async fn every_kind_of_bad_input_is_answered_or_dead_lettered() {
         "[".repeat(10_000),
         "]".repeat(10_000)
     );
+    // Nesting deeper than a full parse allows, in a request refused for
+    // its user id: still answered.
+    let deep_refused = format!(
+        "{{\"request_id\": \"h-deep-refused\", \"user_id\": 0, \"amount\": 1000, \"pad\": {}1{}}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
     let oversize = format!(
         "{{\"request_id\": \"h-oversize\", \"user_id\": 1, \"amount\": 1000, \"pad\": \"{}\"}}",
         "x".repeat(70_000)
@@ -181,7 +188,10 @@ async fn every_kind_of_bad_input_is_answered_or_dead_lettered() {
         (Flow::Charge, br#"{"request_id": "h-userstr", "user_id": "1", "amount": 1000}"#.to_vec(), Invalid("h-userstr")),
         (Flow::Charge, br#"{"request_id": "h-amountmin", "user_id": 1, "amount": -9223372036854775808}"#.to_vec(), Invalid("h-amountmin")),
         (Flow::Charge, br#"{"request_id": "h-amountstr", "user_id": 1, "amount": "1000"}"#.to_vec(), Invalid("h-amountstr")),
-        (Flow::Charge, br#"{"request_id": "h-amounthuge", "user_id": 1, "amount": 1e400}"#.to_vec(), DeadLetterOnly),
+        // Valid JSON that no integer holds: refused, and answered.
+        (Flow::Charge, br#"{"request_id": "h-amounthuge", "user_id": 1, "amount": 1e400}"#.to_vec(), Invalid("h-amounthuge")),
+        (Flow::Charge, br#"{"request_id": "h-userhuge", "user_id": 1e400, "amount": 1000}"#.to_vec(), Invalid("h-userhuge")),
+        (Flow::Charge, deep_refused.into_bytes(), Invalid("h-deep-refused")),
         (Flow::Charge, br#"{"request_id": "h-dup", "request_id": "h-dup", "user_id": 1, "amount": 1000}"#.to_vec(), Invalid("h-dup")),
         // Unknown fields are skipped unread, however deep or odd their bytes.
         (Flow::Charge, deep.into_bytes(), Decided("h-deep")),

@@ -1,7 +1,11 @@
 //! Shape checks a message must pass beyond what serde enforces. The gateway
 //! and the workers run the same checks, so both reject the same inputs.
 
-use serde::de::DeserializeOwned;
+use std::fmt;
+
+use serde::de::{DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::request_id::RequestId;
 
@@ -46,18 +50,60 @@ pub fn is_object(bytes: &[u8]) -> bool {
 }
 
 /// What can still be read of a message refused for `reason`: its request id
-/// and user id, when present and well-formed.
+/// and user id, when present and well-formed. Any JSON text whose top level
+/// is an object counts, whatever else it holds: a number beyond any numeric
+/// type (`1e400`), nesting deeper than a full parse allows, invalid UTF-8 in
+/// a string of another field. A key given twice counts by its last value.
 pub fn salvage(bytes: &[u8], reason: String) -> Invalid {
-    let value: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
-    let field = |name: &str| value.as_ref().and_then(|v| v.get(name));
+    let readable = serde_json::from_slice::<Readable>(bytes).ok();
+    let raw = |field: fn(&Readable) -> Option<&RawValue>| readable.as_ref().and_then(field);
     Invalid {
-        request_id: field("request_id")
-            .and_then(|v| v.as_str())
-            .and_then(|s| RequestId::parse(s).ok()),
-        user_id: field("user_id")
-            .and_then(|v| v.as_i64())
+        request_id: raw(|r| r.request_id.as_deref())
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+            .and_then(|s| RequestId::parse(&s).ok()),
+        user_id: raw(|r| r.user_id.as_deref())
+            .and_then(|v| serde_json::from_str::<i64>(v.get()).ok())
             .filter(|id| *id > 0),
         reason,
+    }
+}
+
+/// A message's top-level `request_id` and `user_id`, kept as their JSON
+/// text. Every value is only scanned, never converted, so nothing elsewhere
+/// in the message keeps these two from being read.
+struct Readable {
+    request_id: Option<Box<RawValue>>,
+    user_id: Option<Box<RawValue>>,
+}
+
+impl<'de> Deserialize<'de> for Readable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = Readable;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Readable, A::Error> {
+                let mut readable = Readable {
+                    request_id: None,
+                    user_id: None,
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "request_id" => readable.request_id = Some(map.next_value()?),
+                        "user_id" => readable.user_id = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(readable)
+            }
+        }
+        deserializer.deserialize_map(Fields)
     }
 }
 
@@ -105,6 +151,63 @@ mod tests {
                 .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    #[test]
+    fn a_refused_message_is_answered_when_its_ids_can_be_read() {
+        let read = |bytes: &[u8]| {
+            let invalid = super::salvage(bytes, "refused".into());
+            (
+                invalid.request_id.map(|id| id.as_str().to_owned()),
+                invalid.user_id,
+            )
+        };
+        let some = |id: &str, user: Option<i64>| (Some(id.to_owned()), user);
+        // Valid JSON that no numeric type holds, in another field or in
+        // user_id itself.
+        assert_eq!(
+            read(br#"{"request_id": "a-1", "user_id": 7, "amount": 1e400}"#),
+            some("a-1", Some(7))
+        );
+        assert_eq!(
+            read(br#"{"user_id": -1e999, "request_id": "a-2"}"#),
+            some("a-2", None)
+        );
+        // Nesting deeper than a full parse allows.
+        let deep = format!(
+            r#"{{"pad": {}{}, "request_id": "a-3", "user_id": 3}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert_eq!(read(deep.as_bytes()), some("a-3", Some(3)));
+        // Invalid UTF-8 in another field's string.
+        assert_eq!(
+            read(b"{\"x\": \"\xff\", \"request_id\": \"a-4\"}"),
+            some("a-4", None)
+        );
+        // A key spelled with an escape, and a key given twice: the last counts.
+        assert_eq!(
+            read(br#"{"request\u005fid": "a-5", "user_id": 1, "user_id": 2}"#),
+            some("a-5", Some(2))
+        );
+        assert_eq!(
+            read(br#"{"request_id": "a-6", "request_id": 6}"#),
+            (None, None)
+        );
+        // Ids that are not the contract's.
+        assert_eq!(
+            read(br#"{"request_id": "a b", "user_id": 1.0}"#),
+            (None, None)
+        );
+        assert_eq!(
+            read(br#"{"request_id": "a-7", "user_id": 9223372036854775808}"#),
+            some("a-7", None)
+        );
+        // Only the top level counts, and only JSON text.
+        assert_eq!(read(br#"{"inner": {"request_id": "a-8"}}"#), (None, None));
+        assert_eq!(read(br#"[{"request_id": "a-9"}]"#), (None, None));
+        assert_eq!(read(br#"{"request_id": "a-10"} trailing"#), (None, None));
+        assert_eq!(read(br#"{"request_id": "a-11", "#), (None, None));
     }
 
     proptest! {

@@ -57,14 +57,14 @@ pub(super) fn read_json<T: DeserializeOwned>(
 
 /// A POST body's shape: not JSON → `Malformed` (400), JSON of the wrong
 /// shape → `Invalid` (422). Pure, so it can be fuzzed on its own.
-/// One pass: serde_json tells a syntax error (or a body cut short) from
-/// well-formed JSON of the wrong shape.
+/// Whether a body that did not decode is JSON at all is decided apart from
+/// the decoding error, which may come before the text breaks (`{"user_id":
+/// [` fails on the bracket) or for valid JSON (serde_json calls `1e400` and
+/// nesting past its depth limit syntax errors).
 pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let body = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::Invalid(format!("body does not match the API: {e}"))
-        }
-        _ => ApiError::Malformed(format!("body is not valid JSON: {e}")),
+    let body = serde_json::from_slice(bytes).map_err(|e| match json_text(bytes) {
+        Ok(()) => ApiError::Invalid(format!("body does not match the API: {e}")),
+        Err(syntax) => ApiError::Malformed(format!("body is not valid JSON: {syntax}")),
     })?;
     if !crate::domain::validate::is_object(bytes) {
         return Err(ApiError::Invalid(
@@ -72,6 +72,15 @@ pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     Ok(body)
+}
+
+/// Whether `bytes` are one JSON text (UTF-8, one value), whatever its
+/// values hold: the scan converts nothing, so any number and any depth pass.
+fn json_text(bytes: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// The request id: the `Idempotency-Key` header when given, else a fresh one.
@@ -339,6 +348,9 @@ mod tests {
             r#"{"user_id": 7"#,
             r#"{"user_id": 7} trailing"#,
             "nul",
+            r#"{"user_id": [7"#,
+            r#"{"user_id": "7"#,
+            "{\"user_id\": 7, \"x\": \"\u{fffd}\"}\n\u{0}",
         ] {
             assert!(malformed(body), "{body:?} is not JSON: 400");
         }
@@ -348,8 +360,27 @@ mod tests {
             r#"{"user_id": "7"}"#,
             r#"{"user_id": 7.5}"#,
             r#"{"user_id": 1, "user_id": 2}"#,
+            r#"{"user_id": 1e400}"#,
+            r#"{"user_id": -1e400}"#,
         ] {
             assert!(invalid(body), "{body:?} is JSON of the wrong shape: 422");
         }
+        let deep = format!(r#"{{"user_id": {}7{}}}"#, "[".repeat(500), "]".repeat(500));
+        assert!(
+            invalid(&deep),
+            "nesting past serde_json's limit is JSON: 422"
+        );
+        let unclosed = format!(r#"{{"user_id": {}7}}"#, "[".repeat(500));
+        assert!(malformed(&unclosed), "unclosed nesting is not JSON: 400");
+        let not_utf8 = b"{\"user_id\": \"\xff\"}";
+        assert!(
+            matches!(
+                decode_body::<CouponIssueBody>(not_utf8),
+                Err(ApiError::Malformed(_))
+            ),
+            "JSON text is UTF-8: 400"
+        );
+        // An unknown field is skipped unread, as the workers skip it.
+        assert!(decode_body::<CouponIssueBody>(b"{\"user_id\": 7, \"x\": \"\xff\"}").is_ok());
     }
 }
