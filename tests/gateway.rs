@@ -77,7 +77,7 @@ async fn charges_over_http_follow_every_rule() {
     .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(created, json!({"user_id": 10, "balance": 9_000_000}));
-    let (status, _) = post(
+    let (status, conflict) = post(
         &c,
         format!("{http}/v1/admin/users"),
         json!({"user_id": 10}),
@@ -85,6 +85,11 @@ async fn charges_over_http_follow_every_rule() {
     )
     .await;
     assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(conflict["error"]["code"], "conflict");
+    assert_eq!(
+        conflict["error"]["message"], "user 10 already exists",
+        "the refusal names the id asked for"
+    );
     let (status, generated) = post(&c, format!("{http}/v1/admin/users"), json!({}), None).await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(
@@ -134,6 +139,58 @@ async fn charges_over_http_follow_every_rule() {
     let (status, pending) = get(&c, format!("{http}/v1/requests/never-sent?wait_ms=50")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(pending["status"], "pending");
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_id_skips_rows_written_with_their_own_ids() {
+    // Rows written with explicit ids by something else than the gateway (a
+    // restore, a migration, another tool), so the id sequences never moved
+    // past them.
+    let env = TestEnv::new().await;
+    for sql in [
+        "INSERT INTO users (id, balance) SELECT g, 0 FROM generate_series(1, 5) g",
+        "INSERT INTO products (id, name, price, stock) SELECT g, 'restored', 100, 1 FROM generate_series(1, 5) g",
+        "INSERT INTO coupons (id, name, discount_kind, discount_value, total_quantity, expires_at)
+         SELECT g, 'restored', 'fixed', 100, 1, now() + interval '1 day' FROM generate_series(1, 5) g",
+    ] {
+        sqlx::query(sql).execute(&env.db).await.unwrap();
+    }
+    let app = env.start(Roles::gateway_only()).await;
+    let http = app.http();
+    let c = reqwest::Client::new();
+    for (path, body, id) in [
+        ("users", json!({"balance": 1000}), "user_id"),
+        (
+            "products",
+            json!({"name": "new", "price": 100, "stock": 1}),
+            "product_id",
+        ),
+        (
+            "coupons",
+            json!({"name": "new", "discount": {"type": "fixed", "amount": 100},
+                   "total_quantity": 1, "expires_at": "2099-01-01T00:00:00Z"}),
+            "coupon_id",
+        ),
+    ] {
+        let (status, created) =
+            post(&c, format!("{http}/v1/admin/{path}"), body.clone(), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{path}: {created}");
+        assert_eq!(created[id], 6, "{path}: the next id past the taken ones");
+        let mut taken = body;
+        taken[id] = json!(3);
+        let (status, conflict) = post(&c, format!("{http}/v1/admin/{path}"), taken, None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{path}: {conflict}");
+        assert_eq!(conflict["error"]["code"], "conflict");
+        assert!(
+            conflict["error"]["message"]
+                .as_str()
+                .unwrap()
+                .ends_with(" 3 already exists"),
+            "{path}: the refusal names the id asked for: {conflict}"
+        );
+    }
     app.stop().await;
     env.cleanup().await;
 }

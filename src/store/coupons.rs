@@ -47,23 +47,30 @@ const COLUMNS: &str =
 pub async fn create(db: &PgPool, id: Option<i64>, spec: &CouponSpec) -> Result<CouponRow> {
     let (kind, value) = spec.discount.to_columns();
     let mut tx = db.begin().await?;
-    let row: Option<CouponRow> = sqlx::query_as(&format!(
-        "INSERT INTO coupons (id, name, discount_kind, discount_value, total_quantity, expires_at, shards)
-         VALUES (COALESCE($1, nextval(pg_get_serial_sequence('coupons', 'id'))), $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(&spec.name)
-    .bind(kind)
-    .bind(value)
-    .bind(spec.total_quantity)
-    .bind(spec.expires_at)
-    .bind(spec.shards.clamp(1, crate::domain::coupon::MAX_SHARDS) as i32)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let row = row.ok_or_else(|| {
-        StoreError::Conflict(format!("coupon {} already exists", id.unwrap_or_default()))
-    })?;
+    let row = loop {
+        let row: Option<CouponRow> = sqlx::query_as(&format!(
+            "INSERT INTO coupons (id, name, discount_kind, discount_value, total_quantity, expires_at, shards)
+             VALUES (COALESCE($1, nextval(pg_get_serial_sequence('coupons', 'id'))), $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}"
+        ))
+        .bind(id)
+        .bind(&spec.name)
+        .bind(kind)
+        .bind(value)
+        .bind(spec.total_quantity)
+        .bind(spec.expires_at)
+        .bind(spec.shards.clamp(1, crate::domain::coupon::MAX_SHARDS) as i32)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match (row, id) {
+            (Some(row), _) => break row,
+            (None, Some(id)) => {
+                return Err(StoreError::Conflict(format!("coupon {id} already exists")))
+            }
+            // The id drawn is one given explicitly: draw past every taken id.
+            (None, None) => bump_id_sequence(&mut tx, "coupons").await?,
+        }
+    };
     bump_id_sequence(&mut tx, "coupons").await?;
     tx.commit().await?;
     Ok(row)

@@ -24,20 +24,27 @@ pub async fn create(
     stock: i64,
 ) -> Result<ProductRow> {
     let mut tx = db.begin().await?;
-    let row: Option<ProductRow> = sqlx::query_as(
-        "INSERT INTO products (id, name, price, stock)
-         VALUES (COALESCE($1, nextval(pg_get_serial_sequence('products', 'id'))), $2, $3, $4)
-         ON CONFLICT (id) DO NOTHING RETURNING id, name, price, stock",
-    )
-    .bind(id)
-    .bind(name)
-    .bind(price)
-    .bind(stock)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let row = row.ok_or_else(|| {
-        StoreError::Conflict(format!("product {} already exists", id.unwrap_or_default()))
-    })?;
+    let row = loop {
+        let row: Option<ProductRow> = sqlx::query_as(
+            "INSERT INTO products (id, name, price, stock)
+             VALUES (COALESCE($1, nextval(pg_get_serial_sequence('products', 'id'))), $2, $3, $4)
+             ON CONFLICT (id) DO NOTHING RETURNING id, name, price, stock",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(price)
+        .bind(stock)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match (row, id) {
+            (Some(row), _) => break row,
+            (None, Some(id)) => {
+                return Err(StoreError::Conflict(format!("product {id} already exists")))
+            }
+            // The id drawn is one given explicitly: draw past every taken id.
+            (None, None) => bump_id_sequence(&mut tx, "products").await?,
+        }
+    };
     bump_id_sequence(&mut tx, "products").await?;
     tx.commit().await?;
     Ok(row)

@@ -103,34 +103,26 @@ pub async fn insert_history(
 /// balance recorded in history. Fails with a conflict when the id is taken.
 pub async fn create(db: &PgPool, id: Option<i64>, balance: i64) -> Result<i64> {
     let mut tx = db.begin().await?;
-    let id: Option<i64> = match id {
-        Some(id) => {
-            sqlx::query_scalar(
-                "INSERT INTO users (id, balance) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING RETURNING id",
-            )
-            .bind(id)
-            .bind(balance)
-            .fetch_optional(&mut *tx)
-            .await?
-        }
-        None => loop {
-            // Skip ids already taken by explicit inserts.
-            let candidate: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO users (balance) VALUES ($1) ON CONFLICT (id) DO NOTHING RETURNING id",
-            )
-            .bind(balance)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if candidate.is_some() {
-                break candidate;
+    let id = loop {
+        let created: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO users (id, balance)
+             VALUES (COALESCE($1, nextval(pg_get_serial_sequence('users', 'id'))), $2)
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(id)
+        .bind(balance)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match (created, id) {
+            (Some(created), _) => break created,
+            (None, Some(id)) => {
+                return Err(super::StoreError::Conflict(format!(
+                    "user {id} already exists"
+                )))
             }
-        },
-    };
-    let Some(id) = id else {
-        return Err(super::StoreError::Conflict(format!(
-            "user {} already exists",
-            id.unwrap_or_default()
-        )));
+            // The id drawn is one given explicitly: draw past every taken id.
+            (None, None) => bump_id_sequence(&mut tx, "users").await?,
+        }
     };
     bump_id_sequence(&mut tx, "users").await?;
     if balance > 0 {
