@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use super::{users::bump_id_sequence, Result, StoreError};
+use super::users::{bump_id_sequence, id_taken};
+use super::Result;
 use crate::domain::coupon::Discount;
 use crate::domain::coupon_batch::Recorded;
 use crate::domain::messages::CouponSpec;
@@ -62,13 +63,9 @@ pub async fn create(db: &PgPool, id: Option<i64>, spec: &CouponSpec) -> Result<C
         .bind(spec.shards.clamp(1, crate::domain::coupon::MAX_SHARDS) as i32)
         .fetch_optional(&mut *tx)
         .await?;
-        match (row, id) {
-            (Some(row), _) => break row,
-            (None, Some(id)) => {
-                return Err(StoreError::Conflict(format!("coupon {id} already exists")))
-            }
-            // The id drawn is one given explicitly: draw past every taken id.
-            (None, None) => bump_id_sequence(&mut tx, "coupons").await?,
+        match row {
+            Some(row) => break row,
+            None => id_taken(&mut tx, ("coupons", "coupon"), id).await?,
         }
     };
     bump_id_sequence(&mut tx, "coupons").await?;

@@ -5,7 +5,8 @@ use foldhash::HashMap;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use super::{users::bump_id_sequence, Result, StoreError};
+use super::users::{bump_id_sequence, id_taken};
+use super::Result;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct ProductRow {
@@ -36,13 +37,9 @@ pub async fn create(
         .bind(stock)
         .fetch_optional(&mut *tx)
         .await?;
-        match (row, id) {
-            (Some(row), _) => break row,
-            (None, Some(id)) => {
-                return Err(StoreError::Conflict(format!("product {id} already exists")))
-            }
-            // The id drawn is one given explicitly: draw past every taken id.
-            (None, None) => bump_id_sequence(&mut tx, "products").await?,
+        match row {
+            Some(row) => break row,
+            None => id_taken(&mut tx, ("products", "product"), id).await?,
         }
     };
     bump_id_sequence(&mut tx, "products").await?;

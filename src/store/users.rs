@@ -113,15 +113,9 @@ pub async fn create(db: &PgPool, id: Option<i64>, balance: i64) -> Result<i64> {
         .bind(balance)
         .fetch_optional(&mut *tx)
         .await?;
-        match (created, id) {
-            (Some(created), _) => break created,
-            (None, Some(id)) => {
-                return Err(super::StoreError::Conflict(format!(
-                    "user {id} already exists"
-                )))
-            }
-            // The id drawn is one given explicitly: draw past every taken id.
-            (None, None) => bump_id_sequence(&mut tx, "users").await?,
+        match created {
+            Some(created) => break created,
+            None => id_taken(&mut tx, ("users", "user"), id).await?,
         }
     };
     bump_id_sequence(&mut tx, "users").await?;
@@ -165,6 +159,24 @@ pub async fn seed(db: &PgPool, first: i64, count: i64, balance: i64) -> Result<u
     bump_id_sequence(&mut tx, "users").await?;
     tx.commit().await?;
     Ok(created as u64)
+}
+
+/// What a create does when its insert into `table` wrote nothing because
+/// the id was taken (`what` names the row's kind). An `id` asked for is a
+/// conflict that names it. A drawn one (`None`) was taken by a row written
+/// with its own id outside this code (a restore, another tool): the sequence
+/// is moved past every taken id, and the insert is to run again.
+pub(crate) async fn id_taken(
+    tx: &mut Transaction<'_, Postgres>,
+    (table, what): (&str, &str),
+    id: Option<i64>,
+) -> Result<()> {
+    match id {
+        Some(id) => Err(super::StoreError::Conflict(format!(
+            "{what} {id} already exists"
+        ))),
+        None => bump_id_sequence(tx, table).await,
+    }
 }
 
 /// Moves a table's id sequence past explicitly inserted ids.
