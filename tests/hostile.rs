@@ -321,3 +321,90 @@ async fn every_kind_of_bad_input_is_answered_or_dead_lettered() {
     assert!(env.audit().await.passed());
     env.cleanup().await;
 }
+
+/// Reads `flow`'s results from the start until `id` has `count`; returns them.
+async fn results_of(env: &TestEnv, flow: Flow, id: &str, count: usize) -> Vec<serde_json::Value> {
+    let mut reader = env.results(flow);
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let m = reader.next_before(deadline).await.unwrap_or_else(|| {
+            panic!(
+                "{id}: {} of {count} results after {:?}",
+                seen.len(),
+                common::PATIENCE
+            )
+        });
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        if v["request_id"] == id {
+            seen.push(v);
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_has_one_result_whatever_is_published_under_it() {
+    let env = TestEnv::new().await;
+    users::seed(&env.db, 1, 1, 100_000).await.unwrap();
+    let app = env
+        .start(Roles {
+            gateway: true,
+            workers: vec![WorkerKind::Charge],
+        })
+        .await;
+    let producer = Producer::new(&env.settings.kafka).unwrap();
+    let publish = |body: String| {
+        let message = OutMessage::new(env.topics.requests(Flow::Charge), "1", body);
+        let producer = producer.clone();
+        async move { producer.send(&message).await.unwrap() }
+    };
+    let valid = |id: &str| json!({"request_id": id, "user_id": 1, "amount": 1000}).to_string();
+    let refused = |id: &str| json!({"request_id": id, "user_id": 1, "amount": "1000"}).to_string();
+
+    // Decided first, then a message under its id that cannot be decided:
+    // the stored answer, not invalid_request.
+    publish(valid("one-decided-first")).await;
+    let first = results_of(&env, Flow::Charge, "one-decided-first", 1).await;
+    assert_eq!(first[0]["status"], "succeeded");
+    publish(refused("one-decided-first")).await;
+    let both = results_of(&env, Flow::Charge, "one-decided-first", 2).await;
+    assert_eq!(
+        both[1], both[0],
+        "the refused message gets the first answer"
+    );
+
+    // Refused first, then a valid message under its id: the refusal is the
+    // answer, and nothing is charged.
+    publish(refused("one-refused-first")).await;
+    let first = results_of(&env, Flow::Charge, "one-refused-first", 1).await;
+    assert_eq!(first[0]["error"]["code"], "invalid_request");
+    publish(valid("one-refused-first")).await;
+    let both = results_of(&env, Flow::Charge, "one-refused-first", 2).await;
+    assert_eq!(both[1], both[0], "the valid message gets the refusal");
+    let refusal = both[0].clone();
+    assert_eq!(
+        env.balance(1).await,
+        Some(101_000),
+        "charged once, by one-decided-first"
+    );
+
+    // Both at once, in whichever batches they fall: one content.
+    publish(refused("one-together")).await;
+    publish(valid("one-together")).await;
+    let both = results_of(&env, Flow::Charge, "one-together", 2).await;
+    assert_eq!(both[1], both[0]);
+
+    // The gateway answers a refusal like any result.
+    let (status, answer) = common::get_json(
+        &reqwest::Client::new(),
+        format!("{}/v1/requests/one-refused-first", app.http()),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    assert_eq!(answer, refusal);
+
+    app.stop().await;
+    assert!(env.audit().await.passed());
+    env.cleanup().await;
+}

@@ -174,6 +174,9 @@ impl<D: Decide> RequestPipeline<D> {
         out
     }
 
+    /// Dead-letters a message that cannot be decided, and answers it
+    /// `invalid_request` when it has a request id (see
+    /// [`RequestPipeline::answer_refused`] for the ones decode refused).
     fn invalid(
         &self,
         message: &Incoming,
@@ -182,25 +185,46 @@ impl<D: Decide> RequestPipeline<D> {
         reason: &str,
         out: &mut Vec<OutMessage>,
     ) -> Result<(), WorkerError> {
-        let kind = self.logic.flow().kind();
-        metrics::processed(kind, Some(ErrorCode::InvalidRequest));
-        metrics::dead_lettered(kind);
-        warn!(topic = %message.topic, partition = message.partition, offset = message.offset, request_id = request_id.as_ref().map(RequestId::as_str), %reason, "invalid request sent to the DLQ");
-        out.push(dead_letter(message, reason));
+        self.dead_letter_refused(message, request_id.as_ref(), reason, out);
         if let Some(request_id) = request_id {
-            let result = D::Result::rejected(
-                request_id,
-                user_id,
-                Rejection::new(ErrorCode::InvalidRequest, reason),
-            );
+            let json = self.refusal(request_id, user_id, reason)?;
             out.push(self.result_message(
                 user_id,
                 message,
-                serde_json::to_string(&result)?,
+                json,
                 message.header_str(trace_context::HEADER),
             ));
         }
         Ok(())
+    }
+
+    fn dead_letter_refused(
+        &self,
+        message: &Incoming,
+        request_id: Option<&RequestId>,
+        reason: &str,
+        out: &mut Vec<OutMessage>,
+    ) {
+        let kind = self.logic.flow().kind();
+        metrics::processed(kind, Some(ErrorCode::InvalidRequest));
+        metrics::dead_lettered(kind);
+        warn!(topic = %message.topic, partition = message.partition, offset = message.offset, request_id = request_id.map(RequestId::as_str), %reason, "invalid request sent to the DLQ");
+        out.push(dead_letter(message, reason));
+    }
+
+    /// An `invalid_request` result's JSON.
+    fn refusal(
+        &self,
+        request_id: RequestId,
+        user_id: Option<i64>,
+        reason: &str,
+    ) -> Result<String, WorkerError> {
+        let result = D::Result::rejected(
+            request_id,
+            user_id,
+            Rejection::new(ErrorCode::InvalidRequest, reason),
+        );
+        Ok(serde_json::to_string(&result)?)
     }
 
     async fn decide_isolating(
@@ -275,6 +299,18 @@ impl<D: Decide> BatchHandler for RequestPipeline<D> {
     }
 }
 
+/// The requests of a batch that decoded, each with its index in the batch.
+type Decoded<R> = Vec<(usize, R)>;
+
+/// A message decode refused whose request id could be read.
+struct Refused {
+    /// Its index in the batch.
+    index: usize,
+    request_id: RequestId,
+    user_id: Option<i64>,
+    reason: String,
+}
+
 /// The requests of a batch to decide, once replays are answered.
 struct Fresh<R> {
     /// (index in the batch, request), in acceptance order, each id once.
@@ -294,7 +330,7 @@ impl<D: Decide> RequestPipeline<D> {
     ) -> Result<Vec<OutMessage>, WorkerError> {
         turn.to_decide().await;
         let mut out = Vec::with_capacity(batch.len());
-        let mut decoded = self.decode_all(batch, &mut out)?;
+        let (mut decoded, refused) = self.decode_all(batch, &mut out)?;
         // First come, first served inside the batch: the intake merged the
         // partitions in acceptance order, but a partition itself can hold
         // requests slightly out of it; decide in the order they were accepted
@@ -302,7 +338,11 @@ impl<D: Decide> RequestPipeline<D> {
         decoded.sort_by_key(|(index, _)| batch[*index].accepted_ms);
         let (stored, context) = {
             let requests: Vec<&D::Request> = decoded.iter().map(|(_, r)| r).collect();
-            let ids: Vec<&str> = requests.iter().map(|r| r.request_id().as_str()).collect();
+            let ids: Vec<&str> = requests
+                .iter()
+                .map(|r| r.request_id().as_str())
+                .chain(refused.iter().map(|r| r.request_id.as_str()))
+                .collect();
             // A request id the batch before is still recording is looked up
             // once its result is stored; the batch after waits for this
             // one's likewise. A flow deciding one batch at a time never has
@@ -317,9 +357,15 @@ impl<D: Decide> RequestPipeline<D> {
                 self.logic.prepare(&requests)
             )?
         };
-        let fresh = self
+        let mut fresh = self
             .answer_replays(batch, decoded, &stored, &mut out)
             .await?;
+        if !refused.is_empty() {
+            let refusals = self.answer_refused(batch, refused, &stored, &mut fresh, &mut out)?;
+            // Stored before anything of the batch is published: a later
+            // message of the id, valid or not, is answered the same.
+            processed::insert_all(&self.db, self.logic.flow().kind(), &refusals).await?;
+        }
         let traces: Vec<Option<&str>> = fresh.spans.iter().map(|(_, t)| t.as_deref()).collect();
         let results = self
             .decide_isolating(batch, &fresh.requests, (&traces, &context), turn, &mut out)
@@ -330,13 +376,16 @@ impl<D: Decide> RequestPipeline<D> {
     }
 
     /// Decodes every message; the unreadable and oversized ones go to the
-    /// DLQ (answered when their request id can be read).
+    /// DLQ. Those whose request id can be read are returned beside the
+    /// decoded ones, to be answered like any request of that id
+    /// ([`RequestPipeline::answer_refused`]).
     fn decode_all(
         &self,
         batch: &[Incoming],
         out: &mut Vec<OutMessage>,
-    ) -> Result<Vec<(usize, D::Request)>, WorkerError> {
+    ) -> Result<(Decoded<D::Request>, Vec<Refused>), WorkerError> {
         let mut decoded = Vec::with_capacity(batch.len());
+        let mut refused = Vec::new();
         for (index, message) in batch.iter().enumerate() {
             let Some(payload) = message.payload.as_deref() else {
                 self.invalid(message, None, None, "message has no payload", out)?;
@@ -359,15 +408,82 @@ impl<D: Decide> RequestPipeline<D> {
                     Err(invalid) => invalid,
                 }
             };
-            self.invalid(
-                message,
-                invalid.request_id,
-                invalid.user_id,
-                &invalid.reason,
-                out,
-            )?;
+            self.dead_letter_refused(message, invalid.request_id.as_ref(), &invalid.reason, out);
+            if let Some(request_id) = invalid.request_id {
+                refused.push(Refused {
+                    index,
+                    request_id,
+                    user_id: invalid.user_id,
+                    reason: invalid.reason,
+                });
+            }
         }
-        Ok(decoded)
+        Ok((decoded, refused))
+    }
+
+    /// Answers the refused messages (each already dead-lettered) as any
+    /// message of their request id is answered, so that an id has one
+    /// result whatever comes under it: its stored result when it has one; the
+    /// result of the request of that id this batch decides; else
+    /// `invalid_request`, stored (returned, to be stored before anything
+    /// is published) for every later message of that id.
+    fn answer_refused(
+        &self,
+        batch: &[Incoming],
+        refused: Vec<Refused>,
+        stored: &HashMap<String, processed::StoredResult>,
+        fresh: &mut Fresh<D::Request>,
+        out: &mut Vec<OutMessage>,
+    ) -> Result<Vec<NewResult>, WorkerError> {
+        let kind = self.logic.flow().kind();
+        let decided: HashMap<&str, usize> = fresh
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(at, (_, request))| (request.request_id().as_str(), at))
+            .collect();
+        let mut repeats = Vec::new();
+        let mut refusals: Vec<NewResult> = Vec::new();
+        for Refused {
+            index,
+            request_id,
+            user_id,
+            reason,
+        } in refused
+        {
+            let message = &batch[index];
+            let trace = message.header_str(trace_context::HEADER);
+            let id = request_id.as_str();
+            let (user_id, json) = if let Some(previous) = stored.get(id) {
+                if previous.kind == kind {
+                    metrics::replayed(kind);
+                    (previous.user_id, previous.result.clone())
+                } else {
+                    let reason = format!(
+                        "request_id {id} was already used by a {} request",
+                        previous.kind
+                    );
+                    (user_id, self.refusal(request_id, user_id, &reason)?)
+                }
+            } else if let Some(&at) = decided.get(id) {
+                repeats.push((index, at));
+                continue;
+            } else if let Some(first) = refusals.iter().find(|r| r.request_id == id) {
+                (first.user_id, first.result.clone())
+            } else {
+                let json = self.refusal(request_id.clone(), user_id, &reason)?;
+                refusals.push(NewResult {
+                    request_id: request_id.as_str().to_owned(),
+                    user_id,
+                    error_code: Some(ErrorCode::InvalidRequest.as_str()),
+                    result: json.clone(),
+                });
+                (user_id, json)
+            };
+            out.push(self.result_message(user_id, message, json, trace));
+        }
+        fresh.repeats.extend(repeats);
+        Ok(refusals)
     }
 
     /// Answers requests already decided (`stored`, by request id) with their
