@@ -502,6 +502,15 @@ async fn idempotency_key_becomes_the_request_id_and_guards_its_body() {
         (status, again["request_id"].clone()),
         (StatusCode::ACCEPTED, json!("order-77:pay"))
     );
+    // The same body spelled otherwise by a retrying client: the same request.
+    let respelled = c
+        .post(format!("{http}/v1/charges"))
+        .header("idempotency-key", "order-77:pay")
+        .body("{ \"amount\": 5000,\n  \"user_id\": 1 }")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(respelled.status(), StatusCode::ACCEPTED);
     let (status, conflict) = post(
         &c,
         format!("{http}/v1/charges"),

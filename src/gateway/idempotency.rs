@@ -22,12 +22,17 @@ use crate::telemetry::error_chain;
 /// The most claims one pipeline carries.
 const MOST_PER_PIPELINE: usize = 512;
 
-/// What a key is bound to: route and body.
+/// What a key is bound to: route and body, the body as JSON reads it, so a
+/// retry whose client spaced or ordered its fields otherwise is the same
+/// request. (A body that decoded but that a JSON value cannot hold, such as
+/// `1e400` in a field the API ignores, is taken byte for byte.)
 pub fn fingerprint(route: &str, body: &[u8]) -> String {
+    let canonical = serde_json::from_slice::<serde_json::Value>(body)
+        .and_then(|value| serde_json::to_vec(&value));
     let mut hash = Sha256::new();
     hash.update(route.as_bytes());
     hash.update([0]);
-    hash.update(body);
+    hash.update(canonical.as_deref().unwrap_or(body));
     format!("{:x}", hash.finalize())
 }
 
@@ -176,5 +181,40 @@ async fn send(counters: &Counters, ttl_secs: u64, claims: &mut Vec<Claim>) {
     for (claim, held) in claims.drain(..).zip(held) {
         let found = held.map(|held| claimed(&claim, held));
         let _ = claim.answer.send(found);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+
+    #[test]
+    fn a_key_binds_what_the_body_says_not_how_it_is_spelled() {
+        let first = fingerprint("charges", br#"{"user_id": 2, "amount": 1000}"#);
+        for same in [
+            &br#"{"amount":1000,"user_id":2}"#[..],
+            br#" { "user_id" : 2 ,
+                   "amount" : 1000 } "#,
+            br#"{"user_\u0069d": 2, "amount": 1000}"#,
+        ] {
+            assert_eq!(
+                fingerprint("charges", same),
+                first,
+                "{}",
+                String::from_utf8_lossy(same)
+            );
+        }
+        for other in [
+            &br#"{"user_id": 2, "amount": 2000}"#[..],
+            br#"{"user_id": 3, "amount": 1000}"#,
+            br#"{"user_id": 2, "amount": 1000, "note": "x"}"#,
+        ] {
+            assert_ne!(fingerprint("charges", other), first);
+        }
+        assert_ne!(
+            fingerprint("orders", br#"{"user_id": 2, "amount": 1000}"#),
+            first,
+            "another route"
+        );
     }
 }
