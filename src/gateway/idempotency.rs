@@ -26,14 +26,35 @@ const MOST_PER_PIPELINE: usize = 512;
 /// retry whose client spaced or ordered its fields otherwise is the same
 /// request. (A body that decoded but that a JSON value cannot hold, such as
 /// `1e400` in a field the API ignores, is taken byte for byte.)
-pub fn fingerprint(route: &str, body: &[u8]) -> String {
-    let canonical = serde_json::from_slice::<serde_json::Value>(body)
-        .and_then(|value| serde_json::to_vec(&value));
-    let mut hash = Sha256::new();
-    hash.update(route.as_bytes());
-    hash.update([0]);
-    hash.update(canonical.as_deref().unwrap_or(body));
-    format!("{:x}", hash.finalize())
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// What a new claim stores.
+    read: String,
+    /// The body byte for byte, as gateways before the JSON reading stored
+    /// it: a key they claimed still matches its own retries.
+    bytes: String,
+}
+
+pub fn fingerprint(route: &str, body: &[u8]) -> Fingerprint {
+    let hash = |body: &[u8]| {
+        let mut hash = Sha256::new();
+        hash.update(route.as_bytes());
+        hash.update([0]);
+        hash.update(body);
+        format!("{:x}", hash.finalize())
+    };
+    let bytes = hash(body);
+    let read = serde_json::from_slice::<serde_json::Value>(body)
+        .and_then(|value| serde_json::to_vec(&value))
+        .map_or_else(|_| bytes.clone(), |canonical| hash(&canonical));
+    Fingerprint { read, bytes }
+}
+
+impl Fingerprint {
+    /// Whether a key holding `held` was claimed by the same request.
+    fn matches(&self, held: &str) -> bool {
+        held == self.read || held == self.bytes
+    }
 }
 
 /// What a claim found.
@@ -49,7 +70,7 @@ enum Claimed {
 
 struct Claim {
     key: String,
-    fingerprint: String,
+    fingerprint: Fingerprint,
     /// What the claim found, or why Redis could not say.
     answer: oneshot::Sender<Result<Claimed, String>>,
 }
@@ -90,7 +111,7 @@ impl Claims {
     /// deduplicate). The claims' patience counts from the moment the claim
     /// is queued: a claim that waits behind a pipeline Redis is slow to
     /// answer is refused within it too, not only one whose own command is.
-    pub async fn claim(&self, key: &str, fingerprint: String) -> Result<(), ApiError> {
+    pub async fn claim(&self, key: &str, fingerprint: Fingerprint) -> Result<(), ApiError> {
         let unavailable =
             |reason: &str| ApiError::Unavailable(format!("redis unavailable: {reason}"));
         let (answer, answered) = oneshot::channel();
@@ -126,7 +147,7 @@ impl Claims {
 fn claim_command(claim: &Claim, ttl_secs: u64) -> redis::Cmd {
     let mut cmd = redis::cmd("SET");
     cmd.arg(&claim.key)
-        .arg(&claim.fingerprint)
+        .arg(&claim.fingerprint.read)
         .arg("NX")
         .arg("GET")
         .arg("EX")
@@ -138,7 +159,7 @@ fn claim_command(claim: &Claim, ttl_secs: u64) -> redis::Cmd {
 fn claimed(claim: &Claim, held: Option<String>) -> Claimed {
     match held {
         None => Claimed::New,
-        Some(held) if held == claim.fingerprint => Claimed::Again,
+        Some(held) if claim.fingerprint.matches(&held) => Claimed::Again,
         Some(_) => Claimed::Conflict,
     }
 }
@@ -187,10 +208,11 @@ async fn send(counters: &Counters, ttl_secs: u64, claims: &mut Vec<Claim>) {
 #[cfg(test)]
 mod tests {
     use super::fingerprint;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn a_key_binds_what_the_body_says_not_how_it_is_spelled() {
-        let first = fingerprint("charges", br#"{"user_id": 2, "amount": 1000}"#);
+        let first = fingerprint("charges", br#"{"user_id": 2, "amount": 1000}"#).read;
         for same in [
             &br#"{"amount":1000,"user_id":2}"#[..],
             br#" { "user_id" : 2 ,
@@ -198,7 +220,7 @@ mod tests {
             br#"{"user_\u0069d": 2, "amount": 1000}"#,
         ] {
             assert_eq!(
-                fingerprint("charges", same),
+                fingerprint("charges", same).read,
                 first,
                 "{}",
                 String::from_utf8_lossy(same)
@@ -209,12 +231,23 @@ mod tests {
             br#"{"user_id": 3, "amount": 1000}"#,
             br#"{"user_id": 2, "amount": 1000, "note": "x"}"#,
         ] {
-            assert_ne!(fingerprint("charges", other), first);
+            assert_ne!(fingerprint("charges", other).read, first);
         }
         assert_ne!(
-            fingerprint("orders", br#"{"user_id": 2, "amount": 1000}"#),
+            fingerprint("orders", br#"{"user_id": 2, "amount": 1000}"#).read,
             first,
             "another route"
         );
+    }
+
+    #[test]
+    fn a_key_claimed_byte_for_byte_still_matches_its_retries() {
+        let body = br#"{"user_id": 2, "amount": 1000}"#;
+        let mut hash = Sha256::new();
+        hash.update(b"charges\0");
+        hash.update(body);
+        let held = format!("{:x}", hash.finalize());
+        assert!(fingerprint("charges", body).matches(&held));
+        assert!(!fingerprint("charges", br#"{"user_id": 2, "amount": 2000}"#).matches(&held));
     }
 }

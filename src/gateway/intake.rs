@@ -106,7 +106,7 @@ struct Publication<'a> {
     request_id: &'a RequestId,
     /// The `Idempotency-Key` fingerprint (route and body), when the id came
     /// from one.
-    keyed: Option<String>,
+    keyed: Option<idempotency::Fingerprint>,
     /// W3C trace context to carry into Kafka.
     traceparent: String,
 }
