@@ -299,6 +299,11 @@ impl<D: Decide> BatchHandler for RequestPipeline<D> {
     }
 }
 
+/// Why a message is refused whose request id another flow's request used.
+fn used_by_another_flow(request_id: &str, kind: &str) -> String {
+    format!("request_id {request_id} was already used by a {kind} request")
+}
+
 /// The requests of a batch that decoded, each with its index in the batch.
 type Decoded<R> = Vec<(usize, R)>;
 
@@ -442,7 +447,6 @@ impl<D: Decide> RequestPipeline<D> {
             .enumerate()
             .map(|(at, (_, request))| (request.request_id().as_str(), at))
             .collect();
-        let mut repeats = Vec::new();
         let mut refusals: Vec<NewResult> = Vec::new();
         for Refused {
             index,
@@ -459,14 +463,11 @@ impl<D: Decide> RequestPipeline<D> {
                     metrics::replayed(kind);
                     (previous.user_id, previous.result.clone())
                 } else {
-                    let reason = format!(
-                        "request_id {id} was already used by a {} request",
-                        previous.kind
-                    );
+                    let reason = used_by_another_flow(id, &previous.kind);
                     (user_id, self.refusal(request_id, user_id, &reason)?)
                 }
             } else if let Some(&at) = decided.get(id) {
-                repeats.push((index, at));
+                fresh.repeats.push((index, at));
                 continue;
             } else if let Some(first) = refusals.iter().find(|r| r.request_id == id) {
                 (first.user_id, first.result.clone())
@@ -482,7 +483,6 @@ impl<D: Decide> RequestPipeline<D> {
             };
             out.push(self.result_message(user_id, message, json, trace));
         }
-        fresh.repeats.extend(repeats);
         Ok(refusals)
     }
 
@@ -532,11 +532,7 @@ impl<D: Decide> RequestPipeline<D> {
                     traceparent.as_deref(),
                 ));
             } else {
-                let reason = format!(
-                    "request_id {} was already used by a {} request",
-                    request.request_id(),
-                    previous.kind
-                );
+                let reason = used_by_another_flow(request.request_id().as_str(), &previous.kind);
                 self.invalid(
                     message,
                     Some(request.request_id().clone()),
