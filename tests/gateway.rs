@@ -550,13 +550,21 @@ async fn credentials_separate_clients_from_admins() {
         r.send()
     };
     let charge = json!({"user_id": 1, "amount": 5000});
+    let missing = call("/v1/charges", None, charge.clone()).await.unwrap();
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
-        call("/v1/charges", None, charge.clone())
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::UNAUTHORIZED
+        missing.headers().get("www-authenticate").unwrap(),
+        "Bearer",
+        "a 401 names the scheme it takes"
     );
+    // The scheme's name is case-insensitive.
+    let lower = c
+        .get(format!("{http}/v1/users/1/balance"))
+        .header("authorization", "bearer client-key-aaaaaaaaaaaa")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(lower.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         call(
             "/v1/charges",

@@ -106,8 +106,8 @@ fn refusal(gateway: &GatewaySettings, request: &Request) -> Option<Response> {
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|k| k.trim().to_owned())
+        .and_then(bearer_token)
+        .map(str::to_owned)
         // A browser opening the dashboard cannot send a header: `?key=`.
         .or_else(|| {
             dashboard
@@ -124,6 +124,14 @@ fn refusal(gateway: &GatewaySettings, request: &Request) -> Option<Response> {
         }
         Some(_) => None,
     }
+}
+
+/// The key of an `Authorization` value of the Bearer scheme. The scheme's
+/// name is case-insensitive (RFC 9110 §11.1): `bearer <key>` is the same.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, key) = value.trim().split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
 }
 
 /// The `key` parameter of a query string, percent-decoded.
@@ -151,5 +159,16 @@ mod tests {
         );
         assert_eq!(role_of("client-key-000000000", &clients, &admins), None);
         assert_eq!(role_of("", &clients, &admins), None);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        assert_eq!(bearer_token("Bearer k-1"), Some("k-1"));
+        assert_eq!(bearer_token("bearer k-1"), Some("k-1"));
+        assert_eq!(bearer_token("BEARER   k-1 "), Some("k-1"));
+        assert_eq!(bearer_token("Basic k-1"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer  "), None);
+        assert_eq!(bearer_token("Bearerk-1"), None);
     }
 }

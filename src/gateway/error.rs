@@ -98,6 +98,15 @@ impl IntoResponse for ApiError {
             )
                 .into_response();
         }
+        if matches!(self, ApiError::Unauthorized) {
+            // A 401 names the scheme it takes (RFC 9110 §11.6.1).
+            return (
+                self.status(),
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(body),
+            )
+                .into_response();
+        }
         if matches!(self, ApiError::Overloaded(_)) {
             return (self.status(), [(header::RETRY_AFTER, "1")], Json(body)).into_response();
         }
