@@ -329,6 +329,84 @@ async fn redis_selling_more_than_postgres_has_never_oversells_with_batches_in_fl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_reserving_stock_and_the_commit_neither_leaks_nor_doubles() {
+    let env = TestEnv::new().await;
+    users::create(&env.db, Some(1), 100_000).await.unwrap();
+    users::create(&env.db, Some(5), 5_000).await.unwrap();
+    env.create_product(1, 1_000, 3).await;
+    env.create_product(2, 1_000, 1).await;
+    env.create_product(3, 10_000, 5).await;
+    // A worker reserved these in Redis, then died before PostgreSQL committed:
+    // o-a takes 2 of product 1's 3 units; o-e, whose user cannot pay for it,
+    // the only unit of product 2 and one of product 3.
+    let crashed = [("o-a", vec![(1, 2)]), ("o-e", vec![(2, 1), (3, 1)])].map(|(id, items)| {
+        stampede::counters::StockRequest {
+            request_id: id.into(),
+            reserve: true,
+            items,
+        }
+    });
+    let answers = env.counters.reserve_stock(&crashed).await.unwrap();
+    assert!(answers
+        .iter()
+        .all(|a| *a == stampede::counters::StockAnswer::Reserved));
+    assert_eq!(stock(&env, 1).await, (3, 1));
+    assert_eq!(stock(&env, 2).await, (1, 0));
+    // The redeliveries, each followed (same user, so in this order) by
+    // orders for what it leaves.
+    let orders = [
+        (1, order("o-a", 1, &[(1, 2)], None)),
+        (1, order("o-c", 1, &[(1, 2)], None)),
+        (1, order("o-d", 1, &[(1, 1)], None)),
+        (5, order("o-e", 5, &[(2, 1), (3, 1)], None)),
+        (5, order("o-f", 5, &[(2, 1)], None)),
+    ];
+    env.publish_all(Flow::Order, &orders).await;
+    let app = env.start(Roles::workers(vec![WorkerKind::Order])).await;
+    let results = env
+        .wait_results(
+            Flow::Order,
+            &ids(["o-a", "o-c", "o-d", "o-e", "o-f"].map(String::from)),
+        )
+        .await;
+    let outcome = |id: &str| {
+        let r = &results[id][0];
+        if r["status"] == "succeeded" {
+            "succeeded".to_owned()
+        } else {
+            r["error"]["code"].as_str().unwrap().to_owned()
+        }
+    };
+    // The redelivered o-a pays for the units it reserved, and they were not
+    // taken twice: one unit is left, for o-d.
+    assert_eq!(outcome("o-a"), "succeeded");
+    assert_eq!(outcome("o-c"), "out_of_stock");
+    assert_eq!(outcome("o-d"), "succeeded");
+    assert_eq!(env.balance(1).await, Some(97_000));
+    // o-e cannot pay: what its reservation held goes back, the unit of
+    // product 2 to o-f.
+    assert_eq!(outcome("o-e"), "insufficient_balance");
+    assert_eq!(outcome("o-f"), "succeeded");
+    assert_eq!(env.balance(5).await, Some(4_000));
+    assert_eq!(stock(&env, 1).await, (0, 0));
+    assert_eq!(stock(&env, 2).await, (0, 0));
+    assert_eq!(stock(&env, 3).await, (5, 5));
+    eventually("no hold is left in Redis", || async {
+        env.counters
+            .hold_ids()
+            .await
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    app.stop().await;
+    let report = env.audit().await;
+    assert!(report.passed(), "{}", report.render());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_order_request_charges_once() {
     let env = TestEnv::new().await;
     users::create(&env.db, Some(1), 50_000).await.unwrap();
