@@ -8,7 +8,7 @@ use sqlx::PgPool;
 
 use crate::counters::Counters;
 use crate::domain::coupon::Discount;
-use crate::domain::messages::CouponSpec;
+use crate::domain::messages::{CouponSpec, ProductSpec};
 use crate::reconcile::{self, ReconcileError};
 use crate::store::{coupons, products, users};
 
@@ -48,6 +48,67 @@ impl Default for SeedPlan {
     }
 }
 
+/// The farthest `--coupon-valid-days` reaches, either way (a negative
+/// count makes coupons that have already expired).
+pub const MOST_VALID_DAYS: i64 = 36_500;
+
+impl SeedPlan {
+    /// Why the plan cannot be carried out as asked, if it cannot: ids past
+    /// the largest an id can be, an expiry beyond a century, or a product or
+    /// coupon the admin API would refuse.
+    pub fn check(&self) -> Result<(), String> {
+        for (what, first, count) in [
+            ("users", self.first_user_id, self.users),
+            ("products", self.first_product_id, self.products),
+            ("coupons", self.first_coupon_id, self.coupons),
+        ] {
+            if count > 0 && last_id(first, count).is_none() {
+                return Err(format!(
+                    "{count} {what} from id {first} would pass the largest id, {}",
+                    i64::MAX
+                ));
+            }
+        }
+        if self.products > 0 {
+            self.product(self.first_product_id).validate()?;
+        }
+        if self.coupons > 0 {
+            if self.coupon_valid_days.unsigned_abs() > MOST_VALID_DAYS.unsigned_abs() {
+                return Err(format!(
+                    "coupons must expire within {MOST_VALID_DAYS} days either way, got {}",
+                    self.coupon_valid_days
+                ));
+            }
+            self.coupon(self.first_coupon_id).validate()?;
+        }
+        Ok(())
+    }
+
+    fn product(&self, id: i64) -> ProductSpec {
+        ProductSpec {
+            name: format!("product-{id}"),
+            price: self.price,
+            stock: self.stock,
+        }
+    }
+
+    /// Coupon `id` of the plan; its `coupon_valid_days` must have passed [`SeedPlan::check`].
+    fn coupon(&self, id: i64) -> CouponSpec {
+        CouponSpec {
+            name: format!("coupon-{id}"),
+            discount: self.discount,
+            total_quantity: self.coupon_stock,
+            expires_at: Utc::now() + Duration::days(self.coupon_valid_days),
+            shards: 1,
+        }
+    }
+}
+
+/// The last of `count` ids from `first`, if it is an id.
+fn last_id(first: i64, count: i64) -> Option<i64> {
+    first.checked_add(count.checked_sub(1)?)
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SeedReport {
     pub users_created: u64,
@@ -56,12 +117,14 @@ pub struct SeedReport {
     pub coupons_existing: Vec<i64>,
 }
 
+/// Carries out a plan that passed [`SeedPlan::check`].
 pub async fn seed(
     db: &PgPool,
     counters: &Counters,
     plan: &SeedPlan,
 ) -> Result<SeedReport, ReconcileError> {
     let mut report = SeedReport::default();
+    let ids = |first: i64, count: i64| first..=last_id(first, count).unwrap_or(first - 1);
     if plan.users > 0 {
         report.users_created =
             users::seed(db, plan.first_user_id, plan.users, plan.balance).await?;
@@ -75,19 +138,11 @@ pub async fn seed(
             plan.stock,
         )
         .await?;
-        let ids: Vec<i64> =
-            (plan.first_product_id..plan.first_product_id + plan.products).collect();
+        let ids: Vec<i64> = ids(plan.first_product_id, plan.products).collect();
         reconcile::load_missing_products(db, counters, &ids).await?;
     }
-    for id in plan.first_coupon_id..plan.first_coupon_id + plan.coupons {
-        let spec = CouponSpec {
-            name: format!("coupon-{id}"),
-            discount: plan.discount,
-            total_quantity: plan.coupon_stock,
-            expires_at: Utc::now() + Duration::days(plan.coupon_valid_days),
-            shards: 1,
-        };
-        match coupons::create(db, Some(id), &spec).await {
+    for id in ids(plan.first_coupon_id, plan.coupons) {
+        match coupons::create(db, Some(id), &plan.coupon(id)).await {
             Ok(_) => {
                 reconcile::load_coupon(db, counters, id, true).await?;
                 report.coupons_created.push(id);
@@ -97,4 +152,54 @@ pub async fn seed(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_is_refused_when_its_ids_or_expiry_do_not_fit() {
+        let plan = |f: fn(&mut SeedPlan)| {
+            let mut p = SeedPlan {
+                users: 1,
+                products: 1,
+                coupons: 1,
+                ..SeedPlan::default()
+            };
+            f(&mut p);
+            p.check()
+        };
+        assert_eq!(plan(|_| {}), Ok(()));
+        assert_eq!(plan(|p| p.first_user_id = i64::MAX), Ok(()));
+        let past = plan(|p| {
+            p.users = 2;
+            p.first_user_id = i64::MAX;
+        });
+        assert!(past
+            .unwrap_err()
+            .contains("2 users from id 9223372036854775807"));
+        assert!(plan(|p| {
+            p.products = 11;
+            p.first_product_id = i64::MAX - 9;
+        })
+        .is_err());
+        assert!(plan(|p| p.first_coupon_id = i64::MAX).is_ok());
+        assert!(plan(|p| p.coupon_valid_days = -MOST_VALID_DAYS).is_ok());
+        assert!(plan(|p| p.coupon_valid_days = MOST_VALID_DAYS + 1).is_err());
+        assert!(plan(|p| p.coupon_valid_days = i64::MIN).is_err());
+        // What the admin API refuses, seed refuses too.
+        assert!(plan(|p| p.price = crate::domain::messages::MAX_PRICE + 1).is_err());
+        assert!(plan(|p| p.discount = Discount::Percent { percent: 0 }).is_err());
+        // Nothing of a kind asked for: its first id does not matter.
+        assert_eq!(
+            plan(|p| {
+                p.users = 0;
+                p.first_user_id = i64::MAX;
+                p.coupons = 0;
+                p.coupon_valid_days = i64::MAX;
+            }),
+            Ok(())
+        );
+    }
 }

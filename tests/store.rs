@@ -214,3 +214,97 @@ async fn the_audit_names_each_broken_promise() {
     );
     env.cleanup().await;
 }
+
+/// Runs `stampede seed <args>` with the test's settings: (success, stdout, stderr).
+fn seed(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stampede"))
+        .arg("--config")
+        .arg(env.config_path())
+        .arg("seed")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run stampede seed");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_creates_what_it_reports_up_to_the_largest_id_and_refuses_past_it() {
+    use stampede::store::{coupons, products};
+    let env = TestEnv::new().await;
+    let (ok, out, err) = seed(
+        &env,
+        &[
+            "--users",
+            "3",
+            "--balance",
+            "7000",
+            "--products",
+            "2",
+            "--price",
+            "500",
+            "--stock",
+            "9",
+            "--coupons",
+            "1",
+            "--first-coupon-id",
+            "4",
+            "--coupon-stock",
+            "6",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("created 3 users, 2 products, coupons [4]"),
+        "{out}"
+    );
+    for user in 1..=3 {
+        assert_eq!(env.balance(user).await, Some(7_000));
+    }
+    assert_eq!(env.balance(4).await, None);
+    for product in 1..=2 {
+        let row = products::get(&env.db, product).await.unwrap().unwrap();
+        assert_eq!((row.price, row.stock), (500, 9));
+        assert_eq!(env.counters.product_stock(product).await.unwrap(), Some(9));
+    }
+    let coupon = coupons::get(&env.db, 4).await.unwrap().unwrap();
+    assert_eq!(coupon.total_quantity, 6);
+    assert_eq!(env.counters.coupon_stock(4).await.unwrap(), Some(6));
+    // Again: nothing new, and it says so.
+    let (ok, out, _) = seed(
+        &env,
+        &["--users", "3", "--coupons", "1", "--first-coupon-id", "4"],
+    );
+    assert!(ok);
+    assert!(
+        out.starts_with("created 0 users, 0 products, coupons [] (already existed: [4])"),
+        "{out}"
+    );
+
+    // The largest id is an id.
+    let max = i64::MAX.to_string();
+    let (ok, out, err) = seed(&env, &["--users", "1", "--first-user-id", &max]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("created 1 users"), "{out}");
+    assert_eq!(env.balance(i64::MAX).await, Some(50_000));
+    // Past it: a clear refusal, and nothing created.
+    let near = (i64::MAX - 1).to_string();
+    let (ok, _, err) = seed(&env, &["--products", "3", "--first-product-id", &near]);
+    assert!(!ok);
+    assert!(err.contains("would pass the largest id"), "{err}");
+    assert!(products::get(&env.db, i64::MAX - 1)
+        .await
+        .unwrap()
+        .is_none());
+    let (ok, _, err) = seed(
+        &env,
+        &["--coupons", "1", "--coupon-valid-days", "99999999999999"],
+    );
+    assert!(!ok);
+    assert!(err.contains("expire within"), "{err}");
+    env.cleanup().await;
+}

@@ -27,7 +27,7 @@ pub struct SeedArgs {
     pub products: i64,
     #[arg(long, default_value_t = 1, value_parser = positive_id)]
     pub first_product_id: i64,
-    /// Unit price of each created product, in KRW.
+    /// Unit price of each created product, in KRW (0 to 1,000,000,000).
     #[arg(long, default_value_t = 10_000, value_parser = not_negative)]
     pub price: i64,
     /// Stock of each created product.
@@ -47,7 +47,8 @@ pub struct SeedArgs {
     /// Percent discount (1-100) instead of a fixed one.
     #[arg(long)]
     pub coupon_percent: Option<i64>,
-    /// Days until created coupons expire.
+    /// Days until created coupons expire (negative: already expired; at
+    /// most 36,500 either way).
     #[arg(long, default_value_t = 30)]
     pub coupon_valid_days: i64,
 }
@@ -59,12 +60,9 @@ pub async fn run(args: SeedArgs, settings: &Settings) -> anyhow::Result<ExitCode
             amount: args.coupon_amount,
         },
     };
-    discount.validate().map_err(anyhow::Error::msg)?;
     if args.balance < 0 || args.balance > settings.rules.max_balance {
         bail!("--balance must be 0 to {}", settings.rules.max_balance);
     }
-    let db = store::connect(&settings.database).await?;
-    let counters = Counters::connect(&settings.redis).await?;
     let plan = SeedPlan {
         users: args.users,
         first_user_id: args.first_user_id,
@@ -79,6 +77,9 @@ pub async fn run(args: SeedArgs, settings: &Settings) -> anyhow::Result<ExitCode
         discount,
         coupon_valid_days: args.coupon_valid_days,
     };
+    plan.check().map_err(anyhow::Error::msg)?;
+    let db = store::connect(&settings.database).await?;
+    let counters = Counters::connect(&settings.redis).await?;
     let started = std::time::Instant::now();
     let report = seed(&db, &counters, &plan).await?;
     println!(

@@ -52,7 +52,7 @@ pub async fn seed(db: &PgPool, first: i64, count: i64, price: i64, stock: i64) -
     let mut tx = db.begin().await?;
     let created = sqlx::query(
         "INSERT INTO products (id, name, price, stock)
-         SELECT g, 'product-' || g, $3, $4 FROM generate_series($1::int8, $1::int8 + $2::int8 - 1) AS g
+         SELECT g, 'product-' || g, $3, $4 FROM generate_series($1::int8, $1::int8 + ($2::int8 - 1)) AS g
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(first)

@@ -144,7 +144,7 @@ pub async fn seed(db: &PgPool, first: i64, count: i64, balance: i64) -> Result<u
     let created: i64 = sqlx::query_scalar(
         "WITH new AS (
             INSERT INTO users (id, balance)
-            SELECT g, $3 FROM generate_series($1::int8, $1::int8 + $2::int8 - 1) AS g
+            SELECT g, $3 FROM generate_series($1::int8, $1::int8 + ($2::int8 - 1)) AS g
             ON CONFLICT (id) DO NOTHING RETURNING id, balance),
          history AS (
             INSERT INTO balance_history (user_id, kind, amount, balance_after)
