@@ -178,7 +178,7 @@ async fn a_generated_id_skips_rows_written_with_their_own_ids() {
             post(&c, format!("{http}/v1/admin/{path}"), body.clone(), None).await;
         assert_eq!(status, StatusCode::CREATED, "{path}: {created}");
         assert_eq!(created[id], 6, "{path}: the next id past the taken ones");
-        let mut taken = body;
+        let mut taken = body.clone();
         taken[id] = json!(3);
         let (status, conflict) = post(&c, format!("{http}/v1/admin/{path}"), taken, None).await;
         assert_eq!(status, StatusCode::CONFLICT, "{path}: {conflict}");
@@ -190,6 +190,32 @@ async fn a_generated_id_skips_rows_written_with_their_own_ids() {
                 .ends_with(" 3 already exists"),
             "{path}: the refusal names the id asked for: {conflict}"
         );
+        // The largest id is an id, and taking it spends nothing: the next
+        // drawn id is still the next one.
+        let mut largest = body.clone();
+        largest[id] = json!(i64::MAX);
+        let (status, created) = post(&c, format!("{http}/v1/admin/{path}"), largest, None).await;
+        assert_eq!(status, StatusCode::CREATED, "{path}: {created}");
+        assert_eq!(created[id], i64::MAX);
+        let (status, created) =
+            post(&c, format!("{http}/v1/admin/{path}"), body.clone(), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{path}: {created}");
+        assert_eq!(
+            created[id], 7,
+            "{path}: drawn after the largest id was taken"
+        );
+        // A sequence already at the largest id (moved there by an older
+        // gateway after such a row) goes on from the lowest free id.
+        sqlx::query(&format!(
+            "SELECT setval(pg_get_serial_sequence('{path}', 'id'), 9223372036854775807)"
+        ))
+        .execute(&env.db)
+        .await
+        .unwrap();
+        let (status, created) =
+            post(&c, format!("{http}/v1/admin/{path}"), body.clone(), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{path}: {created}");
+        assert_eq!(created[id], 8, "{path}: the lowest free id");
     }
     app.stop().await;
     env.cleanup().await;

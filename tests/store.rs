@@ -308,3 +308,27 @@ async fn seed_creates_what_it_reports_up_to_the_largest_id_and_refuses_past_it()
     assert!(err.contains("expire within"), "{err}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_data_finds_room_below_the_largest_id() {
+    use stampede::store::ids::{free_block, IdTable};
+    let env = TestEnv::new().await;
+    assert_eq!(free_block(&env.db, IdTable::Users, 10).await.unwrap(), 1);
+    for sql in ["INSERT INTO users (id, balance) VALUES (1, 0), (2, 0), (5, 0), (9, 0)"] {
+        sqlx::query(sql).execute(&env.db).await.unwrap();
+    }
+    // Room above the highest id: after it.
+    assert_eq!(
+        free_block(&env.db, IdTable::Users, 1_000).await.unwrap(),
+        10
+    );
+    sqlx::query("INSERT INTO users (id, balance) VALUES (9223372036854775807, 0)")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    // None above the largest id: the lowest gap wide enough.
+    assert_eq!(free_block(&env.db, IdTable::Users, 2).await.unwrap(), 3);
+    assert_eq!(free_block(&env.db, IdTable::Users, 3).await.unwrap(), 6);
+    assert_eq!(free_block(&env.db, IdTable::Users, 4).await.unwrap(), 10);
+    env.cleanup().await;
+}

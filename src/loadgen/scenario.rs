@@ -65,7 +65,7 @@ pub async fn setup(
     o: &LoadgenOptions,
     run_id: &str,
 ) -> Result<Setup, Box<dyn std::error::Error + Send + Sync>> {
-    let first_user = users::next_free_id(db).await?;
+    let first_user = users::free_block(db, o.users as i64).await?;
     let balance = settings.rules.max_balance.min(10_000_000);
     users::seed(db, first_user, o.users as i64, balance).await?;
     let mut coupon_id = None;
@@ -73,7 +73,7 @@ pub async fn setup(
         o.scenario,
         Scenario::CouponDrop | Scenario::Mixed | Scenario::Passthrough
     ) {
-        let id = coupons::next_free_id(db).await?;
+        let id = coupons::free_id(db).await?;
         let spec = CouponSpec {
             name: format!("{run_id} drop"),
             discount: Discount::Fixed { amount: 1_000 },
@@ -85,7 +85,7 @@ pub async fn setup(
         reconcile::load_coupon(db, counters, id, true).await?;
         coupon_id = Some(id);
     }
-    let first_product = products::next_free_id(db).await?;
+    let first_product = products::free_block(db, o.products as i64).await?;
     if matches!(o.scenario, Scenario::Orders | Scenario::Mixed) {
         products::seed(db, first_product, o.products as i64, 1_000, o.stock).await?;
         let ids: Vec<i64> = (first_product..first_product + o.products as i64).collect();

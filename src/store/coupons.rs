@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use super::users::{bump_id_sequence, id_taken};
+use super::ids::{self, IdTable};
 use super::Result;
 use crate::domain::coupon::Discount;
 use crate::domain::coupon_batch::Recorded;
@@ -49,12 +49,13 @@ pub async fn create(db: &PgPool, id: Option<i64>, spec: &CouponSpec) -> Result<C
     let (kind, value) = spec.discount.to_columns();
     let mut tx = db.begin().await?;
     let row = loop {
+        let tried = ids::candidate(&mut tx, IdTable::Coupons, id).await?;
         let row: Option<CouponRow> = sqlx::query_as(&format!(
             "INSERT INTO coupons (id, name, discount_kind, discount_value, total_quantity, expires_at, shards)
-             VALUES (COALESCE($1, nextval(pg_get_serial_sequence('coupons', 'id'))), $2, $3, $4, $5, $6, $7)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}"
         ))
-        .bind(id)
+        .bind(tried)
         .bind(&spec.name)
         .bind(kind)
         .bind(value)
@@ -65,10 +66,10 @@ pub async fn create(db: &PgPool, id: Option<i64>, spec: &CouponSpec) -> Result<C
         .await?;
         match row {
             Some(row) => break row,
-            None => id_taken(&mut tx, ("coupons", "coupon"), id).await?,
+            None => ids::taken(&mut tx, IdTable::Coupons, id, tried).await?,
         }
     };
-    bump_id_sequence(&mut tx, "coupons").await?;
+    ids::written(&mut tx, IdTable::Coupons, (row.id, 1)).await?;
     tx.commit().await?;
     Ok(row)
 }
@@ -254,7 +255,7 @@ pub async fn of_user(db: &PgPool, user_id: i64) -> Result<Vec<UserCoupon>> {
     .await?)
 }
 
-/// The id after the highest coupon id.
-pub async fn next_free_id(db: &PgPool) -> Result<i64> {
-    super::next_free_id(db, "coupons").await
+/// A free coupon id for generated data (see [`ids::free_block`]).
+pub async fn free_id(db: &PgPool) -> Result<i64> {
+    ids::free_block(db, IdTable::Coupons, 1).await
 }

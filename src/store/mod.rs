@@ -23,6 +23,7 @@
 
 pub mod counter_source;
 pub mod coupons;
+pub mod ids;
 pub mod ledger;
 pub mod orders;
 pub mod processed;
@@ -126,16 +127,6 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool> {
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(connect_options(settings)?)
         .await?)
-}
-
-/// The id after the highest one in `table` (one of ours): where generated
-/// data (loadgen's users, coupons, products) can start without colliding.
-async fn next_free_id(db: &PgPool, table: &'static str) -> Result<i64> {
-    Ok(
-        sqlx::query_scalar(&format!("SELECT COALESCE(max(id), 0) + 1 FROM {table}"))
-            .fetch_one(db)
-            .await?,
-    )
 }
 
 /// Whether PostgreSQL answers (for `/readyz`).

@@ -5,7 +5,7 @@ use foldhash::HashMap;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use super::users::{bump_id_sequence, id_taken};
+use super::ids::{self, IdTable};
 use super::Result;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -26,12 +26,12 @@ pub async fn create(
 ) -> Result<ProductRow> {
     let mut tx = db.begin().await?;
     let row = loop {
+        let tried = ids::candidate(&mut tx, IdTable::Products, id).await?;
         let row: Option<ProductRow> = sqlx::query_as(
-            "INSERT INTO products (id, name, price, stock)
-             VALUES (COALESCE($1, nextval(pg_get_serial_sequence('products', 'id'))), $2, $3, $4)
+            "INSERT INTO products (id, name, price, stock) VALUES ($1, $2, $3, $4)
              ON CONFLICT (id) DO NOTHING RETURNING id, name, price, stock",
         )
-        .bind(id)
+        .bind(tried)
         .bind(name)
         .bind(price)
         .bind(stock)
@@ -39,10 +39,10 @@ pub async fn create(
         .await?;
         match row {
             Some(row) => break row,
-            None => id_taken(&mut tx, ("products", "product"), id).await?,
+            None => ids::taken(&mut tx, IdTable::Products, id, tried).await?,
         }
     };
-    bump_id_sequence(&mut tx, "products").await?;
+    ids::written(&mut tx, IdTable::Products, (row.id, 1)).await?;
     tx.commit().await?;
     Ok(row)
 }
@@ -62,7 +62,7 @@ pub async fn seed(db: &PgPool, first: i64, count: i64, price: i64, stock: i64) -
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    bump_id_sequence(&mut tx, "products").await?;
+    ids::written(&mut tx, IdTable::Products, (first, count)).await?;
     tx.commit().await?;
     Ok(created)
 }
@@ -152,7 +152,7 @@ pub async fn decrement(tx: &mut Transaction<'_, Postgres>, sold: &HashMap<i64, i
     Ok(())
 }
 
-/// The id after the highest product id.
-pub async fn next_free_id(db: &PgPool) -> Result<i64> {
-    super::next_free_id(db, "products").await
+/// The first of `count` consecutive free product ids (see [`ids::free_block`]).
+pub async fn free_block(db: &PgPool, count: i64) -> Result<i64> {
+    ids::free_block(db, IdTable::Products, count).await
 }

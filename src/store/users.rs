@@ -5,6 +5,7 @@ use foldhash::{HashMap, HashSet, HashSetExt};
 
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::ids::{self, IdTable};
 use super::Result;
 
 /// A balance change to record.
@@ -104,21 +105,21 @@ pub async fn insert_history(
 pub async fn create(db: &PgPool, id: Option<i64>, balance: i64) -> Result<i64> {
     let mut tx = db.begin().await?;
     let id = loop {
+        let tried = ids::candidate(&mut tx, IdTable::Users, id).await?;
         let created: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO users (id, balance)
-             VALUES (COALESCE($1, nextval(pg_get_serial_sequence('users', 'id'))), $2)
+            "INSERT INTO users (id, balance) VALUES ($1, $2)
              ON CONFLICT (id) DO NOTHING RETURNING id",
         )
-        .bind(id)
+        .bind(tried)
         .bind(balance)
         .fetch_optional(&mut *tx)
         .await?;
         match created {
             Some(created) => break created,
-            None => id_taken(&mut tx, ("users", "user"), id).await?,
+            None => ids::taken(&mut tx, IdTable::Users, id, tried).await?,
         }
     };
-    bump_id_sequence(&mut tx, "users").await?;
+    ids::written(&mut tx, IdTable::Users, (id, 1)).await?;
     if balance > 0 {
         insert_history(
             &mut tx,
@@ -156,40 +157,9 @@ pub async fn seed(db: &PgPool, first: i64, count: i64, balance: i64) -> Result<u
     .bind(balance)
     .fetch_one(&mut *tx)
     .await?;
-    bump_id_sequence(&mut tx, "users").await?;
+    ids::written(&mut tx, IdTable::Users, (first, count)).await?;
     tx.commit().await?;
     Ok(created as u64)
-}
-
-/// What a create does when its insert into `table` wrote nothing because
-/// the id was taken (`what` names the row's kind). An `id` asked for is a
-/// conflict that names it. A drawn one (`None`) was taken by a row written
-/// with its own id outside this code (a restore, another tool): the sequence
-/// is moved past every taken id, and the insert is to run again.
-pub(crate) async fn id_taken(
-    tx: &mut Transaction<'_, Postgres>,
-    (table, what): (&str, &str),
-    id: Option<i64>,
-) -> Result<()> {
-    match id {
-        Some(id) => Err(super::StoreError::Conflict(format!(
-            "{what} {id} already exists"
-        ))),
-        None => bump_id_sequence(tx, table).await,
-    }
-}
-
-/// Moves a table's id sequence past explicitly inserted ids.
-pub(crate) async fn bump_id_sequence(
-    tx: &mut Transaction<'_, Postgres>,
-    table: &str,
-) -> Result<()> {
-    sqlx::query(&format!(
-        "SELECT setval(pg_get_serial_sequence('{table}', 'id'), GREATEST((SELECT max(id) FROM {table}), 1))"
-    ))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// A user's balance, or `None` when the user does not exist.
@@ -202,7 +172,7 @@ pub async fn balance(db: &PgPool, id: i64) -> Result<Option<i64>> {
     )
 }
 
-/// The id after the highest user id.
-pub async fn next_free_id(db: &PgPool) -> Result<i64> {
-    super::next_free_id(db, "users").await
+/// The first of `count` consecutive free user ids (see [`ids::free_block`]).
+pub async fn free_block(db: &PgPool, count: i64) -> Result<i64> {
+    ids::free_block(db, IdTable::Users, count).await
 }
