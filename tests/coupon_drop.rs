@@ -317,6 +317,54 @@ async fn admin_coupons_load_their_stock_and_issue_over_http() {
     .await;
     assert_eq!(result["status"], "succeeded");
     assert_eq!(env.counters.coupon_stock(id).await.unwrap(), Some(4));
+    // The largest quantity loads and counts exactly (Lua's numbers are exact
+    // integers only up to 2^53); one more is refused, as is such a stock.
+    let most = stampede::domain::messages::MAX_UNITS;
+    let coupon = |quantity: i64| json!({"name": "many", "discount": {"type": "fixed", "amount": 100}, "total_quantity": quantity, "expires_at": "2030-01-01T00:00:00Z"});
+    let big = c
+        .post(format!("{http}/v1/admin/coupons"))
+        .json(&coupon(most))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), reqwest::StatusCode::CREATED);
+    let big = big.json::<Value>().await.unwrap()["coupon_id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(env.counters.coupon_stock(big).await.unwrap(), Some(most));
+    let result = post_and_wait(
+        &c,
+        &http,
+        &format!("/v1/coupons/{big}/issue"),
+        json!({"user_id": 1}),
+    )
+    .await;
+    assert_eq!(result["status"], "succeeded");
+    assert_eq!(
+        env.counters.coupon_stock(big).await.unwrap(),
+        Some(most - 1)
+    );
+    for (path, body) in [
+        ("coupons", coupon(most + 1)),
+        ("coupons", coupon(i64::MAX)),
+        (
+            "products",
+            json!({"name": "many", "price": 1, "stock": most + 1}),
+        ),
+    ] {
+        let refused = c
+            .post(format!("{http}/v1/admin/{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            refused.status(),
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}"
+        );
+    }
+    assert!(env.audit().await.passed());
     app.stop().await;
     env.cleanup().await;
 }

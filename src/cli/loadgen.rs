@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use super::values::{at_least_one, not_negative};
+use super::values::{at_least_one, units};
 use crate::config::Settings;
 use crate::loadgen::{self, LoadgenOptions, Scenario, Via};
 
@@ -24,7 +24,7 @@ pub struct LoadgenArgs {
     pub users: Option<usize>,
     /// Coupon stock (coupon-drop, mixed) or stock of each product (orders,
     /// mixed); 0 is a drop that is sold out from the start.
-    #[arg(long, default_value_t = 10_000, value_parser = not_negative)]
+    #[arg(long, default_value_t = 10_000, value_parser = units)]
     pub stock: i64,
     /// Split the drop's coupon stock over this many Redis sub-counters (1 to
     /// 64): one mega-drop spread over the shards of a Redis Cluster.

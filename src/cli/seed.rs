@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Args;
 
-use super::values::{not_negative, positive_id};
+use super::values::{not_negative, positive_id, units};
 use crate::config::Settings;
 use crate::counters::Counters;
 use crate::domain::coupon::Discount;
@@ -31,7 +31,7 @@ pub struct SeedArgs {
     #[arg(long, default_value_t = 10_000, value_parser = not_negative)]
     pub price: i64,
     /// Stock of each created product.
-    #[arg(long, default_value_t = 100, value_parser = not_negative)]
+    #[arg(long, default_value_t = 100, value_parser = units)]
     pub stock: i64,
     /// Coupons to create, with ids from --first-coupon-id.
     #[arg(long, default_value_t = 0, value_parser = not_negative)]
@@ -39,7 +39,7 @@ pub struct SeedArgs {
     #[arg(long, default_value_t = 1, value_parser = positive_id)]
     pub first_coupon_id: i64,
     /// Units of each created coupon.
-    #[arg(long, default_value_t = 1_000, value_parser = not_negative)]
+    #[arg(long, default_value_t = 1_000, value_parser = units)]
     pub coupon_stock: i64,
     /// Fixed discount in KRW (ignored when --coupon-percent is given).
     #[arg(long, default_value_t = 1_000)]

@@ -25,6 +25,17 @@ pub fn not_negative(value: &str) -> Result<i64, String> {
     at_least(value, 0, "must be 0 or more")
 }
 
+/// Units of a product's stock or a coupon's quantity: 0 to
+/// [`MAX_UNITS`](crate::domain::messages::MAX_UNITS).
+pub fn units(value: &str) -> Result<i64, String> {
+    let n = at_least(value, 0, "must be 0 or more")?;
+    let most = crate::domain::messages::MAX_UNITS;
+    if n > most {
+        return Err(format!("must be at most {most}"));
+    }
+    Ok(n)
+}
+
 /// An id: a positive i64.
 pub fn positive_id(value: &str) -> Result<i64, String> {
     at_least(value, 1, "must be a positive id")
@@ -74,6 +85,10 @@ mod tests {
                 "--concurrency <CONCURRENCY>': must be at least 1",
             ),
             (&["--stock=-5"], "--stock <STOCK>': must be 0 or more"),
+            (
+                &["--stock", "1000000000001"],
+                "--stock <STOCK>': must be at most 1000000000000",
+            ),
         ] {
             let error = refusal::<Loadgen>(args);
             assert!(error.contains(says), "{args:?}: {error}");
@@ -85,6 +100,10 @@ mod tests {
                 "--coupon-stock <COUPON_STOCK>': must be 0 or more",
             ),
             (&["--price=-1"], "--price <PRICE>': must be 0 or more"),
+            (
+                &["--coupon-stock", "9223372036854775807"],
+                "--coupon-stock <COUPON_STOCK>': must be at most 1000000000000",
+            ),
             (
                 &["--first-user-id", "0"],
                 "--first-user-id <FIRST_USER_ID>': must be a positive id",

@@ -332,6 +332,7 @@ impl Validate for OrderStats {
 pub struct CouponSpec {
     pub name: String,
     pub discount: Discount,
+    #[schemars(range(min = 0, max = 1_000_000_000_000i64))]
     pub total_quantity: i64,
     pub expires_at: DateTime<Utc>,
     /// Redis sub-counters the stock is split over (1: kept whole); see
@@ -343,6 +344,18 @@ pub struct CouponSpec {
 
 fn one_shard() -> u32 {
     1
+}
+
+/// The most units a product or coupon can hold: its Redis counter passes
+/// through Lua, whose numbers are exact integers only up to 2^53.
+pub const MAX_UNITS: i64 = 1_000_000_000_000;
+
+/// A product's stock or a coupon's quantity: 0 to [`MAX_UNITS`].
+fn units(name: &str, value: i64) -> Result<(), String> {
+    if !(0..=MAX_UNITS).contains(&value) {
+        return Err(format!("{name} must be 0 to {MAX_UNITS}, got {value}"));
+    }
+    Ok(())
 }
 
 /// The longest name of a product or coupon, in bytes: what fits a receipt line.
@@ -361,9 +374,7 @@ impl CouponSpec {
     pub fn validate(&self) -> Result<(), String> {
         validate_name(&self.name)?;
         self.discount.validate()?;
-        if self.total_quantity < 0 {
-            return Err("total_quantity must not be negative".into());
-        }
+        units("total_quantity", self.total_quantity)?;
         if !(1..=crate::domain::coupon::MAX_SHARDS).contains(&self.shards) {
             return Err(format!(
                 "shards must be 1 to {}, got {}",
@@ -392,9 +403,7 @@ impl ProductSpec {
         if !(0..=MAX_PRICE).contains(&self.price) {
             return Err(format!("price must be 0 to {MAX_PRICE}"));
         }
-        if self.stock < 0 {
-            return Err("stock must not be negative".into());
-        }
+        units("stock", self.stock)?;
         Ok(())
     }
 }
