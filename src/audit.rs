@@ -187,43 +187,88 @@ pub async fn audit_when_reachable(
     }
 }
 
-/// Redis's counters against PostgreSQL's figures (meaningful when idle).
+/// Redis's counters against PostgreSQL's figures (meaningful when idle). A
+/// counter that is not a number is a violation the check names, not a
+/// reason the audit cannot run.
 async fn audit_redis(
     db: &PgPool,
     counters: &Counters,
     r: &mut AuditReport,
 ) -> Result<(), AuditError> {
-    let mut redis_drift = 0i64;
+    let mut drift = Drift::default();
     for coupon in coupons::all(db).await? {
-        if let Some(stock) = counters
+        let read = counters
             .coupon_stock_total(coupon.id, coupon.shards())
-            .await?
-        {
-            if stock != coupon.left() {
-                redis_drift += 1;
-            }
-        }
+            .await;
+        drift.compare(format!("coupon {}", coupon.id), read, coupon.left())?;
     }
-    r.add(
+    drift.report(
+        r,
         "redis coupon stock",
-        redis_drift,
         "Redis coupon stock (summed over a split coupon's sub-counters) equals PostgreSQL's total - issued (when idle)",
     );
-    let mut product_drift = 0i64;
+    let mut drift = Drift::default();
     for (id, stock) in products::all_stock(db).await? {
-        if let Some(available) = counters.product_stock(id).await? {
-            if available != stock {
-                product_drift += 1;
-            }
-        }
+        let read = counters.product_stock(id).await;
+        drift.compare(format!("product {id}"), read, stock)?;
     }
-    r.add(
+    drift.report(
+        r,
         "redis product stock",
-        product_drift,
         "Redis product stock equals PostgreSQL's (when idle)",
     );
-
     Ok(())
+}
+
+/// Counters that differ from PostgreSQL's figures, and those Redis holds
+/// that are not numbers.
+#[derive(Default)]
+struct Drift {
+    differing: i64,
+    unreadable: Vec<String>,
+}
+
+impl Drift {
+    /// One counter as read (`None`: not loaded, nothing to compare) against
+    /// PostgreSQL's `want`. A counter that is not a number is noted; any
+    /// other error (Redis unreachable) stops the audit.
+    fn compare(
+        &mut self,
+        what: String,
+        read: Result<Option<i64>, CounterError>,
+        want: i64,
+    ) -> Result<(), AuditError> {
+        match read {
+            Ok(Some(left)) if left != want => self.differing += 1,
+            Ok(_) => {}
+            Err(e) if !e.is_not_a_number() => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(counter = %what, error = %crate::telemetry::error_chain(&e), "a counter Redis holds is not a number");
+                self.unreadable.push(what);
+            }
+        }
+        Ok(())
+    }
+
+    fn report(self, r: &mut AuditReport, name: &'static str, what: &str) {
+        let violations = self.differing + self.unreadable.len() as i64;
+        if self.unreadable.is_empty() {
+            return r.add(name, violations, what);
+        }
+        let mut named = self.unreadable;
+        let more = named.len().saturating_sub(5);
+        named.truncate(5);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        r.add(
+            name,
+            violations,
+            &format!("{what}; not a number in Redis: {}{more}", named.join(", ")),
+        );
+    }
 }
 
 /// Every published order has exactly one event on the stats topic: each

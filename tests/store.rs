@@ -212,6 +212,74 @@ async fn the_audit_names_each_broken_promise() {
         "{}",
         report.render()
     );
+    // Counters Redis holds that are not numbers, a string and a hash: each is
+    // a broken promise the audit names, not a reason it cannot run.
+    env.create_coupon(8, 10).await;
+    env.create_product(3, 100, 5).await;
+    let mut redis = env.counters.connection();
+    let _: () = redis::cmd("SET")
+        .arg(env.counters.key("{coupon:8}:stock"))
+        .arg("not-a-number")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(env.counters.key("{coupon:7}:stock"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(env.counters.key("{coupon:7}:stock"))
+        .arg("a")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(env.counters.key("{inventory}:stock"))
+        .arg(3)
+        .arg("five")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let report = env.audit().await;
+    let named = |name: &str| {
+        report
+            .violations()
+            .into_iter()
+            .find(|c| c.name == name)
+            .map(|c| c.detail.clone())
+            .unwrap_or_default()
+    };
+    let coupons = named("redis coupon stock");
+    assert!(
+        coupons.starts_with("2 violation(s)")
+            && coupons.contains("not a number in Redis: coupon 7, coupon 8"),
+        "{}",
+        report.render()
+    );
+    let products = named("redis product stock");
+    assert!(
+        products.contains("not a number in Redis: product 3"),
+        "{}",
+        report.render()
+    );
+    // `stampede reconcile` rewrites them from PostgreSQL, the hash included.
+    stampede::reconcile::reconcile_all(&env.db, &env.counters, true)
+        .await
+        .unwrap();
+    let report = env.audit().await;
+    let failed: Vec<&str> = report.violations().iter().map(|c| c.name).collect();
+    assert_eq!(
+        failed,
+        [
+            "coupon issued = rows",
+            "balance = sum(history)",
+            "references exist"
+        ],
+        "{}",
+        report.render()
+    );
     env.cleanup().await;
 }
 

@@ -8,6 +8,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 
+use super::values::at_least_one;
 use crate::config::Settings;
 use crate::dlq::{self, DeadLetter, ReplayOptions, Selection};
 use crate::kafka::topics::Topics;
@@ -77,7 +78,7 @@ pub struct SelectionArgs {
     #[arg(long)]
     pub request_id: Option<String>,
     /// At most this many, the oldest first.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub limit: Option<usize>,
 }
 
@@ -154,8 +155,8 @@ pub struct HistoryArgs {
     #[arg(long, value_enum)]
     pub flow: Option<FlowArg>,
     /// How many replays to show.
-    #[arg(long, default_value_t = 20)]
-    pub limit: i64,
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
+    pub limit: usize,
     /// Also list what each replay did with every record.
     #[arg(long)]
     pub records: bool,
@@ -325,7 +326,8 @@ async fn replay(args: ReplayArgs, settings: &Settings) -> anyhow::Result<ExitCod
 async fn history(args: HistoryArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     let db = store::connect(&settings.database).await?;
     let topic = args.flow.map(|f| dlq_topic(settings, f).0);
-    let rows = store::replays::history(&db, topic.as_deref(), args.limit).await?;
+    let limit = i64::try_from(args.limit).unwrap_or(i64::MAX);
+    let rows = store::replays::history(&db, topic.as_deref(), limit).await?;
     if rows.is_empty() {
         println!("no replays recorded");
     }

@@ -55,6 +55,12 @@ mod tests {
     }
 
     #[derive(Parser)]
+    struct Dlq {
+        #[command(subcommand)]
+        command: super::super::dlq::DlqCommand,
+    }
+
+    #[derive(Parser)]
     struct Loadgen {
         #[command(flatten)]
         args: LoadgenArgs,
@@ -111,6 +117,15 @@ mod tests {
         ] {
             let error = refusal::<Seed>(args);
             assert!(error.contains(says), "{args:?}: {error}");
+        }
+        for args in [
+            &["list", "--flow", "coupon", "--limit", "0"][..],
+            &["replay", "--flow", "coupon", "--limit", "0"],
+            &["history", "--limit", "0"],
+            &["history", "--limit=-1"],
+        ] {
+            let error = refusal::<Dlq>(args);
+            assert!(error.contains("--limit <LIMIT>'"), "{args:?}: {error}");
         }
         assert!(Seed::try_parse_from(["stampede", "--users", "0", "--coupon-stock", "0"]).is_ok());
         assert!(Loadgen::try_parse_from(["stampede", "--stock", "0", "--rate", "1"]).is_ok());

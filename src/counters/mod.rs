@@ -77,6 +77,19 @@ pub enum CounterError {
 }
 
 impl CounterError {
+    /// Whether a read failed on what the key holds: a value that is not a
+    /// number, or a key of another kind (`WRONGTYPE`).
+    pub fn is_not_a_number(&self) -> bool {
+        use redis::ErrorKind;
+        match self {
+            CounterError::Redis(e) => {
+                e.code() == Some("WRONGTYPE")
+                    || matches!(e.kind(), ErrorKind::UnexpectedReturnType | ErrorKind::Parse)
+            }
+            CounterError::Protocol(_) => false,
+        }
+    }
+
     /// Whether trying again can succeed: Redis unreachable, loading, failing
     /// over or busy. A script that fails on the data it finds (a corrupted
     /// key) or an answer of the wrong shape will fail the same way again.

@@ -16,7 +16,15 @@
 -- Returns: {previous, pending}: the stock Redis held before (-1 when it held
 --          none; -2 when 'if_missing' found the coupon loaded and left it) and
 --          the number of pending grants kept.
-local previous = redis.call('GET', KEYS[1])
+-- A stock key of another kind (a hash, a set) holds no number: it counts as
+-- one that is not a number, and SET below replaces it.
+local previous = false
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'string' then
+  previous = redis.call('GET', KEYS[1])
+elseif kind ~= 'none' then
+  previous = kind
+end
 if previous and ARGV[1] == 'if_missing' then
   return {-2, 0}
 end
