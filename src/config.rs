@@ -161,6 +161,12 @@ pub struct GatewaySettings {
     pub linger_ms: u32,
     /// Token buckets per user and per client address, per flow.
     pub limits: GatewayLimits,
+    /// How long a client may take to send a request's headers (HTTP/1.1),
+    /// counted from its first byte; then the connection is closed.
+    pub header_timeout_ms: u64,
+    /// How long a client may take to send a whole request body; then the
+    /// request is answered 408 and the connection closed.
+    pub body_timeout_ms: u64,
 }
 
 /// Rate limits of the write endpoints, per flow.
@@ -287,6 +293,8 @@ impl Default for GatewaySettings {
             max_in_flight: 4_096,
             linger_ms: 2,
             limits: GatewayLimits::default(),
+            header_timeout_ms: 30_000,
+            body_timeout_ms: 30_000,
         }
     }
 }
@@ -517,6 +525,11 @@ impl Settings {
         }
         if self.gateway.body_limit_bytes < 256 {
             problems.push("gateway.body_limit_bytes must be at least 256".into());
+        }
+        if self.gateway.header_timeout_ms == 0 || self.gateway.body_timeout_ms == 0 {
+            problems.push(
+                "gateway.header_timeout_ms and gateway.body_timeout_ms must be at least 1".into(),
+            );
         }
         if self.gateway.max_wait_ms > 30_000 {
             problems.push("gateway.max_wait_ms may be at most 30000".into());

@@ -938,3 +938,73 @@ async fn a_keyed_request_while_redis_is_away_is_refused_at_once_and_publishes_no
     app.stop().await;
     env.cleanup().await;
 }
+
+/// Reads from `stream` until the gateway answers or closes it; what it sent.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    // Far beyond the deadlines under test: a gateway that never closes
+    // fails here instead of hanging.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut got),
+    )
+    .await
+    .expect("the gateway closes the connection at its deadline")
+    .unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_clients_are_cut_off_at_their_deadlines() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let env = TestEnv::with(|s| {
+        s.gateway.header_timeout_ms = 500;
+        s.gateway.body_timeout_ms = 800;
+    })
+    .await;
+    let app = env.start(Roles::gateway_only()).await;
+    let addr = app.http().trim_start_matches("http://").to_owned();
+
+    // Connected, and never a byte.
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    assert_eq!(until_closed(&mut silent).await, "");
+    // Headers begun and never finished.
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /v1/charges HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert_eq!(until_closed(&mut slow).await, "");
+    // A body announced as 100 bytes, of which 10 come.
+    let mut stalled = TcpStream::connect(&addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /v1/charges HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"user_id\"",
+        )
+        .await
+        .unwrap();
+    let answer = until_closed(&mut stalled).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(500),
+        "each was given its deadline"
+    );
+    // Meanwhile and after, the gateway answers as ever, and published nothing.
+    let c = reqwest::Client::new();
+    let (status, _) = post(
+        &c,
+        format!("{}/v1/charges", app.http()),
+        json!({"user_id": 1, "amount": 5000}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let first = env.reader(&env.topics.requests(Flow::Charge)).take(1).await;
+    let first: Value = serde_json::from_slice(&first[0].payload).unwrap();
+    assert_eq!(first["amount"], 5000);
+    app.stop().await;
+    env.cleanup().await;
+}

@@ -22,6 +22,8 @@ pub enum ApiError {
     Invalid(String),
     #[error("request body exceeds the limit of {0} bytes")]
     TooLarge(usize),
+    #[error("the request body did not arrive within {} ms", .0.as_millis())]
+    TimedOut(std::time::Duration),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -52,6 +54,7 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -67,6 +70,7 @@ impl ApiError {
         match self {
             ApiError::Malformed(_) | ApiError::Invalid(_) => "invalid_request",
             ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::TimedOut(_) => "request_timeout",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",

@@ -15,6 +15,7 @@ mod ops;
 mod query;
 mod reads;
 pub mod results;
+mod server;
 
 pub use intake::{decode_body, ChargeBody, CouponIssueBody, OrderBody};
 
@@ -96,6 +97,10 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard", get(dashboard::page))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            server::BodyRule::of(&state.settings.gateway),
+            server::read_body_in_time,
+        ))
         .layer(auth::RequireKeyLayer::new(Arc::clone(&state.settings)))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -139,11 +144,11 @@ pub async fn serve(
             }
         }
     });
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let handle = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-    });
+    let settings = Arc::clone(&state.settings);
+    let app = router(state);
+    let handle =
+        tokio::spawn(
+            async move { server::serve(listener, app, &settings.gateway, shutdown).await },
+        );
     Ok((addr, handle))
 }
