@@ -182,6 +182,9 @@ where
 /// `stampede audit` names the promise a tampered ledger breaks, and only it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_names_each_broken_promise() {
+    let failed = |report: &stampede::audit::AuditReport| -> Vec<&'static str> {
+        report.violations().iter().map(|c| c.name).collect()
+    };
     let env = TestEnv::new().await;
     stampede::store::users::seed(&env.db, 1, 3, 5_000)
         .await
@@ -200,9 +203,8 @@ async fn the_audit_names_each_broken_promise() {
         sqlx::query(tamper).execute(&env.db).await.unwrap();
     }
     let report = env.audit().await;
-    let failed: Vec<&str> = report.violations().iter().map(|c| c.name).collect();
     assert_eq!(
-        failed,
+        failed(&report),
         [
             "coupon issued = rows",
             "balance = sum(history)",
@@ -269,9 +271,9 @@ async fn the_audit_names_each_broken_promise() {
         .await
         .unwrap();
     let report = env.audit().await;
-    let failed: Vec<&str> = report.violations().iter().map(|c| c.name).collect();
+
     assert_eq!(
-        failed,
+        failed(&report),
         [
             "coupon issued = rows",
             "balance = sum(history)",
