@@ -1,8 +1,6 @@
 //! Admin: creating users, products and coupons (the domain's rules decide
 //! what is valid); stock is loaded into Redis as it is created.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -13,6 +11,7 @@ use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
 use super::intake::read_json;
+use super::server::TimedBody;
 use super::AppState;
 use crate::domain::coupon::Discount;
 use crate::domain::messages::{CouponSpec, ProductSpec};
@@ -27,11 +26,8 @@ pub struct NewUser {
     balance: i64,
 }
 
-pub async fn admin_create_user(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let (body, _): (NewUser, _) = read_json(body, state.settings.gateway.body_limit_bytes)?;
+pub async fn admin_create_user(State(state): State<AppState>, body: TimedBody) -> ApiResult {
+    let (body, _): (NewUser, _) = read_json(body)?;
     if let Some(id) = body.user_id {
         crate::domain::validate::positive_id("user_id", id).map_err(ApiError::Invalid)?;
     }
@@ -58,11 +54,8 @@ pub struct NewProduct {
     stock: i64,
 }
 
-pub async fn admin_create_product(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let (body, _): (NewProduct, _) = read_json(body, state.settings.gateway.body_limit_bytes)?;
+pub async fn admin_create_product(State(state): State<AppState>, body: TimedBody) -> ApiResult {
+    let (body, _): (NewProduct, _) = read_json(body)?;
     if let Some(id) = body.product_id {
         crate::domain::validate::positive_id("product_id", id).map_err(ApiError::Invalid)?;
     }
@@ -99,11 +92,8 @@ pub struct NewCoupon {
     shards: Option<u32>,
 }
 
-pub async fn admin_create_coupon(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let (body, _): (NewCoupon, _) = read_json(body, state.settings.gateway.body_limit_bytes)?;
+pub async fn admin_create_coupon(State(state): State<AppState>, body: TimedBody) -> ApiResult {
+    let (body, _): (NewCoupon, _) = read_json(body)?;
     if let Some(id) = body.coupon_id {
         crate::domain::validate::positive_id("coupon_id", id).map_err(ApiError::Invalid)?;
     }

@@ -111,6 +111,10 @@ impl IntoResponse for ApiError {
             )
                 .into_response();
         }
+        if matches!(self, ApiError::TimedOut(_)) {
+            // The rest of a late body may still come: the connection ends.
+            return (self.status(), [(header::CONNECTION, "close")], Json(body)).into_response();
+        }
         if matches!(self, ApiError::Overloaded(_)) {
             return (self.status(), [(header::RETRY_AFTER, "1")], Json(body)).into_response();
         }

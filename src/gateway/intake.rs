@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -18,6 +17,7 @@ use tracing::{info_span, Instrument, Span};
 
 use super::error::{ApiError, ApiResult};
 use super::line::Place;
+use super::server::TimedBody;
 use super::{idempotency, AppState};
 use crate::domain::messages::RequestMessage;
 use crate::domain::messages::{ChargeRequest, CouponIssueRequest, OrderItem, OrderRequest};
@@ -39,18 +39,10 @@ fn accept_span(endpoint: &'static str, headers: &HeaderMap) -> (Span, String) {
     (span, traceparent)
 }
 
-/// Reads a JSON body: not JSON → 400, wrong shape → 422, too big → 413.
-pub(super) fn read_json<T: DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<(T, Bytes), ApiError> {
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(limit)
-        } else {
-            ApiError::Malformed(rejection.body_text())
-        }
-    })?;
+/// Reads a JSON body: not JSON → 400, wrong shape → 422, too big → 413,
+/// too late → 408.
+pub(super) fn read_json<T: DeserializeOwned>(body: TimedBody) -> Result<(T, Bytes), ApiError> {
+    let bytes = body.0?;
     let parsed = decode_body(&bytes)?;
     Ok((parsed, bytes))
 }
@@ -188,7 +180,7 @@ impl Drop for Slot<'_> {
 async fn accept<B: DeserializeOwned, R: RequestMessage + Serialize>(
     state: &AppState,
     (headers, client): (&HeaderMap, Option<Extension<ConnectInfo<SocketAddr>>>),
-    body: Result<Bytes, BytesRejection>,
+    body: TimedBody,
     (endpoint, flow, route): (&'static str, Flow, &str),
     build: impl FnOnce(B, RequestId) -> R,
 ) -> ApiResult {
@@ -203,7 +195,7 @@ async fn accept<B: DeserializeOwned, R: RequestMessage + Serialize>(
     }
     let (span, traceparent) = accept_span(endpoint, headers);
     let accepted = async {
-        let (body, raw): (B, _) = read_json(body, state.settings.gateway.body_limit_bytes)?;
+        let (body, raw): (B, _) = read_json(body)?;
         let prefix = match flow {
             Flow::Charge => "c",
             Flow::Coupon => "k",
@@ -240,7 +232,7 @@ pub async fn post_charge(
     State(state): State<AppState>,
     client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: TimedBody,
 ) -> ApiResult {
     accept(
         &state,
@@ -267,7 +259,7 @@ pub async fn post_coupon_issue(
     client: Option<Extension<ConnectInfo<SocketAddr>>>,
     Path(coupon_id): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: TimedBody,
 ) -> ApiResult {
     let Ok(coupon_id) = coupon_id.parse::<i64>() else {
         return counted(
@@ -305,7 +297,7 @@ pub async fn post_order(
     State(state): State<AppState>,
     client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: TimedBody,
 ) -> ApiResult {
     accept(
         &state,

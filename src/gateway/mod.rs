@@ -22,7 +22,6 @@ pub use intake::{decode_body, ChargeBody, CouponIssueBody, OrderBody};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use sqlx::PgPool;
@@ -75,7 +74,6 @@ pub struct Shared {
 }
 
 pub fn router(state: AppState) -> Router {
-    let limit = state.settings.gateway.body_limit_bytes;
     Router::new()
         .route("/v1/charges", post(intake::post_charge))
         .route(
@@ -97,12 +95,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard", get(dashboard::page))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            server::BodyRule::of(&state.settings.gateway),
-            server::read_body_in_time,
-        ))
         .layer(auth::RequireKeyLayer::new(Arc::clone(&state.settings)))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 

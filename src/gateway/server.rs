@@ -6,11 +6,10 @@
 
 use std::time::Duration;
 
-use axum::body::{Body, HttpBody};
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, FromRequest, Request};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -21,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::error::ApiError;
+use super::AppState;
 use crate::config::GatewaySettings;
 
 /// Serves `app` on `listener` until `shutdown`; then stops taking
@@ -94,57 +94,35 @@ pub(super) async fn serve(
     Ok(())
 }
 
-/// What [`read_body_in_time`] allows a body.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct BodyRule {
-    pub limit: usize,
-    pub timeout: Duration,
-}
+/// A request's body, read whole within `gateway.body_timeout_ms` and
+/// `gateway.body_limit_bytes`: a body still arriving at the deadline is
+/// [`ApiError::TimedOut`] (408, and the connection closed), one over the
+/// limit [`ApiError::TooLarge`] (413). An extractor, not a layer around
+/// every route: only the handlers that read a body pay for its deadline.
+pub(super) struct TimedBody(pub Result<Bytes, ApiError>);
 
-impl BodyRule {
-    pub fn of(gateway: &GatewaySettings) -> Self {
-        Self {
-            limit: gateway.body_limit_bytes,
-            timeout: Duration::from_millis(gateway.body_timeout_ms),
-        }
-    }
-}
+impl FromRequest<AppState> for TimedBody {
+    type Rejection = Infallible;
 
-/// Reads a request's whole body before its handler runs, within the body
-/// deadline and the size limit: a body still arriving at the deadline is
-/// answered 408 and its connection closed; one over the limit, 413.
-pub(super) async fn read_body_in_time(
-    State(rule): State<BodyRule>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if request.body().is_end_stream() {
-        return next.run(request).await;
-    }
-    let (parts, body) = request.into_parts();
-    match tokio::time::timeout(rule.timeout, axum::body::to_bytes(body, rule.limit)).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
-        Ok(Err(e)) => {
-            let too_large = e
-                .into_inner()
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            if too_large {
-                ApiError::TooLarge(rule.limit).into_response()
-            } else {
-                ApiError::Malformed("the request body could not be read".into()).into_response()
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Infallible> {
+        let gateway = &state.settings.gateway;
+        let limit = gateway.body_limit_bytes;
+        let timeout = Duration::from_millis(gateway.body_timeout_ms);
+        let read = axum::body::to_bytes(request.into_body(), limit);
+        Ok(TimedBody(match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(e)) => {
+                let too_large = e
+                    .into_inner()
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                Err(if too_large {
+                    ApiError::TooLarge(limit)
+                } else {
+                    ApiError::Malformed("the request body could not be read".into())
+                })
             }
-        }
-        Err(_) => {
-            let mut response = ApiError::TimedOut(rule.timeout).into_response();
-            response.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-            response
-        }
+            Err(_) => Err(ApiError::TimedOut(timeout)),
+        }))
     }
 }
