@@ -4,9 +4,8 @@
 //! or a body it never finishes, holds a connection until its deadline and
 //! no longer: `gateway.header_timeout_ms`, `gateway.body_timeout_ms`.
 
-use std::time::Duration;
-
 use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, FromRequest, Request};
