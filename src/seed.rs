@@ -124,7 +124,7 @@ pub async fn seed(
     plan: &SeedPlan,
 ) -> Result<SeedReport, ReconcileError> {
     let mut report = SeedReport::default();
-    let ids = |first: i64, count: i64| first..=last_id(first, count).unwrap_or(first - 1);
+    let range = |first: i64, count: i64| first..=last_id(first, count).unwrap_or(first - 1);
     if plan.users > 0 {
         report.users_created =
             users::seed(db, plan.first_user_id, plan.users, plan.balance).await?;
@@ -138,10 +138,10 @@ pub async fn seed(
             plan.stock,
         )
         .await?;
-        let ids: Vec<i64> = ids(plan.first_product_id, plan.products).collect();
+        let ids: Vec<i64> = range(plan.first_product_id, plan.products).collect();
         reconcile::load_missing_products(db, counters, &ids).await?;
     }
-    for id in ids(plan.first_coupon_id, plan.coupons) {
+    for id in range(plan.first_coupon_id, plan.coupons) {
         match coupons::create(db, Some(id), &plan.coupon(id)).await {
             Ok(_) => {
                 reconcile::load_coupon(db, counters, id, true).await?;

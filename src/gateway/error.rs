@@ -91,34 +91,29 @@ impl IntoResponse for ApiError {
             tracing::error!(%detail, "request failed");
         }
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
-        if let ApiError::RateLimited(wait) = &self {
-            // Whole seconds, rounded up: a client waiting that long finds a token.
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            let retry_after = secs.max(1).to_string();
-            return (
-                self.status(),
-                [(header::RETRY_AFTER, retry_after)],
-                Json(body),
-            )
-                .into_response();
+        match self.header() {
+            Some(header) => (self.status(), [header], Json(body)).into_response(),
+            None => (self.status(), Json(body)).into_response(),
         }
-        if matches!(self, ApiError::Unauthorized) {
+    }
+}
+
+impl ApiError {
+    /// The header an answer carries beside its body, when it has one.
+    fn header(&self) -> Option<(header::HeaderName, String)> {
+        match self {
+            ApiError::RateLimited(wait) => {
+                // Whole seconds, rounded up: a client waiting that long finds a token.
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                Some((header::RETRY_AFTER, secs.max(1).to_string()))
+            }
+            ApiError::Overloaded(_) => Some((header::RETRY_AFTER, "1".into())),
             // A 401 names the scheme it takes (RFC 9110 §11.6.1).
-            return (
-                self.status(),
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(body),
-            )
-                .into_response();
-        }
-        if matches!(self, ApiError::TimedOut(_)) {
+            ApiError::Unauthorized => Some((header::WWW_AUTHENTICATE, "Bearer".into())),
             // The rest of a late body may still come: the connection ends.
-            return (self.status(), [(header::CONNECTION, "close")], Json(body)).into_response();
+            ApiError::TimedOut(_) => Some((header::CONNECTION, "close".into())),
+            _ => None,
         }
-        if matches!(self, ApiError::Overloaded(_)) {
-            return (self.status(), [(header::RETRY_AFTER, "1")], Json(body)).into_response();
-        }
-        (self.status(), Json(body)).into_response()
     }
 }
 

@@ -72,7 +72,7 @@ pub(crate) async fn taken(
 
 /// The next id of the table's sequence, unless it has reached `i64::MAX`:
 /// then the sequence goes on from the lowest free id.
-pub(crate) async fn draw(tx: &mut Transaction<'_, Postgres>, t: IdTable) -> Result<i64> {
+async fn draw(tx: &mut Transaction<'_, Postgres>, t: IdTable) -> Result<i64> {
     loop {
         let drawn: Option<i64> = sqlx::query_scalar(&format!(
             "SELECT CASE WHEN pg_sequence_last_value(s::regclass) IS NOT DISTINCT FROM 9223372036854775807
@@ -93,11 +93,7 @@ pub(crate) async fn draw(tx: &mut Transaction<'_, Postgres>, t: IdTable) -> Resu
 /// After a drawn `id` turned out taken: the sequence's next value becomes
 /// the first free id from `id` on (past the run of taken ids that holds
 /// it), or from the lowest id when that run reaches `i64::MAX`.
-pub(crate) async fn step_past(
-    tx: &mut Transaction<'_, Postgres>,
-    t: IdTable,
-    id: i64,
-) -> Result<()> {
+async fn step_past(tx: &mut Transaction<'_, Postgres>, t: IdTable, id: i64) -> Result<()> {
     let table = t.table();
     let free = match first_free(&mut **tx, table, id).await? {
         Some(free) => free,
