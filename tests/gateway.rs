@@ -941,6 +941,24 @@ async fn a_keyed_request_while_redis_is_away_is_refused_at_once_and_publishes_no
 
 /// Reads from `stream` until the gateway answers or closes it; what it sent.
 async fn until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    String::from_utf8_lossy(&until_closed_bytes(stream).await).into_owned()
+}
+
+const GOAWAY: u8 = 0x7;
+
+/// The type of each HTTP/2 frame in `bytes` (9-byte headers: length,
+/// type, flags, stream).
+fn http2_frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let length = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + length).min(bytes.len())..];
+    }
+    types
+}
+
+async fn until_closed_bytes(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut got = Vec::new();
     // Far beyond the deadlines under test: a gateway that never closes
@@ -952,7 +970,7 @@ async fn until_closed(stream: &mut tokio::net::TcpStream) -> String {
     .await
     .expect("the gateway closes the connection at its deadline")
     .unwrap();
-    String::from_utf8_lossy(&got).into_owned()
+    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -988,10 +1006,37 @@ async fn slow_and_silent_clients_are_cut_off_at_their_deadlines() {
     let answer = until_closed(&mut stalled).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    // An HTTP/2 connection that said hello and nothing more: told to go
+    // away (GOAWAY) and closed, as an idle HTTP/1.1 keep-alive is.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let frames = until_closed_bytes(&mut idle).await;
+    assert!(
+        http2_frame_types(&frames).contains(&GOAWAY),
+        "{:?}",
+        http2_frame_types(&frames)
+    );
     assert!(
         started.elapsed() >= std::time::Duration::from_millis(500),
         "each was given its deadline"
     );
+    // A request that waits longer than that deadline is not idle: its
+    // answer comes on its HTTP/2 connection.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let waited = std::time::Instant::now();
+    let (status, pending) = get(
+        &h2,
+        format!("{}/v1/requests/never-sent?wait_ms=1500", app.http()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{pending}");
+    assert_eq!(pending["status"], "pending");
+    assert!(waited.elapsed() >= std::time::Duration::from_millis(1500));
     // Meanwhile and after, the gateway answers as ever, and published nothing.
     let c = reqwest::Client::new();
     let (status, _) = post(

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod idempotency;
+mod idle;
 mod intake;
 pub mod limits;
 pub mod line;

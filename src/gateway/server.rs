@@ -2,9 +2,12 @@
 //! (HTTP/1.1, and HTTP/2 by prior knowledge on the same port), with the
 //! deadlines a public edge needs. A client that sends its headers slowly,
 //! or a body it never finishes, holds a connection until its deadline and
-//! no longer: `gateway.header_timeout_ms`, `gateway.body_timeout_ms`.
+//! no longer: `gateway.header_timeout_ms`, `gateway.body_timeout_ms`. A
+//! connection with no request in flight for `header_timeout_ms` is closed
+//! gracefully, over HTTP/1.1 and HTTP/2 alike ([`super::idle`]).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -12,13 +15,15 @@ use axum::extract::{ConnectInfo, FromRequest, Request};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::error::ApiError;
+use super::idle::Activity;
 use super::AppState;
 use crate::config::GatewaySettings;
 
@@ -37,7 +42,7 @@ pub(super) async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -55,15 +60,27 @@ pub(super) async fn serve(
                 }
             },
         };
-        let service =
-            app.clone()
-                .map_request(move |mut request: Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    request.map(Body::new)
-                });
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let activity = Activity::new();
+        let service = app
+            .clone()
+            .map_request(move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request.map(Body::new)
+            })
+            .map_future({
+                let activity = activity.clone();
+                move |answer| {
+                    let in_flight = activity.begin();
+                    async move {
+                        let answer = answer.await;
+                        drop(in_flight);
+                        answer
+                    }
+                }
+            });
+        let builder = builder.clone();
         let stopping = shutdown.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             // A connection that sends nothing is closed like one that sends
             // its headers too slowly (hyper's deadline starts at the first
             // byte), and at once when the gateway stops.
@@ -77,20 +94,52 @@ pub(super) async fn serve(
                     }
                 }
             }
-            let connection = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(stream),
-                    TowerToHyperService::new(service),
-                )
-                .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::trace!(%peer, error = %e, "connection ended with an error");
-            }
+            let connection = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service),
+            );
+            close_when_done(connection, &activity, header_timeout, &stopping, peer).await;
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
     Ok(())
+}
+
+/// Drives `connection` to its end. Stopping, or idle for `idle_after`: no
+/// new requests, and the ones in flight are answered before it closes
+/// (HTTP/2 sends GOAWAY). A client that does not take part in that close
+/// (HTTP/2 waits for the answer to its ping) is cut off once idle for
+/// another `idle_after`.
+async fn close_when_done<C>(
+    connection: C,
+    activity: &Activity,
+    idle_after: Duration,
+    stopping: &CancellationToken,
+    peer: SocketAddr,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::trace!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = activity.idle(idle_after), if closing => return,
+            _ = stopping.cancelled(), if !closing => {}
+            _ = activity.idle(idle_after), if !closing => {}
+        }
+        closing = true;
+        activity.restart();
+        connection.as_mut().graceful_shutdown();
+    }
 }
 
 /// A request's body, read whole within `gateway.body_timeout_ms` and
