@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, FromRequest, Request};
@@ -43,16 +43,24 @@ pub(super) async fn serve(
         .header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
     let connections = TaskTracker::new();
+    let mut failures = AcceptFailures::default();
     loop {
         let (stream, peer) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    if let Some((failed, lasted)) = failures.accepted(Instant::now()) {
+                        tracing::info!(failed, lasted_ms = lasted.as_millis() as u64, "accepting connections again");
+                    }
+                    accepted
+                }
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before
                     // it was taken: the listener itself is fine.
-                    tracing::warn!(error = %e, "could not accept a connection");
+                    if let Some(failed) = failures.failed(Instant::now()) {
+                        tracing::warn!(error = %e, failed, "could not accept a connection");
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
@@ -105,6 +113,48 @@ pub(super) async fn serve(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// Failed accepts, told once when they begin, then at most once per
+/// [`AcceptFailures::REPORT_EVERY`] while they go on (with how many failed
+/// since), and once when a connection is accepted again. Out of file
+/// descriptors, the loop tries again every 50 ms: a warning each time would
+/// be twenty a second for as long as it lasts.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    /// When the current run of failures began.
+    began: Option<Instant>,
+    failed: u64,
+    reported: Option<Instant>,
+    unreported: u64,
+}
+
+impl AcceptFailures {
+    const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+    /// Counts a failure; `Some(n)` when it is to be reported now, `n` the
+    /// failures since the last report (this one included).
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.began.get_or_insert(now);
+        self.failed += 1;
+        self.unreported += 1;
+        let due = self
+            .reported
+            .is_none_or(|at| now.duration_since(at) >= Self::REPORT_EVERY);
+        due.then(|| {
+            self.reported = Some(now);
+            std::mem::take(&mut self.unreported)
+        })
+    }
+
+    /// A connection was accepted: how many accepts failed, and for how
+    /// long, when it ends a run of failures.
+    fn accepted(&mut self, now: Instant) -> Option<(u64, Duration)> {
+        let began = self.began?;
+        let ended = (self.failed, now.duration_since(began));
+        *self = Self::default();
+        Some(ended)
+    }
 }
 
 /// Drives `connection` to its end. Stopping, or idle for `idle_after`: no
@@ -172,5 +222,33 @@ impl FromRequest<AppState> for TimedBody {
             }
             Err(_) => Err(ApiError::TimedOut(timeout)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_failed_accepts_is_told_at_its_start_every_ten_seconds_and_at_its_end() {
+        let start = Instant::now();
+        let mut failures = AcceptFailures::default();
+        assert_eq!(failures.accepted(start), None, "nothing failed");
+        // Out of descriptors for 25 s, one try every 50 ms.
+        let reports: Vec<(u128, u64)> = (0..500u64)
+            .filter_map(|n| {
+                let at = start + Duration::from_millis(50 * n);
+                let told = failures.failed(at)?;
+                Some((at.duration_since(start).as_millis(), told))
+            })
+            .collect();
+        assert_eq!(reports, vec![(0, 1), (10_000, 200), (20_000, 200)]);
+        let again = start + Duration::from_secs(25);
+        assert_eq!(
+            failures.accepted(again),
+            Some((500, Duration::from_secs(25)))
+        );
+        assert_eq!(failures.accepted(again), None, "told once");
+        assert_eq!(failures.failed(again), Some(1), "a new run is told at once");
     }
 }
