@@ -117,31 +117,121 @@ pub struct SeedReport {
     pub coupons_existing: Vec<i64>,
 }
 
+/// Most rows one statement of a seed writes: a fraction of a second each,
+/// so a seed of millions shows its progress as it goes and no statement
+/// runs long (each chunk is its own transaction; a seed stopped midway
+/// keeps what it wrote, and run again creates the rest).
+pub const CHUNK: i64 = 50_000;
+
+/// `count` ids from `first` as chunks of at most [`CHUNK`]: (first id,
+/// how many). The plan's check keeps the last id an id.
+fn chunks(first: i64, count: i64) -> impl Iterator<Item = (i64, i64)> {
+    (0..count)
+        .step_by(CHUNK as usize)
+        .map(move |offset| (first + offset, CHUNK.min(count - offset)))
+}
+
+/// How far a seed has come: a bar on a terminal, else a log line per
+/// chunk.
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+    /// Whether to log, the bar being drawn nowhere.
+    log: bool,
+}
+
+impl Progress {
+    /// Counts every row `plan` creates, on standard error.
+    pub fn of(plan: &SeedPlan) -> Self {
+        let bar = indicatif::ProgressBar::new((plan.users + plan.products + plan.coupons) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} rows ({per_sec}) {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let log = bar.is_hidden();
+        Self { bar, log }
+    }
+
+    /// Shows nothing (loadgen's setup has its own).
+    pub fn silent() -> Self {
+        Self {
+            bar: indicatif::ProgressBar::hidden(),
+            log: false,
+        }
+    }
+
+    /// `rows` more of `what` written, `done` of `of` in all.
+    fn advance(&self, what: &'static str, rows: i64, done: i64, of: i64) {
+        self.bar.set_message(what);
+        self.bar.inc(rows as u64);
+        if self.log && (done % CHUNK == 0 || done == of) {
+            tracing::info!(done, of, "seeding {what}");
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Creates users `first..first+count` with `balance` each, a chunk at a
+/// time; returns how many were new.
+pub async fn users(
+    db: &PgPool,
+    (first, count): (i64, i64),
+    balance: i64,
+    progress: &Progress,
+) -> Result<u64, ReconcileError> {
+    let mut created = 0;
+    for (from, n) in chunks(first, count) {
+        created += users::seed(db, from, n, balance).await?;
+        progress.advance("users", n, from - first + n, count);
+    }
+    Ok(created)
+}
+
+/// Creates products `first..first+count` at `price` with `stock` each and
+/// loads the new ones' stock into Redis, a chunk at a time; returns how
+/// many were new.
+pub async fn products(
+    db: &PgPool,
+    counters: &Counters,
+    (first, count): (i64, i64),
+    (price, stock): (i64, i64),
+    progress: &Progress,
+) -> Result<u64, ReconcileError> {
+    let mut created = 0;
+    for (from, n) in chunks(first, count) {
+        created += products::seed(db, from, n, price, stock).await?;
+        let ids: Vec<i64> = (from..=from + (n - 1)).collect();
+        reconcile::load_missing_products(db, counters, &ids).await?;
+        progress.advance("products", n, from - first + n, count);
+    }
+    Ok(created)
+}
+
 /// Carries out a plan that passed [`SeedPlan::check`].
 pub async fn seed(
     db: &PgPool,
     counters: &Counters,
     plan: &SeedPlan,
+    progress: &Progress,
 ) -> Result<SeedReport, ReconcileError> {
-    let mut report = SeedReport::default();
-    let range = |first: i64, count: i64| first..=last_id(first, count).unwrap_or(first - 1);
-    if plan.users > 0 {
-        report.users_created =
-            users::seed(db, plan.first_user_id, plan.users, plan.balance).await?;
-    }
-    if plan.products > 0 {
-        report.products_created = products::seed(
+    let mut report = SeedReport {
+        users_created: users(db, (plan.first_user_id, plan.users), plan.balance, progress).await?,
+        products_created: products(
             db,
-            plan.first_product_id,
-            plan.products,
-            plan.price,
-            plan.stock,
+            counters,
+            (plan.first_product_id, plan.products),
+            (plan.price, plan.stock),
+            progress,
         )
-        .await?;
-        let ids: Vec<i64> = range(plan.first_product_id, plan.products).collect();
-        reconcile::load_missing_products(db, counters, &ids).await?;
-    }
-    for id in range(plan.first_coupon_id, plan.coupons) {
+        .await?,
+        ..SeedReport::default()
+    };
+    for offset in 0..plan.coupons {
+        let id = plan.first_coupon_id + offset;
         match coupons::create(db, Some(id), &plan.coupon(id)).await {
             Ok(_) => {
                 reconcile::load_coupon(db, counters, id, true).await?;
@@ -150,13 +240,30 @@ pub async fn seed(
             Err(crate::store::StoreError::Conflict(_)) => report.coupons_existing.push(id),
             Err(e) => return Err(e.into()),
         }
+        progress.advance("coupons", 1, offset + 1, plan.coupons);
     }
+    progress.finish();
     Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_cover_every_id_once_up_to_the_largest() {
+        assert_eq!(chunks(1, 0).count(), 0);
+        assert_eq!(chunks(5, 3).collect::<Vec<_>>(), vec![(5, 3)]);
+        assert_eq!(
+            chunks(1, 2 * CHUNK + 1).collect::<Vec<_>>(),
+            vec![(1, CHUNK), (1 + CHUNK, CHUNK), (1 + 2 * CHUNK, 1)]
+        );
+        let first = i64::MAX - CHUNK;
+        assert_eq!(
+            chunks(first, CHUNK + 1).collect::<Vec<_>>(),
+            vec![(first, CHUNK), (i64::MAX, 1)]
+        );
+    }
 
     #[test]
     fn a_plan_is_refused_when_its_ids_or_expiry_do_not_fit() {

@@ -287,12 +287,18 @@ async fn the_audit_names_each_broken_promise() {
 
 /// Runs `stampede seed <args>` with the test's settings: (success, stdout, stderr).
 fn seed(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
+    seed_logging(env, args, "warn")
+}
+
+/// `stampede seed`, its log at `level` in JSON lines on standard error.
+fn seed_logging(env: &TestEnv, args: &[&str], level: &str) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_stampede"))
         .arg("--config")
         .arg(env.config_path())
         .arg("seed")
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
+        .env("STAMPEDE_LOG__FORMAT", "json")
         .output()
         .expect("run stampede seed");
     (
@@ -354,6 +360,48 @@ async fn seed_creates_what_it_reports_up_to_the_largest_id_and_refuses_past_it()
         out.starts_with("created 0 users, 0 products, coupons [] (already existed: [4])"),
         "{out}"
     );
+
+    // Many: written a chunk at a time, each chunk's progress told (the
+    // standard error here is no terminal for a bar), every row there once.
+    let many = 2 * stampede::seed::CHUNK + 3;
+    let (ok, out, err) = seed_logging(
+        &env,
+        &["--users", &many.to_string(), "--first-user-id", "1000"],
+        "info",
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with(&format!("created {many} users")), "{out}");
+    let told: Vec<(i64, i64)> = err
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["fields"]["message"] == "seeding users")
+        .map(|line| {
+            let fields = &line["fields"];
+            (
+                fields["done"].as_i64().unwrap(),
+                fields["of"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let chunk = stampede::seed::CHUNK;
+    assert_eq!(
+        told,
+        vec![(chunk, many), (2 * chunk, many), (many, many)],
+        "{err}"
+    );
+    let (rows, lowest, highest): (i64, i64, i64) =
+        sqlx::query_as("SELECT count(*), min(id), max(id) FROM users WHERE id >= 1000")
+            .fetch_one(&env.db)
+            .await
+            .unwrap();
+    assert_eq!((rows, lowest, highest), (many, 1000, 1000 + many - 1));
+    let opened: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM balance_history WHERE user_id >= 1000 AND kind = 'initial'",
+    )
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(opened, many, "each user's opening balance in its history");
 
     // The largest id is an id.
     let max = i64::MAX.to_string();

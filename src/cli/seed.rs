@@ -9,7 +9,7 @@ use super::values::{not_negative, positive_id, units};
 use crate::config::Settings;
 use crate::counters::Counters;
 use crate::domain::coupon::Discount;
-use crate::seed::{seed, SeedPlan};
+use crate::seed::{seed, Progress, SeedPlan};
 use crate::store;
 
 #[derive(Debug, Args)]
@@ -81,7 +81,7 @@ pub async fn run(args: SeedArgs, settings: &Settings) -> anyhow::Result<ExitCode
     let db = store::connect(&settings.database).await?;
     let counters = Counters::connect(&settings.redis).await?;
     let started = std::time::Instant::now();
-    let report = seed(&db, &counters, &plan).await?;
+    let report = seed(&db, &counters, &plan, &Progress::of(&plan)).await?;
     println!(
         "created {} users, {} products, coupons {:?} (already existed: {:?}) in {:.1}s",
         report.users_created,

@@ -18,6 +18,7 @@ use crate::kafka::turns::Turn;
 use crate::kafka::Incoming;
 use crate::kafka::{Flow, Joined, OutMessage, Producer, Topics};
 use crate::reconcile;
+use crate::seed::{self, Progress};
 use crate::store::{coupons, orders, products, users};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,7 +68,13 @@ pub async fn setup(
 ) -> Result<Setup, Box<dyn std::error::Error + Send + Sync>> {
     let first_user = users::free_block(db, o.users as i64).await?;
     let balance = settings.rules.max_balance.min(10_000_000);
-    users::seed(db, first_user, o.users as i64, balance).await?;
+    seed::users(
+        db,
+        (first_user, o.users as i64),
+        balance,
+        &Progress::silent(),
+    )
+    .await?;
     let mut coupon_id = None;
     if matches!(
         o.scenario,
@@ -87,9 +94,14 @@ pub async fn setup(
     }
     let first_product = products::free_block(db, o.products as i64).await?;
     if matches!(o.scenario, Scenario::Orders | Scenario::Mixed) {
-        products::seed(db, first_product, o.products as i64, 1_000, o.stock).await?;
-        let ids: Vec<i64> = (first_product..first_product + o.products as i64).collect();
-        reconcile::load_missing_products(db, counters, &ids).await?;
+        seed::products(
+            db,
+            counters,
+            (first_product, o.products as i64),
+            (1_000, o.stock),
+            &Progress::silent(),
+        )
+        .await?;
     }
     let (mut passthrough_in, mut passthrough_out) = (None, None);
     if o.scenario == Scenario::Passthrough {
