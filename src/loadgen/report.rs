@@ -519,6 +519,9 @@ impl Report {
                 && self.checks.iter().all(|c| c.passed || c.not_run)
             {
                 "NOT VERIFIED (a check could not run)"
+            } else if self.answered == 0 && self.requests > 0 {
+                "NOTHING ANSWERED (no request got a result in time: are stampede's \
+                 workers running, on the same topics and database?)"
             } else {
                 "INVARIANT BROKEN"
             }
@@ -621,6 +624,23 @@ mod tests {
         };
         let results = HashMap::from([("r".to_owned(), vec![seen])]);
         build(&o, t0, &sent_at, &results, &Default::default())
+    }
+
+    #[test]
+    fn a_run_nothing_answered_says_so_rather_than_an_invariant_broken() {
+        let mut report = answered_run();
+        report.answered = 0;
+        report.check(
+            "every request answered",
+            false,
+            "1 of 1 requests without a result".into(),
+        );
+        assert!(!report.passed());
+        let summary = report.summary();
+        assert!(summary.contains("verdict: NOTHING ANSWERED"), "{summary}");
+        assert!(summary.contains("FAIL every request answered"), "{summary}");
+        report.answered = 1;
+        assert!(report.summary().contains("verdict: INVARIANT BROKEN"));
     }
 
     #[test]
