@@ -33,8 +33,13 @@ pub enum AppError {
     Redis(#[from] CounterError),
     #[error("cannot create a Kafka client")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("cannot listen")]
-    Io(#[from] std::io::Error),
+    #[error("cannot listen on {addr} ({setting})")]
+    Listen {
+        setting: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     /// A part that was running (gateway, a worker, the metrics server)
     /// failed; the chain says which and why.
     #[error(transparent)]
@@ -367,7 +372,14 @@ async fn serve_http(
     tasks: &mut JoinSet<anyhow::Result<()>>,
 ) -> Result<(Option<SocketAddr>, Option<SocketAddr>), AppError> {
     if roles.gateway {
-        let (addr, handle) = gateway::serve(state, shutdown.clone()).await?;
+        let listen = state.settings.gateway.listen;
+        let (addr, handle) = gateway::serve(state, shutdown.clone())
+            .await
+            .map_err(|source| AppError::Listen {
+                setting: "gateway.listen",
+                addr: listen,
+                source,
+            })?;
         tasks.spawn(async move {
             handle
                 .await
@@ -379,8 +391,13 @@ async fn serve_http(
     let Some(addr) = state.settings.worker.metrics_addr else {
         return Ok((None, None));
     };
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
+    let cannot = |source| AppError::Listen {
+        setting: "worker.metrics_addr",
+        addr,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(cannot)?;
+    let local = listener.local_addr().map_err(cannot)?;
     let app = gateway::ops_router(state);
     let token = shutdown.clone();
     tasks.spawn(async move {

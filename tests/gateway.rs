@@ -1053,3 +1053,27 @@ async fn slow_and_silent_clients_are_cut_off_at_their_deadlines() {
     app.stop().await;
     env.cleanup().await;
 }
+
+/// A gateway whose address is taken says which address and which setting,
+/// and starts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_address_is_named_with_its_setting() {
+    let env = TestEnv::new().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut settings = env.settings.clone();
+    settings.gateway.listen = taken.local_addr().unwrap();
+    let refused = stampede::run(
+        settings,
+        Roles::gateway_only(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("the address is taken");
+    let said = refused.to_string();
+    assert!(
+        said.contains(&taken.local_addr().unwrap().to_string()) && said.contains("gateway.listen"),
+        "{said}"
+    );
+    env.cleanup().await;
+}
