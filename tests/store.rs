@@ -450,3 +450,55 @@ async fn generated_data_finds_room_below_the_largest_id() {
     assert_eq!(free_block(&env.db, IdTable::Users, 4).await.unwrap(), 10);
     env.cleanup().await;
 }
+
+/// A command that cannot reach PostgreSQL or Redis says where it tried
+/// (the password hidden) and why, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_or_redis_is_named_with_the_reason() {
+    let env = TestEnv::new().await;
+    let run = |command: &str, variable: &str, url: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stampede"))
+            .arg("--config")
+            .arg(env.config_path())
+            .arg(command)
+            .env(variable, url)
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run stampede");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let port = common::free_port();
+    let said = run(
+        "audit",
+        "STAMPEDE_DATABASE__URL",
+        &format!("postgres://postgres:secret-word@127.0.0.1:{port}/stampede"),
+    );
+    assert!(
+        said.contains(&format!(
+            "cannot connect to postgres://postgres:***@127.0.0.1:{port}/stampede"
+        )),
+        "{said}"
+    );
+    assert_eq!(said.matches("Connection refused").count(), 1, "{said}");
+    assert!(!said.contains("secret-word"), "{said}");
+    assert!(
+        !said.contains("timed out"),
+        "the cause, not the pool's timeout: {said}"
+    );
+
+    let said = run(
+        "reconcile",
+        "STAMPEDE_REDIS__URL",
+        &format!("redis://:secret-word@127.0.0.1:{port}"),
+    );
+    assert!(
+        said.contains(&format!("cannot connect to redis://:***@127.0.0.1:{port}")),
+        "{said}"
+    );
+    assert!(
+        said.contains("Connection refused") && !said.contains("secret-word"),
+        "{said}"
+    );
+    env.cleanup().await;
+}

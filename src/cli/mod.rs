@@ -82,7 +82,7 @@ pub async fn main() -> ExitCode {
     match execute(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::telemetry::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -72,6 +72,13 @@ static LOAD_PRODUCTS: LazyLock<Script> =
 pub enum CounterError {
     #[error("redis")]
     Redis(#[from] redis::RedisError),
+    /// Redis could not be reached at all (the URL with its password hidden).
+    #[error("cannot connect to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
     #[error("unexpected answer from a counter script: {0}")]
     Protocol(String),
 }
@@ -86,7 +93,7 @@ impl CounterError {
                 e.code() == Some("WRONGTYPE")
                     || matches!(e.kind(), ErrorKind::UnexpectedReturnType | ErrorKind::Parse)
             }
-            CounterError::Protocol(_) => false,
+            CounterError::Protocol(_) | CounterError::Connect { .. } => false,
         }
     }
 
@@ -97,6 +104,7 @@ impl CounterError {
         use redis::{ErrorKind, ServerErrorKind};
         match self {
             CounterError::Protocol(_) => false,
+            CounterError::Connect { .. } => true,
             // A script found a counter that is not what it should be.
             CounterError::Redis(e) if e.code() == Some("STAMPEDE_CORRUPT") => false,
             CounterError::Redis(e) => match e.kind() {
@@ -210,7 +218,12 @@ pub struct Counters {
 impl Counters {
     pub async fn connect(settings: &RedisSettings) -> Result<Self> {
         Ok(Self {
-            conn: RedisConn::connect(settings).await?,
+            conn: RedisConn::connect(settings)
+                .await
+                .map_err(|source| CounterError::Connect {
+                    url: crate::config::redact_url(settings.url.as_str()),
+                    source,
+                })?,
             prefix: settings.key_prefix.clone(),
             known_server: Default::default(),
             reload_gate: Default::default(),

@@ -55,6 +55,14 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub enum StoreError {
     #[error("database")]
     Sqlx(#[from] sqlx::Error),
+    /// The database could not be reached at all (the URL with its password
+    /// hidden).
+    #[error("cannot connect to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
@@ -68,7 +76,7 @@ impl StoreError {
     /// failure, a concurrent duplicate that a retry answers as a replay).
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::Sqlx(e) => is_retryable_sqlx(e),
+            StoreError::Sqlx(e) | StoreError::Connect { source: e, .. } => is_retryable_sqlx(e),
             StoreError::Migrate(_) | StoreError::Conflict(_) => false,
         }
     }
@@ -122,11 +130,26 @@ fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions> {
 
 /// A pool for the configured database.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool> {
-    Ok(PgPoolOptions::new()
+    let options = connect_options(settings)?;
+    let cannot = |source| StoreError::Connect {
+        url: crate::config::redact_url(settings.url.as_str()),
+        source,
+    };
+    // One connection on its own first: a pool that cannot connect says only
+    // that it timed out; this says why (refused, no such database, a
+    // password refused).
+    sqlx::PgConnection::connect_with(&options)
+        .await
+        .map_err(cannot)?
+        .close()
+        .await
+        .map_err(cannot)?;
+    PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(connect_options(settings)?)
-        .await?)
+        .connect_with(options)
+        .await
+        .map_err(cannot)
 }
 
 /// Whether PostgreSQL answers (for `/readyz`).

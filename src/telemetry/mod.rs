@@ -49,8 +49,13 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut line = error.to_string();
     let mut cause = error.source();
     while let Some(e) = cause {
-        line.push_str(": ");
-        line.push_str(&e.to_string());
+        // Many errors print their source in their own message too ("error
+        // communicating with database: Connection refused"): said once.
+        let said = e.to_string();
+        if !line.ends_with(&said) {
+            line.push_str(": ");
+            line.push_str(&said);
+        }
         cause = e.source();
     }
     line
@@ -98,4 +103,20 @@ pub fn init(settings: &LogSettings) -> Result<Telemetry, OtlpError> {
         tracing::info!(endpoint = ?endpoint, ratio = settings.otlp_sample_ratio, "exporting spans over OTLP");
     }
     Ok(Telemetry { tracer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn a_cause_an_error_already_tells_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let sqlx = sqlx::Error::Io(io);
+        let outer = anyhow::Error::new(sqlx).context("cannot reach PostgreSQL");
+        assert_eq!(
+            error_chain(outer.as_ref()),
+            "cannot reach PostgreSQL: error communicating with database: Connection refused"
+        );
+    }
 }
