@@ -451,16 +451,16 @@ async fn generated_data_finds_room_below_the_largest_id() {
     env.cleanup().await;
 }
 
-/// A command that cannot reach PostgreSQL or Redis says where it tried
-/// (the password hidden) and why, once.
+/// A command that cannot reach PostgreSQL, Redis or the Kafka brokers
+/// says where it tried (the password hidden) and why, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_database_or_redis_is_named_with_the_reason() {
+async fn an_unreachable_service_is_named_with_the_reason() {
     let env = TestEnv::new().await;
     let run = |command: &str, variable: &str, url: &str| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_stampede"))
             .arg("--config")
             .arg(env.config_path())
-            .arg(command)
+            .args(command.split(' '))
             .env(variable, url)
             .env("RUST_LOG", "error")
             .output()
@@ -498,6 +498,18 @@ async fn an_unreachable_database_or_redis_is_named_with_the_reason() {
     );
     assert!(
         said.contains("Connection refused") && !said.contains("secret-word"),
+        "{said}"
+    );
+
+    let said = run(
+        "topics create",
+        "STAMPEDE_KAFKA__BROKERS",
+        &format!("127.0.0.1:{port}"),
+    );
+    assert!(
+        said.contains(&format!(
+            "cannot reach the Kafka brokers at 127.0.0.1:{port} (kafka.brokers)"
+        )),
         "{said}"
     );
     env.cleanup().await;

@@ -15,6 +15,13 @@ use crate::config::KafkaSettings;
 pub enum AdminError {
     #[error("kafka admin request failed")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// No broker answered a metadata request in time.
+    #[error("cannot reach the Kafka brokers at {brokers} (kafka.brokers)")]
+    Unreachable {
+        brokers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
     #[error("topic {topic}: {code}")]
     Topic {
         topic: String,
@@ -29,8 +36,23 @@ pub enum TopicOutcome {
     Existed(String),
 }
 
-pub async fn create_topics(settings: &KafkaSettings) -> Result<Vec<TopicOutcome>, AdminError> {
+/// An admin client whose brokers answer: a request to brokers that are
+/// not there would wait out its whole operation timeout and then say only
+/// that it timed out.
+fn admin(settings: &KafkaSettings) -> Result<AdminClient<DefaultClientContext>, AdminError> {
     let admin: AdminClient<DefaultClientContext> = super::client_config(settings).create()?;
+    admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|source| AdminError::Unreachable {
+            brokers: settings.brokers.clone(),
+            source,
+        })?;
+    Ok(admin)
+}
+
+pub async fn create_topics(settings: &KafkaSettings) -> Result<Vec<TopicOutcome>, AdminError> {
+    let admin = admin(settings)?;
     let topics = Topics::new(settings.topic_prefix.clone()).all();
     let specs: Vec<NewTopic<'_>> = topics
         .iter()
@@ -92,7 +114,7 @@ pub async fn delete_named(
     settings: &KafkaSettings,
     names: &[&str],
 ) -> Result<Vec<String>, AdminError> {
-    let admin: AdminClient<DefaultClientContext> = super::client_config(settings).create()?;
+    let admin = admin(settings)?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let mut deleted = Vec::new();
     for answer in admin.delete_topics(names, &options).await? {
