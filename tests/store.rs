@@ -512,5 +512,18 @@ async fn an_unreachable_service_is_named_with_the_reason() {
         )),
         "{said}"
     );
+    for command in ["dlq list --flow coupon", "audit"] {
+        let said = run(
+            command,
+            "STAMPEDE_KAFKA__BROKERS",
+            &format!("127.0.0.1:{port}"),
+        );
+        assert!(
+            said.contains(&format!(
+                "error: no Kafka broker answered at 127.0.0.1:{port} (kafka.brokers)"
+            )),
+            "{command}: {said}"
+        );
+    }
     env.cleanup().await;
 }

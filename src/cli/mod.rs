@@ -134,10 +134,40 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(cli.config.as_deref())?;
     let telemetry = telemetry::init(&settings.log)?;
     tracing::debug!(?settings, "settings loaded");
-    let outcome = dispatch(cli.command, settings).await;
+    let brokers = settings.kafka.brokers.clone();
+    let outcome = dispatch(cli.command, settings)
+        .await
+        .map_err(|e| name_the_brokers(e, &brokers));
     // Exporting the last spans waits on the exporter's own thread.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     outcome
+}
+
+/// An error that comes of no Kafka broker answering says where they were
+/// looked for (librdkafka's own words name neither the setting nor, for
+/// most calls, the address).
+fn name_the_brokers(error: anyhow::Error, brokers: &str) -> anyhow::Error {
+    use rdkafka::types::RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure};
+    let unreachable = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<rdkafka::error::KafkaError>()
+            .and_then(rdkafka::error::KafkaError::rdkafka_error_code)
+            .is_some_and(|code| matches!(code, BrokerTransportFailure | AllBrokersDown))
+    }) || {
+        // Some errors carry librdkafka's message as text.
+        let said = telemetry::error_chain(error.as_ref());
+        [BrokerTransportFailure, AllBrokersDown]
+            .iter()
+            .any(|code| said.contains(&format!("{code:?}")))
+    };
+    let named = telemetry::error_chain(error.as_ref()).contains("(kafka.brokers)");
+    if unreachable && !named {
+        error.context(format!(
+            "no Kafka broker answered at {brokers} (kafka.brokers)"
+        ))
+    } else {
+        error
+    }
 }
 
 async fn dispatch(command: Command, mut settings: Settings) -> anyhow::Result<ExitCode> {
