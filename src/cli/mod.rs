@@ -145,23 +145,16 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// An error that comes of no Kafka broker answering says where they were
 /// looked for (librdkafka's own words name neither the setting nor, for
-/// most calls, the address).
+/// most calls, the address). Read from the error's text: librdkafka's code
+/// is in it whether a cause carries the client's error or only its message
+/// (the audit's).
 fn name_the_brokers(error: anyhow::Error, brokers: &str) -> anyhow::Error {
     use rdkafka::types::RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure};
-    let unreachable = error.chain().any(|cause| {
-        cause
-            .downcast_ref::<rdkafka::error::KafkaError>()
-            .and_then(rdkafka::error::KafkaError::rdkafka_error_code)
-            .is_some_and(|code| matches!(code, BrokerTransportFailure | AllBrokersDown))
-    }) || {
-        // Some errors carry librdkafka's message as text.
-        let said = telemetry::error_chain(error.as_ref());
-        [BrokerTransportFailure, AllBrokersDown]
-            .iter()
-            .any(|code| said.contains(&format!("{code:?}")))
-    };
-    let named = telemetry::error_chain(error.as_ref()).contains("(kafka.brokers)");
-    if unreachable && !named {
+    let said = telemetry::error_chain(error.as_ref());
+    let unreachable = [BrokerTransportFailure, AllBrokersDown]
+        .iter()
+        .any(|code| said.contains(&format!("{code:?}")));
+    if unreachable && !said.contains("(kafka.brokers)") {
         error.context(format!(
             "no Kafka broker answered at {brokers} (kafka.brokers)"
         ))
